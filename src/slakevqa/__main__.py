@@ -1,0 +1,3 @@
+from slakevqa.cli import main
+
+raise SystemExit(main())
