@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import logging
 import sys
 
 from slakevqa import __version__
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser, module = _verb_parser(verb)
     args = parser.parse_args(rest)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s")
     return run_verb(module, args)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from slakevqa.errors import DataError, UserError
 from slakevqa.records import ANSWER_TYPES, SLAKE_FIELDS, VQASample
@@ -225,7 +226,7 @@ def check_images(samples: list[VQASample], path: Path, policy: str) -> list[VQAS
     """Keep samples whose image exists and decodes; raise or drop the others per ``policy``."""
     problems: dict[Path, str | None] = {}
     kept = []
-    for sample in samples:
+    for sample in tqdm(samples, desc=f"checking images of {path.name}", unit="record", delay=1.0, leave=False):
         if sample.image_path not in problems:
             problems[sample.image_path] = image_problem(sample.image_path)
         problem = problems[sample.image_path]

@@ -1,0 +1,41 @@
+"""The dataset flags every data-reading verb shares, and how they resolve to a folder.
+
+``--slake_root`` defaults to the ``SLAKE_ROOT`` environment variable;
+``--data_source hf`` fetches ``BoKelvin/SLAKE`` from the hub into a cache first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from slakevqa.errors import UserError
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser, split: str | None = None) -> None:
+    """Add ``--data_source``, ``--slake_root``, ``--language``, ``--missing_images`` (and ``--split``)."""
+    group = parser.add_argument_group("dataset")
+    group.add_argument("--data_source", choices=("local", "hf"), default="local",
+                       help="local folder, or the Hugging Face hub repo BoKelvin/SLAKE (default: local)")
+    group.add_argument("--slake_root", default=os.environ.get("SLAKE_ROOT"),
+                       help="SLAKE folder in any known layout (default: $SLAKE_ROOT)")
+    group.add_argument("--hf_repo", default="BoKelvin/SLAKE", help="hub dataset repo for --data_source hf")
+    group.add_argument("--language", choices=("en", "zh", "all"), default="en",
+                       help="question language (default: en, the split published numbers use)")
+    group.add_argument("--missing_images", choices=("error", "skip"), default="error",
+                       help="stop at a missing/unreadable image (default) or skip such records with a count")
+    if split is not None:
+        group.add_argument("--split", default=split, help=f"train, validation (validate) or test (default: {split})")
+
+
+def resolve_dataset_root(args: argparse.Namespace) -> Path:
+    """The local folder to read: ``--slake_root``, or the unpacked hub snapshot."""
+    if args.data_source == "hf":
+        from slakevqa.data.hub import fetch_slake
+
+        return fetch_slake(args.hf_repo)
+    if not args.slake_root:
+        raise UserError("no dataset given: pass --slake_root DIR (or set SLAKE_ROOT), "
+                        "or --data_source hf, or run 'slakevqa synth --out DIR' for a synthetic one")
+    return Path(args.slake_root)
