@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny SLAKE written on the fly in any layout, and real SLAKE via SLAKE_ROOT."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+REAL_SLAKE = os.environ.get("SLAKE_ROOT")
+
+
+def slake_row(qid: int, img_id: int = 0, **overrides: object) -> dict:
+    """One record with SLAKE's 12 keys; overrides replace fields (or remove them with None)."""
+    row = {"img_id": img_id, "img_name": f"xmlab{img_id}/source.jpg", "question": f"Question {qid}?",
+           "answer": "Yes" if qid % 2 else "Liver", "q_lang": "en", "location": "Abdomen", "modality": "CT",
+           "answer_type": "CLOSED" if qid % 2 else "OPEN", "base_type": "vqa", "content_type": "Organ",
+           "triple": ["vhead", "_", "_"], "qid": qid}
+    for key, value in overrides.items():
+        if value is None:
+            row.pop(key)
+        else:
+            row[key] = value
+    return row
+
+
+def write_image(path: Path, size: int = 16, color: tuple[int, int, int] = (90, 90, 90)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), color).save(path)
+
+
+def write_mini_slake(root: Path, splits: dict[str, list[dict]] | None = None, image_dir: str = "imgs",
+                     validation_name: str = "validate.json") -> Path:
+    """Write split files and one image per img_id; returns ``root``."""
+    splits = splits if splits is not None else default_splits()
+    names = {"train": "train.json", "validation": validation_name, "test": "test.json"}
+    root.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        (root / names[split]).write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        for row in rows:
+            name = row.get("img_name") if isinstance(row, dict) else None
+            if isinstance(name, str) and ".." not in name and name.endswith(".jpg") and not name.startswith("/"):
+                write_image(root / image_dir / row["img_name"])
+    (root / "mask.txt").write_text("70:Liver\n135:Left Kidney", encoding="utf-8")
+    return root
+
+
+def default_splits() -> dict[str, list[dict]]:
+    """train: 4 en on 2 images + 2 zh; validation: 2 en; test: 2 en + 1 zh."""
+    return {
+        "train": [slake_row(0, 0), slake_row(1, 0), slake_row(2, 1), slake_row(3, 1, answer=2, answer_type="OPEN"),
+                  slake_row(5, 4, q_lang="zh", question="图片里有肝脏吗?", answer="是"),
+                  slake_row(4, 5, q_lang="zh", question="这是什么?", answer="肝脏")],
+        "validation": [slake_row(10, 2), slake_row(11, 2)],
+        "test": [slake_row(21, 3), slake_row(20, 3), slake_row(22, 4, q_lang="zh", answer="否")],
+    }
+
+
+@pytest.fixture
+def mini_slake(tmp_path: Path) -> Path:
+    return write_mini_slake(tmp_path / "Slake1.0")
+
+
+@pytest.fixture
+def slake_root() -> Path:
+    if not REAL_SLAKE or not Path(REAL_SLAKE).is_dir():
+        pytest.skip("real SLAKE not available: set SLAKE_ROOT=../shared/slake/Slake1.0 to run this test")
+    return Path(REAL_SLAKE)
