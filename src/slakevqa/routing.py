@@ -20,9 +20,6 @@ that applies, in this order:
 OPEN vs CLOSED follows SLAKE's ``answer_type`` (``route_source="answer_type"``,
 the metadata every published number uses) or :func:`predict_answer_type`
 (``route_source="predicted"``); the :class:`Route` records which.
-
-The closed vocabulary is saved as ``closed_vocab.json`` (see :class:`ClosedVocab`)
-with its version and the sha256 of the split file it was built from.
 """
 
 from __future__ import annotations
@@ -117,8 +114,7 @@ class Route:
     source_text: str = ""
     route_source: str = "answer_type"
 
-    def to_json(self) -> dict:
-        """The fields a results file records per question."""
+    def to_json(self) -> dict:  # the fields a results file records per question
         return {"route": self.kind, "candidates": list(self.candidates),
                 "route_source": self.route_source, "route_source_text": self.source_text}
 
@@ -151,10 +147,8 @@ def clean_question(question: str) -> str:
 
 
 def _merge_plural_slash(match: re.Match) -> str:
-    first, second = match.group(1), match.group(2)
-    a, b = first.lower(), second.lower()
-    same_word = a in (b + "s", b + "es") or b in (a + "s", a + "es")
-    return first if same_word else match.group(0)
+    a, b = match.group(1).lower(), match.group(2).lower()
+    return match.group(1) if a in (b + "s", b + "es") or b in (a + "s", a + "es") else match.group(0)
 
 
 def parse_options(question: str) -> list[str]:
@@ -228,14 +222,15 @@ def _connector_options(text: str) -> tuple[list[str], str]:
         return [], ""
     head, middle, tail = parts[0], parts[1:-1], parts[-1]
     segments = [s.strip() for s in re.split(r"[,:;]", head)]
-    stem_at = max((i for i, s in enumerate(segments) if starts_question(s)), default=0)
+    # The stem is the last segment that opens like a question; the segments after it are listed items.
+    stem_at = max((i for i, s in enumerate(segments) if starts_question(s)), default=-1)
     listed = [s for s in segments[stem_at + 1:] if s]
     if not listed:  # "Is the abnormality hyperdense or hypodense": no list, a bare pair
         first, last = parallel_pair(segments[stem_at], parts[1])
         items = [first, last] if not middle else [first, *middle, _TAIL_CONTEXT.sub("", tail)]
         return items, _span(text, first, tail)
     items = listed + middle + [_TAIL_CONTEXT.sub("", tail)]
-    if first_word(segments[stem_at]) in AUXILIARIES:
+    if stem_at >= 0 and first_word(segments[stem_at]) in AUXILIARIES:
         # "Is this CT, MRI or X-Ray": a yes/no-shaped stem holds the first alternative.
         items.insert(0, parallel_pair(segments[stem_at], items[0])[0])
     return items, _span(text, items[0], tail)
@@ -254,7 +249,7 @@ def parallel_pair(left: str, right: str) -> tuple[str, str]:
     ('white', 'gray')
     """
     left_words = left.split()
-    right_words = finalise_options([right])[0].split() if finalise_options([right]) else [""]
+    right_words = (finalise_options([right]) or [""])[0].split() or [""]
     for j in range(1, min(len(left_words), len(right_words))):
         if right_words[j].lower() == left_words[-1].lower():
             a, b = left_words[-(j + 1):], right_words[:j + 1]
@@ -321,8 +316,10 @@ def route_closed(question: str, vocab: ClosedVocab) -> Route:
 def predict_answer_type(question: str) -> str:
     """``CLOSED`` when the question is yes/no or lists alternatives, else ``OPEN``.
 
-    >>> predict_answer_type("Which organ is abnormal, heart or lung?"), predict_answer_type("What is the mr weighting in this image?")
-    ('CLOSED', 'OPEN')
+    >>> predict_answer_type("Which organ is abnormal, heart or lung?")
+    'CLOSED'
+    >>> predict_answer_type("What is the mr weighting in this image?")
+    'OPEN'
     """
     return "CLOSED" if parse_options(question) or is_yes_no_question(question) else "OPEN"
 
@@ -375,10 +372,6 @@ def build_closed_vocab(train_samples: Sequence[VQASample], source_sha256: str = 
     return ClosedVocab(entries, "train", source_sha256)
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def save_closed_vocab(vocab: ClosedVocab, path: str | Path) -> Path:
     """Write ``closed_vocab.json`` atomically (temp file + rename)."""
     path = Path(path)
@@ -425,7 +418,7 @@ def load_or_build_vocab(path: str | Path | None, slake_root: str | Path | None, 
                         "train split of --slake_root")
     if slake_root is None:
         raise UserError("--allow_build_vocab needs --slake_root (or SLAKE_ROOT) to read the train split from")
-    sha = file_sha256(find_layout(slake_root).split_file("train"))
+    sha = hashlib.sha256(find_layout(slake_root).split_file("train").read_bytes()).hexdigest()
     vocab = build_closed_vocab(load_split(slake_root, "train"), sha)
     if path is not None:
         save_closed_vocab(vocab, path)
