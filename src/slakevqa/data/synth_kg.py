@@ -38,24 +38,34 @@ class OrganFacts:
 # Our wording. Functions are distinct per organ so each kvqa answer names one organ.
 ORGAN_FACTS: dict[str, OrganFacts] = {
     "Liver": OrganFacts("make bile, store energy, clear toxins", "生成胆汁，储存能量，清除毒素",
-                        "Digestive System", "消化系统", "upper right abdomen, under the diaphragm", "右上腹，膈肌下方"),
+                        "Digestive System", "消化系统",
+                        "upper right abdomen, under the diaphragm", "右上腹，膈肌下方"),
     "Heart": OrganFacts("pump blood through the body", "泵送血液流遍全身",
-                        "Circulatory System", "循环系统", "middle of the chest, between the lungs", "胸腔中部，两肺之间"),
+                        "Circulatory System", "循环系统",
+                        "middle of the chest, between the lungs", "胸腔中部，两肺之间"),
     "Spleen": OrganFacts("filter blood, support immunity", "过滤血液，支持免疫",
-                         "Lymphatic System", "淋巴系统", "upper left abdomen, behind the stomach", "左上腹，胃的后方"),
+                         "Lymphatic System", "淋巴系统",
+                         "upper left abdomen, behind the stomach", "左上腹，胃的后方"),
     "Stomach": OrganFacts("store and break down food", "储存并分解食物",
-                          "Digestive System", "消化系统", "upper abdomen, below the esophagus", "上腹部，食管下方"),
+                          "Digestive System", "消化系统",
+                          "upper abdomen, below the esophagus", "上腹部，食管下方"),
     "Colon": OrganFacts("absorb water, form stool", "吸收水分，形成粪便",
-                        "Digestive System", "消化系统", "around the abdomen, after the small bowel", "环绕腹部，位于小肠之后"),
+                        "Digestive System", "消化系统",
+                        "around the abdomen, after the small bowel", "环绕腹部，位于小肠之后"),
 }
 
 # disease -> (Chinese name, organ, symptom, symptom zh, treatment, treatment zh)
 DISEASES: dict[str, tuple[str, str, str, str, str, str]] = {
-    "Hepatitis": ("肝炎", "Liver", "fatigue, jaundice", "乏力，黄疸", "antiviral drugs, rest", "抗病毒药物，休息"),
-    "Myocarditis": ("心肌炎", "Heart", "chest pain, palpitations", "胸痛，心悸", "rest, heart medication", "休息，心脏药物"),
-    "Splenomegaly": ("脾肿大", "Spleen", "left upper abdominal fullness", "左上腹胀满", "treat the underlying cause", "治疗原发病"),
-    "Gastritis": ("胃炎", "Stomach", "stomach pain, nausea", "胃痛，恶心", "acid suppressants", "抑酸药物"),
-    "Colitis": ("结肠炎", "Colon", "diarrhea, abdominal pain", "腹泻，腹痛", "anti-inflammatory drugs", "抗炎药物"),
+    "Hepatitis": ("肝炎", "Liver", "fatigue, jaundice", "乏力，黄疸",
+                  "antiviral drugs, rest", "抗病毒药物，休息"),
+    "Myocarditis": ("心肌炎", "Heart", "chest pain, palpitations", "胸痛，心悸",
+                    "rest, heart medication", "休息，心脏药物"),
+    "Splenomegaly": ("脾肿大", "Spleen", "left upper abdominal fullness", "左上腹胀满",
+                     "treat the underlying cause", "治疗原发病"),
+    "Gastritis": ("胃炎", "Stomach", "stomach pain, nausea", "胃痛，恶心",
+                  "acid suppressants", "抑酸药物"),
+    "Colitis": ("结肠炎", "Colon", "diarrhea, abdominal pain", "腹泻，腹痛",
+                "anti-inflammatory drugs", "抗炎药物"),
 }
 
 

@@ -23,6 +23,7 @@ names in Chinese, modality names kept in Latin letters, kvqa relations in Chines
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -51,7 +52,10 @@ class Question:
         return "kvqa" if self.content_type == "KG" else "vqa"
 
 
-def _pick(rng: np.random.Generator, items: list) -> object:
+T = TypeVar("T")
+
+
+def _pick(rng: np.random.Generator, items: list[T]) -> T:
     return items[int(rng.integers(len(items)))]
 
 
@@ -105,7 +109,8 @@ def side_questions(scene: Scene, rng: np.random.Generator) -> list[Question]:
     others = [organ for organ in scene.organs if organ is not closed_organ] or [closed_organ]
     open_organ = _pick(rng, others)
     closed = Question("Position", "CLOSED", f"Is the {closed_organ.name.lower()} on the left or right?",
-                      closed_organ.side, f"{_zh(closed_organ.name)}在图片的左侧还是右侧?", SIDE_ZH[closed_organ.side])
+                      closed_organ.side, f"{_zh(closed_organ.name)}在图片的左侧还是右侧?",
+                      SIDE_ZH[closed_organ.side])
     open_q = Question("Position", "OPEN", f"Where is the {open_organ.name.lower()}?", open_organ.side,
                       f"{_zh(open_organ.name)}在哪一侧?", SIDE_ZH[open_organ.side])
     return [closed, open_q]
@@ -114,7 +119,8 @@ def side_questions(scene: Scene, rng: np.random.Generator) -> list[Question]:
 def count_question(scene: Scene) -> list[Question]:
     """How many organs; the answer is a digit string, as in SLAKE."""
     count = str(len(scene.organs))
-    return [Question("Quantity", "OPEN", "How many organs are in this image?", count, "图片中有几个器官?", count)]
+    return [Question("Quantity", "OPEN", "How many organs are in this image?", count,
+                     "图片中有几个器官?", count)]
 
 
 def size_questions(scene: Scene, rng: np.random.Generator) -> list[Question]:

@@ -152,9 +152,9 @@ def draw_scene(scene: Scene, rng: np.random.Generator) -> tuple[Image.Image, Ima
 def detection_boxes(labels: Image.Image, scene: Scene) -> list[dict[str, list[float]]]:
     """``detection.json`` content: each organ's tight box ``[x, y, w, h]`` from the label map.
 
-    ``w``/``h`` count pixels, so every pixel of the label lies in ``[x, x + w) x [y, y + h)``.
+    ``w``/``h`` count pixels, so every pixel of the label lies in ``[x, x + w) x [y, y + h)``::
 
-    >>> # [{"Liver": [4.0, 3.0, 27.0, 25.0]}, {"Heart": [38.0, 40.0, 11.0, 10.0]}]
+        [{"Liver": [4.0, 3.0, 27.0, 25.0]}, {"Heart": [38.0, 40.0, 11.0, 10.0]}]
     """
     values = np.asarray(labels)
     boxes = []
