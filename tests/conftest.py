@@ -68,3 +68,19 @@ def slake_root() -> Path:
     if not REAL_SLAKE or not Path(REAL_SLAKE).is_dir():
         pytest.skip("real SLAKE not available: set SLAKE_ROOT=../shared/slake/Slake1.0 to run this test")
     return Path(REAL_SLAKE)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic SLAKE (60 images, ~430 English training questions), written once per session."""
+    from slakevqa.data.synth import write_synthetic_slake
+
+    return write_synthetic_slake(tmp_path_factory.mktemp("synth") / "Slake1.0", seed=0, images=60).out
+
+
+@pytest.fixture
+def tiny_model():
+    """A fresh tiny LLaVA (BPE tokenizer, 16 image tokens) and its processor, identical for every call."""
+    from slakevqa.models.tiny import build_tiny_llava
+
+    return build_tiny_llava("bpe", seed=0)

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init-tiny": ("init_tiny", "write a tiny random LLaVA for tests and the demo"),
     "convert-checkpoint": ("convert_checkpoint", "convert an original LLaVA-Med checkpoint to Hugging Face format"),
     "check": ("check", "load a model and print how it fits together, then generate once"),
+    # training and evaluation
+    "train": ("train", "fine-tune on SLAKE with LoRA, QLoRA or fully, on one GPU or many"),
     # the main job
     "demo": ("demo", "the main job on the embedded default dataset"),
 }

@@ -1,0 +1,29 @@
+"""`slakevqa train`: fine-tune on SLAKE (flags = the reference toolkit's; `--config FILE.yaml` too).
+
+    slakevqa train --model_id microsoft/llava-med-v1.5-mistral-7b --slake_root data/Slake1.0 \\
+        --output_dir runs/lora --use_lora --lora_r 64 --lora_target_modules all-linear
+    accelerate launch -m slakevqa train --config configs/lora_multi_gpu.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from slakevqa.config import add_config_arguments, config_from_args
+from slakevqa.training.config import FLAG_ALIASES, TrainConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser, TrainConfig, FLAG_ALIASES)
+    parser.add_argument("--no_final_eval", dest="final_eval", action="store_false", default=argparse.SUPPRESS,
+                        help="skip the evaluation after training (same as --no-final_eval)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slakevqa.training.train import train
+
+    cfg = config_from_args(TrainConfig, args)
+    result = train(cfg)
+    last = f"{result.losses[-1][1]:.4f}" if result.losses else "n/a"
+    print(f"trained {result.steps} steps, final loss {last}; outputs in {result.output_dir}")
+    return 0

@@ -1,0 +1,87 @@
+"""From a VQASample to what the model sees: the user text (route, KG facts) and the image.
+
+Training and evaluation both call :class:`InputBuilder`, so the prompt style, the
+CLOSED candidates, the KG context and the mask conditioning cannot drift apart
+between the two. The gold answer is never read here.
+
+Example::
+
+    builder = InputBuilder.create(layout, prompt_style="short", vocab=vocab, triples_mode="real_only",
+                                  mask_mode="crop")
+    view = builder.view(sample)      # view.user_text, view.route
+    image = builder.image(sample)    # PIL image after mask conditioning
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from slakevqa.data.kg import KnowledgeGraph, kg_facts_for, load_kg
+from slakevqa.data.masks import MaskStats, check_mode, condition_image
+from slakevqa.data.slake import SlakeLayout
+from slakevqa.prompts import PromptStyle, build_user_text, get_prompt_style
+from slakevqa.records import VQASample
+from slakevqa.routing import ClosedVocab, Route, route_question
+
+TRIPLES_MODES: tuple[str, ...] = ("off", "real_only", "kvqa_real_only")
+
+
+@dataclass(frozen=True)
+class SampleView:
+    """The text side of one question as the model receives it."""
+
+    user_text: str
+    route: Route
+    kg_facts: tuple[str, ...]
+
+
+@dataclass
+class InputBuilder:
+    """Prompt style, CLOSED vocabulary, knowledge graphs and mask settings for one run."""
+
+    layout: SlakeLayout
+    style: PromptStyle
+    vocab: ClosedVocab
+    triples_mode: str = "real_only"
+    route_source: str = "answer_type"
+    mask_mode: str = "none"
+    mask_pad_ratio: float = 0.10
+    graphs: dict[str, KnowledgeGraph] = field(default_factory=dict)
+    mask_stats: MaskStats = field(default_factory=MaskStats)
+
+    @classmethod
+    def create(cls, layout: SlakeLayout, prompt_style: str, vocab: ClosedVocab, triples_mode: str = "real_only",
+               route_source: str = "answer_type", mask_mode: str = "none",
+               mask_pad_ratio: float = 0.10) -> "InputBuilder":
+        from slakevqa.errors import UserError
+
+        if triples_mode not in TRIPLES_MODES:
+            raise UserError(f"unknown --triples_mode '{triples_mode}': use {', '.join(TRIPLES_MODES)}")
+        check_mode(mask_mode, mask_pad_ratio)
+        return cls(layout=layout, style=get_prompt_style(prompt_style), vocab=vocab, triples_mode=triples_mode,
+                   route_source=route_source, mask_mode=mask_mode, mask_pad_ratio=mask_pad_ratio)
+
+    def kg_facts(self, sample: VQASample) -> tuple[str, ...]:
+        """KG facts for the prompt; SLAKE's real triples all sit on kvqa records, so both modes agree there."""
+        if self.triples_mode == "off" or self.layout.kg_dir is None or sample.triple[1] in ("", "_"):
+            return ()
+        if self.triples_mode == "kvqa_real_only" and not sample.is_kvqa:
+            return ()
+        if sample.q_lang not in self.graphs:
+            self.graphs[sample.q_lang] = load_kg(self.layout.kg_dir, "zh" if sample.q_lang == "zh" else "en")
+        return tuple(kg_facts_for(sample, self.graphs[sample.q_lang]))
+
+    def view(self, sample: VQASample) -> SampleView:
+        route = route_question(sample.question, sample.answer_type, self.vocab, self.route_source)
+        facts = self.kg_facts(sample)
+        return SampleView(build_user_text(sample.question, route, self.style, facts), route, facts)
+
+    def image(self, sample: VQASample) -> Image.Image:
+        """The RGB source image after mask conditioning (unchanged for ``mask_mode=none``)."""
+        with Image.open(sample.image_path) as opened:
+            image = opened.convert("RGB")
+        if self.mask_mode == "none":
+            return image
+        return condition_image(sample, image, self.mask_mode, self.mask_pad_ratio, self.layout, self.mask_stats)

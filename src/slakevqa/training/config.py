@@ -1,0 +1,106 @@
+"""`TrainConfig`: every training knob, its default and its help, in one typed place.
+
+The names are the reference toolkit's flags (so its commands keep working); YAML
+files under ``configs/`` use the same keys. Example::
+
+    # slakevqa train --config configs/lora_single_gpu.yaml
+    model_id: microsoft/llava-med-v1.5-mistral-7b
+    slake_root: data/Slake1.0
+    use_lora: true
+    lora_r: 64
+    lora_target_modules: all-linear
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _help(text: str, **extra: object) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class TrainConfig:
+    # model and data
+    model_id: str = field(default="microsoft/llava-med-v1.5-mistral-7b",
+                          metadata=_help("HF LLaVA checkpoint, original LLaVA-Med checkpoint, or hub id"))
+    data_source: str = field(default="local", metadata=_help("local folder or the HF hub", choices=("local", "hf")))
+    slake_root: str | None = field(default=None, metadata=_help("SLAKE folder (default: $SLAKE_ROOT)"))
+    language: str = field(default="en", metadata=_help("question language", choices=("en", "zh", "all")))
+    split: str = field(default="train", metadata=_help("split to train on"))
+    eval_split: str = field(default="validation", metadata=_help("split for the evaluation loss"))
+    output_dir: str = field(default="work_slake_llava_med_train", metadata=_help("where everything is written"))
+    seed: int = field(default=42, metadata=_help("seeds data order, dropout and initialisation"))
+    # schedule
+    num_epochs: float = field(default=1.0, metadata=_help("epochs (fractions allowed)"))
+    max_steps: int = field(default=-1, metadata=_help("stop after this many optimiser steps (-1: epochs decide)"))
+    batch_size: int = field(default=2, metadata=_help("questions per forward pass"))
+    grad_accum: int = field(default=1, metadata=_help("forward passes per optimiser step"))
+    lr: float = field(default=2e-5, metadata=_help("peak learning rate"))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
+    warmup_ratio: float = field(default=0.03, metadata=_help("share of steps with linear warmup"))
+    lr_scheduler: str = field(default="cosine", metadata=_help("decay after warmup",
+                                                               choices=("cosine", "linear", "constant")))
+    max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping (0: off)"))
+    precision: str = field(default="auto", metadata=_help("auto: bf16 on GPUs that support it, else fp32",
+                                                          choices=("auto", "bf16", "fp16", "fp32")))
+    gradient_checkpointing: bool = field(default=False, metadata=_help("trade compute for activation memory"))
+    # prompts and inputs (the same in training and evaluation)
+    prompt_style: str = field(default="short", metadata=_help("named prompt style (slakevqa.prompts)"))
+    max_prompt_len: int = field(default=512, metadata=_help("prompt tokens kept, image tokens excluded"))
+    max_answer_len: int = field(default=64, metadata=_help("answer tokens kept, </s> included"))
+    mask_mode: str = field(default="none", metadata=_help("segmentation conditioning",
+                                                          choices=("none", "crop", "masked")))
+    mask_pad_ratio: float = field(default=0.10, metadata=_help("crop margin as a share of the region size"))
+    triples_mode: str = field(default="real_only", metadata=_help(
+        "KG facts in prompts: off, real_only (every record with a real triple), kvqa_real_only",
+        choices=("off", "real_only", "kvqa_real_only")))
+    closed_train_objective: str = field(default="sft", metadata=_help(
+        "CLOSED questions: sft (answer tokens), mc (candidate cross-entropy), hybrid (both)",
+        choices=("sft", "mc", "hybrid")))
+    closed_mc_weight: float = field(default=0.1, metadata=_help("weight of the mc loss in hybrid"))
+    # what trains
+    freeze_vision_tower: bool = field(default=True, metadata=_help("keep CLIP frozen"))
+    tune_mm_projector: bool = field(default=True, metadata=_help("train the projector (with or without LoRA)"))
+    use_lora: bool = field(default=True, metadata=_help("LoRA adapters; off = full fine-tuning of the LLM"))
+    qlora: bool = field(default=False, metadata=_help("4-bit base weights (bitsandbytes, CUDA only)"))
+    lora_r: int = field(default=8, metadata=_help("LoRA rank"))
+    lora_alpha: int = field(default=16, metadata=_help("LoRA scale numerator"))
+    lora_dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA path"))
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata=_help(
+        "names, list:a,b, JSON list, re:REGEX or all-linear; matched inside the language model"))
+    lora_scope: str = field(default="language_model", metadata=_help(
+        "where LoRA targets may match", choices=("language_model", "all")))
+    unfreeze_last_llm_layers: int = field(default=0, metadata=_help("also train the last N decoder layers fully"))
+    # checkpoints and logs
+    logging_steps: int = field(default=25, metadata=_help("log scalars every N optimiser steps"))
+    save_steps: int = field(default=200, metadata=_help("checkpoint every N optimiser steps (and at the end)"))
+    eval_steps: int = field(default=200, metadata=_help("evaluation loss every N steps (0: off)"))
+    save_total_limit: int = field(default=2, metadata=_help("checkpoints kept"))
+    resume_from_checkpoint: str = field(default="auto", metadata=_help(
+        "auto (last checkpoint in output_dir), none, or a checkpoint folder"))
+    dry_run: bool = field(default=False, metadata=_help("2 optimiser steps on 8 records, then stop"))
+    tb: bool = field(default=True, metadata=_help("TensorBoard diagnostics"))
+    tb_logdir: str | None = field(default=None, metadata=_help("default: OUTPUT_DIR/tb"))
+    tb_log_images_every: int = field(default=500, metadata=_help("probe images every N steps"))
+    tb_log_text_every: int = field(default=200, metadata=_help("probe answers every N steps"))
+    tb_probe_size: int = field(default=32, metadata=_help("fixed probe questions"))
+    tb_eval_generate_size: int = field(default=128, metadata=_help("probe questions answered at most"))
+    tb_hist_every: int = field(default=200, metadata=_help("histograms every N steps"))
+    final_eval: bool = field(default=True, metadata=_help("evaluate on final_eval_split after training"))
+    final_eval_split: str = field(default="test", metadata=_help("split of the final evaluation"))
+    trust_remote_code: bool = field(default=False, metadata=_help("allow model code from the checkpoint"))
+
+    def __post_init__(self) -> None:
+        from slakevqa.errors import UserError
+
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.qlora and not self.use_lora:
+            raise UserError("--qlora trains LoRA adapters on 4-bit weights: it needs --use_lora")
+
+
+# Reference spellings that differ from the field names.
+FLAG_ALIASES: dict[str, list[str]] = {"final_eval": ["--run_final_eval"]}

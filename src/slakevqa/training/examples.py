@@ -1,0 +1,52 @@
+"""Samples to training batches: cached token ids and cached pixel tensors.
+
+Text encoding depends only on the question (prompt, route, KG facts) and the
+answer, and pixels only on the image (and, with a mask mode, on the question's
+region), so both are computed once per run, not once per epoch.
+"""
+
+from __future__ import annotations
+
+from slakevqa.inputs import InputBuilder
+from slakevqa.records import VQASample
+from slakevqa.training.collate import EncodedExample, batch_stats, encode_example, image_token_count, pad_batch
+
+
+class ExampleEncoder:
+    """Encodes samples for one run; ``batch(samples)`` returns model inputs and batch statistics."""
+
+    def __init__(self, builder: InputBuilder, processor, max_prompt_len: int, max_answer_len: int) -> None:
+        self.builder, self.processor = builder, processor
+        self.max_prompt_len, self.max_answer_len = max_prompt_len, max_answer_len
+        self.image_tokens = image_token_count(processor)
+        self.texts: dict[int, EncodedExample] = {}
+        self.pixels: dict[object, object] = {}
+
+    def encode(self, sample: VQASample) -> EncodedExample:
+        if sample.qid not in self.texts:
+            view = self.builder.view(sample)
+            self.texts[sample.qid] = encode_example(self.processor.tokenizer, view.user_text, sample.answer,
+                                                    self.image_tokens, self.max_prompt_len, self.max_answer_len)
+        return self.texts[sample.qid]
+
+    def pixel_values(self, sample: VQASample):
+        # Without masks every question of an image sees the same pixels; with masks the region follows the question.
+        key = sample.image_path if self.builder.mask_mode == "none" else (sample.image_path, sample.qid)
+        if key not in self.pixels:
+            image = self.builder.image(sample)
+            self.pixels[key] = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        return self.pixels[key]
+
+    def batch(self, samples: list[VQASample]) -> tuple[dict, dict]:
+        import torch
+
+        examples = [self.encode(s) for s in samples]
+        batch = pad_batch(examples, self.processor.tokenizer.pad_token_id)
+        batch["pixel_values"] = torch.stack([self.pixel_values(s) for s in samples])
+        stats = batch_stats(examples)
+        stats["closed_ratio"] = sum(s.is_closed for s in samples) / len(samples)
+        return batch, stats
+
+    def stats(self) -> dict:
+        return {"encoded_questions": len(self.texts), "cached_images": len(self.pixels),
+                "mask": self.builder.mask_stats.as_dict()}

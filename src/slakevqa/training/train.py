@@ -1,0 +1,188 @@
+"""`train(cfg)`: fine-tune a LLaVA-family model on SLAKE, top to bottom.
+
+    data -> prompts/images -> model + trainable parameters -> optimiser/schedule
+    -> (resume) -> loop: micro-batches, answer-only loss, clip, step, log, checkpoint
+    -> adapter or full model + processor + closed_vocab.json + run_config.json -> final evaluation
+
+One process or many (``accelerate launch``): each process takes its slice of every
+batch; gradients are averaged by DDP. Everything that decides a number (data
+order, dropout, initialisation) is seeded from ``cfg.seed`` and restored on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from slakevqa.config import config_to_dict
+from slakevqa.data.slake import find_layout, load_split, load_training_split
+from slakevqa.errors import UserError
+from slakevqa.files import write_json_atomic
+from slakevqa.inputs import InputBuilder
+from slakevqa.routing import build_closed_vocab, save_closed_vocab
+from slakevqa.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from slakevqa.training.config import TrainConfig
+from slakevqa.training.examples import ExampleEncoder
+from slakevqa.training.loss import answer_loss
+from slakevqa.training.params import configure_trainable, parameter_counts
+from slakevqa.training.schedule import lr_factor, micro_batch_indices, total_steps
+from slakevqa.training.tensorboard import TrainLogger
+
+log = logging.getLogger(__name__)
+DRY_RUN_RECORDS, DRY_RUN_STEPS = 8, 2
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    losses: list[list[float]]  # [step, loss] per optimiser step, this process's view
+    parameter_counts: dict
+
+
+def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
+    """Run training as ``cfg`` says. ``model``/``processor`` skip loading (tests, notebooks)."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(mixed_precision="fp16" if cfg.precision == "fp16" else "no")
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # ---- data, vocabulary, prompts
+    root = dataset_root(cfg)
+    layout = find_layout(root)
+    samples = load_training_split(root, cfg.split, cfg.language)
+    if cfg.dry_run:
+        samples = samples[:DRY_RUN_RECORDS]
+    vocab = build_closed_vocab(load_split(root, "train", cfg.language))
+    if accelerator.is_main_process:
+        save_closed_vocab(vocab, out / "closed_vocab.json")
+    builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, "answer_type",
+                                  cfg.mask_mode, cfg.mask_pad_ratio)
+
+    # ---- model and what trains
+    if model is None:
+        model, processor = load_for_training(cfg, accelerator.device)
+    model = configure_trainable(model, cfg.use_lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
+                                cfg.lora_target_modules, cfg.lora_scope, cfg.tune_mm_projector,
+                                cfg.freeze_vision_tower, cfg.unfreeze_last_llm_layers)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    counts = parameter_counts(model)
+    encoder = ExampleEncoder(builder, processor, cfg.max_prompt_len, cfg.max_answer_len)
+
+    # ---- optimiser and schedule (pure functions of the step)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_steps = DRY_RUN_STEPS if cfg.dry_run else total_steps(
+        len(samples), cfg.batch_size, cfg.grad_accum, cfg.num_epochs, cfg.max_steps, accelerator.num_processes)
+    warmup = round(cfg.warmup_ratio * n_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, n_steps, warmup, cfg.lr_scheduler))
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # ---- resume
+    state: dict = {"losses": [], "total_steps": n_steps}
+    checkpoint = resolve_resume(cfg.resume_from_checkpoint, out)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
+        log.info("resumed from %s at step %d of %d", checkpoint, state["step"], n_steps)
+    start = state.get("step", 0)
+
+    # ---- the loop
+    logger = TrainLogger(cfg, out, enabled=cfg.tb and accelerator.is_main_process)
+    logger.start(samples, counts, n_steps)
+    model.train()
+    for step in range(start, n_steps):
+        began, loss_sum, batch_stats = time.perf_counter(), 0.0, []
+        for micro in range(cfg.grad_accum):
+            rows = micro_batch_indices(step * cfg.grad_accum + micro, len(samples), cfg.batch_size, cfg.seed,
+                                       accelerator.process_index, accelerator.num_processes)
+            batch, stats = encoder.batch([samples[i] for i in rows])
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
+            with sync, accelerator.autocast():
+                loss, _ = answer_loss(model, batch)
+                accelerator.backward(loss / cfg.grad_accum)
+            loss_sum += loss.item() / cfg.grad_accum
+            batch_stats.append(stats)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["losses"].append([step + 1, loss_sum])
+        logger.step(step + 1, loss_sum, scheduler.get_last_lr()[0], grad_norm, batch_stats,
+                    time.perf_counter() - began, accelerator.unwrap_model(model))
+        if (step + 1) % cfg.save_steps == 0 or step + 1 == n_steps:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(out, step + 1, accelerator.unwrap_model(model), optimizer, scheduler,
+                                {**state, "total_steps": n_steps}, cfg.save_total_limit)
+
+    # ---- outputs
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_trained(accelerator.unwrap_model(model), processor, out)
+        write_run_config(cfg, out, n_steps, state["losses"], counts, builder, accelerator)
+    logger.close(encoder.stats())
+    return TrainResult(out, n_steps, state["losses"], counts)
+
+
+def dataset_root(cfg: TrainConfig) -> Path:
+    import os
+
+    if cfg.data_source == "hf":
+        from slakevqa.data.hub import fetch_slake
+
+        return fetch_slake()
+    root = cfg.slake_root or os.environ.get("SLAKE_ROOT")
+    if not root:
+        raise UserError("no dataset given: pass --slake_root DIR (or set SLAKE_ROOT) or --data_source hf")
+    return Path(root)
+
+
+def training_dtype(precision: str, device):
+    """auto: bf16 on GPUs that support it, else fp32; fp16 keeps fp32 weights under autocast."""
+    import torch
+
+    if precision == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def load_for_training(cfg: TrainConfig, device):
+    from slakevqa.models.loading import load_model
+
+    if cfg.qlora and device.type != "cuda":
+        raise UserError("--qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on CPU use --use_lora without it")
+    return load_model(cfg.model_id, dtype=training_dtype(cfg.precision, device), device=str(device),
+                      trust_remote_code=cfg.trust_remote_code, load_in_4bit=cfg.qlora)
+
+
+def save_trained(model, processor, out: Path) -> None:
+    """The adapter (peft format) under LoRA, else the full model; the processor beside it."""
+    model.save_pretrained(str(out), safe_serialization=True)
+    processor.save_pretrained(str(out))
+
+
+def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, counts: dict,
+                     builder: InputBuilder, accelerator) -> None:
+    from slakevqa.results import make_provenance
+
+    provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
+                                 split_file=find_layout(builder.layout.root).split_file(cfg.split),
+                                 route_source=builder.route_source, batch_size=cfg.batch_size,
+                                 device=str(accelerator.device))
+    write_json_atomic(out / "run_config.json", {
+        **provenance, "world_size": accelerator.num_processes, "steps": n_steps,
+        "final_loss": losses[-1][1] if losses else None, "parameters": counts,
+        "closed_vocab": {"file": "closed_vocab.json", "version": builder.vocab.version,
+                         "answers": len(builder.vocab.answers)},
+        "mask_stats": builder.mask_stats.as_dict()})
