@@ -1,0 +1,78 @@
+"""``report.md`` and a self-contained ``report.html`` for one run directory.
+
+Both come from the run's files alone: ``predictions.jsonl`` and, when present,
+``results.json`` (otherwise the predictions are scored here with default settings).
+Sections: provenance, headline table, per-slice bars with 95% intervals, CLOSED
+confusion matrix, yes/no margin histogram, and a gallery of the worst errors with
+image thumbnails and the prompt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from slakevqa.records import Prediction
+from slakevqa.reporting import analysis
+from slakevqa.reporting.html import render_html
+from slakevqa.reporting.tables import headline_table, markdown_table, slice_table
+from slakevqa.reporting.view import BAR_SCORERS, RunView, load_run, provenance_lines, slice_fields
+from slakevqa.files import write_text_atomic
+
+
+def render_markdown(view: RunView) -> str:
+    """The whole report as Markdown (figures as tables; images by path)."""
+    out = [f"# SLAKE evaluation report: {view.run_dir.name}", "",
+           f"Results: {view.results_source}. {len(view.rows)} predictions.", "",
+           markdown_table(["item", "value"], provenance_lines(view.results)), "",
+           "## Headline (percent, 95% bootstrap interval, count)", "",
+           headline_table(view.results), "", view.comparability, ""]
+    for scorer in [s for s in BAR_SCORERS if s in view.results.get("slices", {})]:
+        out += [f"## Slices under `{scorer}`", ""]
+        for field in slice_fields(view.results):
+            out += [slice_table(view.results, scorer, field), ""]
+    out += _confusion_markdown(view.rows) + _margins_markdown(view.rows) + _worst_markdown(view)
+    return "\n".join(out)
+
+
+def _confusion_markdown(rows: Sequence[Prediction]) -> list[str]:
+    labels, matrix = analysis.closed_confusion(rows)
+    table = markdown_table(["gold \\ chosen"] + labels,
+                           [[label] + [str(c) for c in counts] for label, counts in zip(labels, matrix)])
+    return ["## CLOSED confusion matrix (normalised answers)", "", table, ""]
+
+
+def _margins_markdown(rows: Sequence[Prediction]) -> list[str]:
+    margins = analysis.yes_no_margins(rows)
+    lines = ["## Yes/no margin: score(yes) - score(no)", ""]
+    if not any(margins.values()):
+        return lines + ["No yes/no candidate scores in this run.", ""]
+    table = [[f"gold {gold}", str(len(m)), f"{np.median(m):+.3f}", str(sum(v > 0 for v in m))]
+             for gold, m in margins.items() if m]
+    return lines + [markdown_table(["", "n", "median margin", "leaning yes"], table), ""]
+
+
+def _worst_markdown(view: RunView) -> list[str]:
+    out = [f"## Worst errors ({len(view.worst)} shown)", ""]
+    for i in view.worst:
+        row = view.rows[i]
+        out += [f"### qid {row.qid}: {row.question}", "",
+                f"- gold: `{row.answer}`; prediction: `{row.prediction}`; token F1 {view.token_f1[i]:.2f}",
+                f"- route: {row.route or '-'}; margin: {row.margin if row.margin is not None else '-'}; "
+                f"{row.modality} / {row.location} / {row.content_type}",
+                f"- image: `{row.img_name or row.image_path}`", "", "```text", row.prompt or "(no prompt)",
+                "```", ""]
+    return out
+
+
+def write_report(run: str | Path, out_dir: str | Path | None = None, worst: int = 24,
+                 image_root: str | Path | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html``; returns their paths."""
+    view = load_run(run, worst, image_root)
+    out = Path(out_dir) if out_dir is not None else view.run_dir
+    md_path, html_path = out / "report.md", out / "report.html"
+    write_text_atomic(md_path, render_markdown(view))
+    write_text_atomic(html_path, render_html(view))
+    return md_path, html_path
