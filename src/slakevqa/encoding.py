@@ -1,6 +1,8 @@
-"""Supervised batches: prompt and image tokens masked, loss on the answer and the closing ``</s>``.
+"""Token ids of LLaVA-Med prompts and answers, for training and evaluation alike.
 
-One example is tokenised as LLaVA-Med v1.5 trains it::
+Evaluation feeds the prompt ids of :func:`encode_prompt`; training adds the answer
+and masks everything before it. One training example is tokenised as LLaVA-Med v1.5
+trains it::
 
     <s> [INST] <image>×N \\n {user text} [/INST] {answer} </s>
     └──────────── labels = -100 ─────────────┘ └─ supervised ─┘
@@ -51,24 +53,43 @@ def truncate_prompt(ids: list[int], image_id: int, limit: int) -> tuple[list[int
     return head + ids[len(ids) - (limit - len(head)):], True
 
 
-def encode_example(tokenizer, user_text: str, answer: str, image_tokens: int, max_prompt_len: int = 512,
-                   max_answer_len: int = 64) -> EncodedExample:
-    """Token ids and labels of one training example (see the module docstring)."""
+def expand_image_token(ids: list[int], image_id: int, image_tokens: int) -> list[int]:
+    """Replace the single ``<image>`` id by ``image_tokens`` copies (what ``LlavaProcessor`` does to text)."""
+    at = ids.index(image_id)
+    return ids[:at] + [image_id] * image_tokens + ids[at + 1:]
+
+
+def encode_prompt(tokenizer, user_text: str, image_tokens: int, max_prompt_len: int = 512) -> tuple[list[int], bool]:
+    """Ids of the generation prompt ``<s>[INST] <image>×N\n{text} [/INST]``; and whether it was truncated."""
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    ids, cut = truncate_prompt(tokenizer(render_generation_prompt(user_text)).input_ids, image_id, max_prompt_len)
+    return expand_image_token(ids, image_id, image_tokens), cut
+
+
+def encode_answer(tokenizer, user_text: str, answer: str) -> list[int]:
+    """Ids the training text adds after the prompt: `` {answer} </s>`` (``</s>`` included).
+
+    Raises UserError when the tokenizer merges the prompt's end with the answer,
+    since then no split into prompt and answer exists.
+    """
     prompt_ids = tokenizer(render_generation_prompt(user_text)).input_ids
     full_ids = tokenizer(render_training_text(user_text, answer)).input_ids
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise UserError(f"the tokenizer merges the prompt end with the answer {answer!r}; "
                         "the chat template cannot be split into prompt and answer")
-    answer_ids = full_ids[len(prompt_ids):]
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    prompt_ids, prompt_cut = truncate_prompt(prompt_ids, image_id, max_prompt_len)
+    return full_ids[len(prompt_ids):]
+
+
+def encode_example(tokenizer, user_text: str, answer: str, image_tokens: int, max_prompt_len: int = 512,
+                   max_answer_len: int = 64) -> EncodedExample:
+    """Token ids and labels of one training example (see the module docstring)."""
+    answer_ids = encode_answer(tokenizer, user_text, answer)
+    prompt_ids, prompt_cut = encode_prompt(tokenizer, user_text, image_tokens, max_prompt_len)
     answer_cut = len(answer_ids) > max_answer_len
     if answer_cut:  # keep </s> so the model still learns to stop
         answer_ids = answer_ids[: max_answer_len - 1] + answer_ids[-1:]
-    at = prompt_ids.index(image_id)
-    expanded = prompt_ids[:at] + [image_id] * image_tokens + prompt_ids[at + 1:]
-    return EncodedExample(tuple(expanded + answer_ids), tuple([IGNORE_INDEX] * len(expanded) + answer_ids),
-                          len(prompt_ids), len(answer_ids), prompt_cut, answer_cut)
+    return EncodedExample(tuple(prompt_ids + answer_ids), tuple([IGNORE_INDEX] * len(prompt_ids) + answer_ids),
+                          len(prompt_ids) - image_tokens + 1, len(answer_ids), prompt_cut, answer_cut)
 
 
 def pad_batch(examples: list[EncodedExample], pad_id: int) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from slakevqa.inputs import InputBuilder
 from slakevqa.records import VQASample
-from slakevqa.training.collate import EncodedExample, batch_stats, encode_example, image_token_count, pad_batch
+from slakevqa.encoding import EncodedExample, batch_stats, encode_example, image_token_count, pad_batch
 
 
 class ExampleEncoder:

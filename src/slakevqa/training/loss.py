@@ -13,7 +13,7 @@ The value equals the usual token-mean cross-entropy over supervised tokens
 
 from __future__ import annotations
 
-from slakevqa.training.collate import IGNORE_INDEX
+from slakevqa.encoding import IGNORE_INDEX
 
 
 def supervised_positions(labels):

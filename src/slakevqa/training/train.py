@@ -147,14 +147,13 @@ def dataset_root(cfg: TrainConfig) -> Path:
     return Path(root)
 
 
-def training_dtype(precision: str, device):
-    """auto: bf16 on GPUs that support it, else fp32; fp16 keeps fp32 weights under autocast."""
+def weight_dtype(precision: str, device) -> str:
+    """Weights' dtype: ``auto`` is bf16 on GPUs that support it, else fp32 (fp16 runs fp32 weights under autocast)."""
     import torch
 
     if precision == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if precision == "bf16" else "fp32"
 
 
 def load_for_training(cfg: TrainConfig, device):
@@ -162,8 +161,10 @@ def load_for_training(cfg: TrainConfig, device):
 
     if cfg.qlora and device.type != "cuda":
         raise UserError("--qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on CPU use --use_lora without it")
-    return load_model(cfg.model_id, dtype=training_dtype(cfg.precision, device), device=str(device),
-                      trust_remote_code=cfg.trust_remote_code, load_in_4bit=cfg.qlora)
+    loaded = load_model(cfg.model_id, device=str(device), dtype=weight_dtype(cfg.precision, device),
+                        trust_remote_code=cfg.trust_remote_code, log=log.info)
+    log.info("loaded %s", loaded.describe())
+    return loaded.model, loaded.processor
 
 
 def save_trained(model, processor, out: Path) -> None:
