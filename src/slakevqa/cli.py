@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "load a model and print how it fits together, then generate once"),
     # training and evaluation
     "train": ("train", "fine-tune on SLAKE with LoRA, QLoRA or fully, on one GPU or many"),
+    "eval": ("eval", "answer a SLAKE split with a model, score it with intervals, write a report"),
     # the main job
     "demo": ("demo", "the main job on the embedded default dataset"),
 }

@@ -23,9 +23,28 @@ from slakevqa.data.masks import MaskStats, check_mode, condition_image
 from slakevqa.data.slake import SlakeLayout
 from slakevqa.prompts import PromptStyle, build_user_text, get_prompt_style
 from slakevqa.records import VQASample
-from slakevqa.routing import ClosedVocab, Route, route_question
+from slakevqa.routing import YES_NO, ClosedVocab, Route, parse_options, route_question
 
 TRIPLES_MODES: tuple[str, ...] = ("off", "real_only", "kvqa_real_only")
+# --closed_candidate_mode: where CLOSED candidates come from (``generate`` routes as ``auto``).
+CANDIDATE_MODES: tuple[str, ...] = ("auto", "yesno", "parse_options", "vocab", "generate")
+
+
+def apply_candidate_mode(route: Route, question: str, vocab: ClosedVocab, mode: str) -> Route:
+    """Override the automatic CLOSED route when a candidate source is forced.
+
+    ``yesno``: Yes/No for every CLOSED question; ``parse_options``: the options
+    parsed from the question, else the vocabulary; ``vocab``: the vocabulary.
+    OPEN routes are never changed.
+    """
+    if route.kind == "open" or mode in ("auto", "generate"):
+        return route
+    if mode == "yesno":
+        return Route("yesno", YES_NO, "forced by --closed_candidate_mode yesno", route.route_source)
+    options = parse_options(question) if mode == "parse_options" else []
+    if options:
+        return Route("options", tuple(options), "parsed (--closed_candidate_mode parse_options)", route.route_source)
+    return Route("vocab", vocab.answers, f"forced by --closed_candidate_mode {mode}", route.route_source)
 
 
 @dataclass(frozen=True)
@@ -48,20 +67,24 @@ class InputBuilder:
     route_source: str = "answer_type"
     mask_mode: str = "none"
     mask_pad_ratio: float = 0.10
+    candidate_mode: str = "auto"
     graphs: dict[str, KnowledgeGraph] = field(default_factory=dict)
     mask_stats: MaskStats = field(default_factory=MaskStats)
 
     @classmethod
     def create(cls, layout: SlakeLayout, prompt_style: str, vocab: ClosedVocab, triples_mode: str = "real_only",
                route_source: str = "answer_type", mask_mode: str = "none",
-               mask_pad_ratio: float = 0.10) -> "InputBuilder":
+               mask_pad_ratio: float = 0.10, candidate_mode: str = "auto") -> "InputBuilder":
         from slakevqa.errors import UserError
 
         if triples_mode not in TRIPLES_MODES:
             raise UserError(f"unknown --triples_mode '{triples_mode}': use {', '.join(TRIPLES_MODES)}")
+        if candidate_mode not in CANDIDATE_MODES:
+            raise UserError(f"unknown --closed_candidate_mode '{candidate_mode}': use {', '.join(CANDIDATE_MODES)}")
         check_mode(mask_mode, mask_pad_ratio)
         return cls(layout=layout, style=get_prompt_style(prompt_style), vocab=vocab, triples_mode=triples_mode,
-                   route_source=route_source, mask_mode=mask_mode, mask_pad_ratio=mask_pad_ratio)
+                   route_source=route_source, mask_mode=mask_mode, mask_pad_ratio=mask_pad_ratio,
+                   candidate_mode=candidate_mode)
 
     def kg_facts(self, sample: VQASample) -> tuple[str, ...]:
         """KG facts for the prompt; SLAKE's real triples all sit on kvqa records, so both modes agree there."""
@@ -75,6 +98,7 @@ class InputBuilder:
 
     def view(self, sample: VQASample) -> SampleView:
         route = route_question(sample.question, sample.answer_type, self.vocab, self.route_source)
+        route = apply_candidate_mode(route, sample.question, self.vocab, self.candidate_mode)
         facts = self.kg_facts(sample)
         return SampleView(build_user_text(sample.question, route, self.style, facts), route, facts)
 

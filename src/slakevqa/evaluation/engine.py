@@ -1,0 +1,199 @@
+"""The answering engine: batched OPEN generation and CLOSED candidate scoring.
+
+OPEN questions are generated greedily (left padding, stop at ``</s>``), with a
+longer budget for abnormality questions, and the answer is extracted from the
+first non-empty line.
+
+CLOSED questions are answered by likelihood: each candidate is scored by the mean
+log-probability of the tokens training would supervise for it (`` {candidate} </s>``).
+The prompt of a batch of questions (image included) is encoded **once**; its KV
+cache is then repeated for each (question, candidate) pair and only the candidate
+tokens run through the model::
+
+    prompts  [q1 q2 q3]  --forward once-->  cache, last logits (first candidate token)
+    pairs    [q1:Yes q1:No q2:T1 q2:T2 q3:...]  --forward on cache rows [1 1 2 2 3 ...]-->  the rest
+
+Rows are left-padded with explicit position ids, so a question gets the same
+answer whatever batch it is in (``--check_batch_invariance``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slakevqa.encoding import encode_answer, encode_prompt, image_token_count
+from slakevqa.evaluation.extract import extract_answer, match_candidate
+from slakevqa.inputs import InputBuilder, SampleView
+from slakevqa.records import Prediction, VQASample
+
+CLOSED_MODES: tuple[str, ...] = ("score", "generate")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens_open_default: int = 16
+    max_new_tokens_open_abnormality: int = 48
+    temperature: float = 0.0
+    do_sample: bool = False
+
+    def budget(self, sample: VQASample) -> int:
+        abnormal = sample.content_type.lower() == "abnormality"
+        return self.max_new_tokens_open_abnormality if abnormal else self.max_new_tokens_open_default
+
+
+@dataclass
+class Prepared:
+    sample: VQASample
+    view: SampleView
+    prompt_ids: list[int]
+    pixel_values: object
+
+
+class Engine:
+    """Answers batches of samples with one model; ``answer(samples)`` returns Predictions in input order."""
+
+    def __init__(self, model, processor, builder: InputBuilder, settings: GenerationSettings = GenerationSettings(),
+                 closed_mode: str = "score", max_prompt_len: int = 512) -> None:
+        self.model, self.processor, self.builder, self.settings = model, processor, builder, settings
+        self.closed_mode, self.max_prompt_len = closed_mode, max_prompt_len
+        self.tokenizer = processor.tokenizer
+        self.image_tokens = image_token_count(processor)
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def prepare(self, sample: VQASample) -> Prepared:
+        view = self.builder.view(sample)
+        ids, _ = encode_prompt(self.tokenizer, view.user_text, self.image_tokens, self.max_prompt_len)
+        pixels = self.processor.image_processor(images=[self.builder.image(sample)],
+                                                return_tensors="pt")["pixel_values"][0]
+        return Prepared(sample, view, ids, pixels)
+
+    def answer(self, samples: list[VQASample]) -> list[Prediction]:
+        prepared = [self.prepare(s) for s in samples]
+        results: dict[int, Prediction] = {}
+        scored = [p for p in prepared if p.view.route.candidates and self.closed_mode == "score"]
+        generated = [p for p in prepared if p not in scored]
+        if scored:
+            for item, scores in zip(scored, self.score_candidates(scored)):
+                results[item.sample.qid] = self.closed_prediction(item, scores)
+        for budget in sorted({self.settings.budget(p.sample) for p in generated}):
+            group = [p for p in generated if self.settings.budget(p.sample) == budget]
+            for item, raw in zip(group, self.generate(group, budget)):
+                results[item.sample.qid] = self.generated_prediction(item, raw)
+        return [results[s.qid] for s in samples]
+
+    # ---------------------------------------------------------------- building predictions
+
+    def prompt_text(self, item: Prepared) -> str:
+        from slakevqa.prompts import render_generation_prompt
+
+        return render_generation_prompt(item.view.user_text)
+
+    def closed_prediction(self, item: Prepared, scores: list[float]) -> Prediction:
+        candidates = item.view.route.candidates
+        ranked = sorted(scores, reverse=True)
+        best = scores.index(ranked[0])
+        margin = ranked[0] - ranked[1] if len(ranked) > 1 else None
+        return Prediction.from_sample(item.sample, candidates[best], route=item.view.route.kind,
+                                      candidates=tuple(candidates), scores=tuple(scores), margin=margin,
+                                      prompt=self.prompt_text(item))
+
+    def generated_prediction(self, item: Prepared, raw: str) -> Prediction:
+        extracted = extract_answer(raw)
+        route = item.view.route
+        if route.candidates:  # --closed_candidate_mode generate: map the free answer onto a candidate
+            extracted = match_candidate(extracted, route.candidates) or extracted
+        return Prediction.from_sample(item.sample, extracted, raw_output=raw, route=route.kind,
+                                      candidates=tuple(route.candidates), prompt=self.prompt_text(item))
+
+    # ---------------------------------------------------------------- model calls
+
+    def left_padded(self, rows: list[list[int]]):
+        """``input_ids``, ``attention_mask`` and ``position_ids`` for left-padded rows."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row):] = torch.tensor(row)
+            mask[i, width - len(row):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    def pixels(self, items: list[Prepared]):
+        import torch
+
+        dtype = next(self.model.parameters()).dtype
+        return torch.stack([p.pixel_values for p in items]).to(self.device, dtype)
+
+    def generate(self, items: list[Prepared], max_new_tokens: int) -> list[str]:
+        import torch
+
+        ids, mask, _ = self.left_padded([p.prompt_ids for p in items])
+        sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.do_sample \
+            else {"do_sample": False}
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, pixel_values=self.pixels(items),
+                                      max_new_tokens=max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+                                      pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        return [self.tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
+
+    def candidate_ids(self, item: Prepared) -> list[list[int]]:
+        return [encode_answer(self.tokenizer, item.view.user_text, c) for c in item.view.route.candidates]
+
+    def score_candidates(self, items: list[Prepared]) -> list[list[float]]:
+        """Mean token log-probability of every candidate, prompts encoded once (module docstring)."""
+        import torch
+
+        ids, mask, positions = self.left_padded([p.prompt_ids for p in items])
+        pairs = [(q, cand) for q, item in enumerate(items) for cand in self.candidate_ids(item)]
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             pixel_values=self.pixels(items), use_cache=True, logits_to_keep=1)
+            first = out.logits[:, -1].float().log_softmax(-1)  # predicts each candidate's first token
+            rows = torch.tensor([q for q, _ in pairs], device=self.device)
+            cache = returned_cache(out)
+            cache.reorder_cache(rows)
+            tails = self.candidate_tail_logprobs(pairs, rows, mask, positions, cache)
+        scores: list[list[float]] = [[] for _ in items]
+        for (q, cand), tail in zip(pairs, tails):
+            total = float(first[q, cand[0]]) + tail
+            scores[q].append(total / len(cand))
+        return scores
+
+    def candidate_tail_logprobs(self, pairs: list, rows, mask, positions, cache) -> list[float]:
+        """Sum of log-probs of each candidate's tokens after the first, on the repeated prompt cache."""
+        import torch
+
+        width = max(len(cand) for _, cand in pairs)
+        if width == 1:
+            return [0.0] * len(pairs)
+        tokens = torch.full((len(pairs), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        cand_mask = torch.zeros_like(tokens)
+        for i, (_, cand) in enumerate(pairs):
+            tokens[i, :len(cand)] = torch.tensor(cand, device=self.device)
+            cand_mask[i, :len(cand)] = 1
+        start = positions[rows, -1:] + 1
+        cand_positions = start + torch.arange(width, device=self.device)
+        out = self.model(input_ids=tokens, attention_mask=torch.cat([mask[rows], cand_mask], dim=1),
+                         position_ids=cand_positions, use_cache=True, **{cache_argument(self.model): cache})
+        logprobs = out.logits[:, :-1].float().log_softmax(-1)  # position j predicts token j + 1
+        picked = logprobs.gather(-1, tokens[:, 1:, None])[..., 0] * cand_mask[:, 1:]
+        return picked.sum(-1).tolist()
+
+
+def cache_argument(model) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier 5.x): the forward's KV-cache keyword."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def returned_cache(output):
+    """The KV cache of a forward output under either name."""
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else output.past_key_values

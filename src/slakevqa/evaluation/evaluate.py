@@ -1,0 +1,209 @@
+"""`evaluate(cfg)`: answer a SLAKE split with a model and score it, top to bottom.
+
+    data -> vocabulary -> prompts/images -> model -> resume -> batches (appended, flushed)
+    -> merge shards in qid order -> results.json (all scorers, intervals, provenance) -> report
+
+Under ``accelerate launch`` process ``r`` of ``w`` answers questions ``r, r+w, ...``
+into ``predictions.rank{r}.jsonl``; the main process merges them in qid order, so
+the files equal a single-process run's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from slakevqa.config import config_to_dict
+from slakevqa.data.slake import find_layout, load_split
+from slakevqa.errors import UserError
+from slakevqa.evaluation.config import EvalConfig
+from slakevqa.evaluation.engine import Engine, GenerationSettings
+from slakevqa.evaluation.store import PredictionWriter, recover_predictions
+from slakevqa.files import write_json_atomic
+from slakevqa.inputs import InputBuilder
+from slakevqa.records import Prediction, VQASample
+from slakevqa.results import PREDICTIONS_NAME, RESULTS_NAME, build_results, make_provenance, write_predictions
+from slakevqa.results import write_results
+from slakevqa.routing import ClosedVocab, load_or_build_vocab
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
+    """Run the evaluation ``cfg`` describes; returns the results dict (also in ``results.json``)."""
+    import torch
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    root = dataset_root(cfg)
+    layout = find_layout(root)
+    samples = load_split(root, cfg.split, cfg.language)
+    samples = samples[: cfg.limit] if cfg.limit > 0 else samples
+    vocab = resolve_vocab(cfg, root)
+    builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, cfg.route, cfg.mask_mode,
+                                  cfg.mask_pad_ratio, cfg.closed_candidate_mode)
+    loaded = None
+    if model is None:
+        model, processor, loaded = load_for_eval(cfg, rank)
+    model.eval()
+    settings = GenerationSettings(cfg.max_new_tokens_open_default, cfg.max_new_tokens_open_abnormality,
+                                  cfg.temperature, cfg.do_sample)
+    engine = Engine(model, processor, builder, settings,
+                    "generate" if cfg.closed_candidate_mode == "generate" else "score", cfg.max_prompt_len)
+
+    # ---- answer what is missing, appending as we go
+    shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")
+    done = {p.qid for p in recover_predictions(out / PREDICTIONS_NAME)}
+    done |= {p.qid for p in recover_predictions(shard_file)} if world > 1 else set()
+    pending = [s for s in samples[rank::world] if s.qid not in done]
+    if done:
+        log.info("resuming: %d questions already answered, %d to go", len(done), len(pending))
+    answer_all(engine, pending, cfg.batch_size, shard_file, rank)
+    if world > 1:
+        barrier()
+        if rank != 0:
+            return {}
+        merge_shards(out, world)
+
+    # ---- score, record provenance, report
+    rows = finalise_predictions(out / PREDICTIONS_NAME, samples)
+    provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
+                                 split_file=layout.split_file(cfg.split), route_source=cfg.route,
+                                 batch_size=cfg.batch_size, device=device_name(model))
+    provenance.update({"world_size": world, "model": loaded.describe() if loaded else "given in process",
+                       "closed_candidate_mode": cfg.closed_candidate_mode,
+                       "closed_vocab": {"version": vocab.version, "answers": len(vocab.answers),
+                                        "source_sha256": vocab.source_sha256},
+                       "mask_stats": builder.mask_stats.as_dict()})
+    results = build_results(rows, provenance, predictions_file=out / PREDICTIONS_NAME)
+    if cfg.check_batch_invariance > 0:
+        results["batch_invariance"] = check_batch_invariance(engine, samples[: cfg.check_batch_invariance],
+                                                             {r.qid: r for r in rows}, out)
+    write_results(out / RESULTS_NAME, results)
+    if cfg.mode == "diagnose":
+        from slakevqa.evaluation.diagnose import run_diagnose
+
+        run_diagnose(engine, samples, rows, out / "diagnose")
+    if cfg.report:
+        from slakevqa.reporting.report import write_report
+
+        write_report(out)
+    return results
+
+
+def answer_all(engine: Engine, pending: list[VQASample], batch_size: int, path: Path, rank: int) -> None:
+    writer = PredictionWriter(path)
+    try:
+        with tqdm(total=len(pending), desc="evaluate", unit="q", disable=rank != 0 or not pending) as bar:
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start: start + batch_size]
+                writer.write(engine.answer(batch))
+                bar.update(len(batch))
+    finally:
+        writer.close()
+
+
+def finalise_predictions(path: Path, samples: list[VQASample]) -> list[Prediction]:
+    """All predictions in qid order, rewritten atomically; a missing or unexpected qid is an error."""
+    rows = sorted(recover_predictions(path), key=lambda r: r.qid)
+    expected = {s.qid for s in samples}
+    got = {r.qid for r in rows}
+    if got - expected:
+        raise UserError(f"{path}: holds answers to questions outside this split/limit "
+                        f"(qids {sorted(got - expected)[:5]}); use a fresh --output_dir")
+    if expected - got:
+        raise UserError(f"{path}: {len(expected - got)} questions have no answer; run the same command again")
+    write_predictions(path, rows)
+    return rows
+
+
+def merge_shards(out: Path, world: int) -> None:
+    rows = {r.qid: r for r in recover_predictions(out / PREDICTIONS_NAME)}
+    for rank in range(world):
+        shard = out / f"predictions.rank{rank}.jsonl"
+        rows.update({r.qid: r for r in recover_predictions(shard)})
+    write_predictions(out / PREDICTIONS_NAME, [rows[q] for q in sorted(rows)])
+    for rank in range(world):
+        (out / f"predictions.rank{rank}.jsonl").unlink(missing_ok=True)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def check_batch_invariance(engine: Engine, samples: list[VQASample], batched: dict[int, Prediction],
+                           out: Path) -> dict:
+    """Answer ``samples`` one at a time and list every answer that differs from the batched run."""
+    differences, worst = [], 0.0
+    for sample in tqdm(samples, desc="batch invariance", unit="q"):
+        single, batch = engine.answer([sample])[0], batched[sample.qid]
+        gaps = [abs(a - b) for a, b in zip(single.scores, batch.scores)]
+        worst = max([worst, *gaps])
+        if single.prediction != batch.prediction or single.raw_output != batch.raw_output:
+            differences.append({"qid": sample.qid, "batched": batch.prediction, "single": single.prediction,
+                                "batched_raw": batch.raw_output, "single_raw": single.raw_output})
+    report = {"questions": len(samples), "differences": len(differences), "max_score_gap": worst,
+              "items": differences}
+    write_json_atomic(out / "batch_invariance.json", report)
+    print(f"batch invariance: {len(differences)} differences on {len(samples)} questions "
+          f"(largest candidate-score gap {worst:.2e})")
+    return {k: v for k, v in report.items() if k != "items"}
+
+
+def dataset_root(cfg: EvalConfig) -> Path:
+    if cfg.data_source == "hf":
+        from slakevqa.data.hub import fetch_slake
+
+        return fetch_slake()
+    root = cfg.slake_root or os.environ.get("SLAKE_ROOT")
+    if not root:
+        raise UserError("no dataset given: pass --slake_root DIR (or set SLAKE_ROOT) or --data_source hf")
+    return Path(root)
+
+
+def resolve_vocab(cfg: EvalConfig, root: Path) -> ClosedVocab:
+    """``--closed_vocab_path``, else the one saved beside the model, else built (``--allow_build_vocab``), else empty.
+
+    An empty vocabulary is only an error for a question that needs it (neither
+    yes/no nor listing options); real SLAKE test and validation have none.
+    """
+    path = cfg.closed_vocab_path
+    beside_model = Path(cfg.model_id_or_ckpt or "") / "closed_vocab.json"
+    if path is None and beside_model.is_file():
+        path = str(beside_model)
+    if path is None and not cfg.allow_build_vocab:
+        return ClosedVocab.empty()
+    return load_or_build_vocab(path, root, cfg.allow_build_vocab)
+
+
+def load_for_eval(cfg: EvalConfig, rank: int):
+    from slakevqa.models.loading import load_model
+
+    if not cfg.model_id_or_ckpt:
+        raise UserError("no model given: pass --model_id_or_ckpt (a model folder, hub id or training output dir)")
+    device = cfg.device
+    if device == "auto" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    loaded = load_model(cfg.model_id_or_ckpt, device=device, dtype=cfg.dtype, base=cfg.model_base,
+                        merge_adapter=cfg.merge_adapter, trust_remote_code=cfg.trust_remote_code, log=log.info)
+    log.info("loaded %s", loaded.describe())
+    return loaded.model, loaded.processor, loaded
+
+
+def device_name(model) -> str:
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
