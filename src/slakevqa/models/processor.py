@@ -20,12 +20,18 @@ LLaVA-Med's ``expand2square`` pastes at a random offset ``randint(d//2, d//2 + 1
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
 from slakevqa.errors import UserError
 from slakevqa.models.tokenizer import IMAGE_TOKEN
+
+if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # openai/clip-vit-large-patch14-336
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -33,13 +39,15 @@ PAD_COLOUR = tuple(int(255 * m) for m in CLIP_MEAN)  # (122, 116, 104), as upstr
 
 # Jinja for processor.apply_chat_template. Accepts content as a string or as a list of
 # {"type": "image"} / {"type": "text"} items; the image always goes first, as upstream
-# moves it there. A system message is wrapped LLAMA_2-style into the first turn.
+# moves it there. Text is stripped, as upstream's model_vqa.py strips the question
+# (SLAKE has questions ending in a space). A system message is wrapped LLAMA_2-style
+# into the first turn.
 LLAVA_MED_CHAT_TEMPLATE = (
     "{%- set ns = namespace(system='') -%}"
     "{%- for message in messages -%}"
     "{%- if message['content'] is string -%}{%- set items = [{'type': 'text', 'text': message['content']}] -%}"
     "{%- else -%}{%- set items = message['content'] -%}{%- endif -%}"
-    "{%- set text = items | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') -%}"
+    "{%- set text = items | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') | trim -%}"
     "{%- set has_image = items | selectattr('type', 'equalto', 'image') | list | length > 0 -%}"
     "{%- if message['role'] == 'system' -%}{%- set ns.system = '<<SYS>>\\n' ~ text ~ '\\n<</SYS>>\\n\\n' -%}"
     "{%- elif message['role'] == 'user' -%}"
@@ -81,7 +89,7 @@ def build_image_processor(image_size: int):
         image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_convert_rgb=True)
 
 
-def build_processor(tokenizer, image_size: int, patch_size: int):
+def build_processor(tokenizer: PreTrainedTokenizerBase, image_size: int, patch_size: int) -> ProcessorMixin:
     """A ``LlavaProcessor`` that expands ``<image>`` to ``(image_size // patch_size) ** 2`` tokens.
 
     ``num_additional_image_tokens=1`` accounts for CLIP's CLS token, which the
@@ -95,27 +103,45 @@ def build_processor(tokenizer, image_size: int, patch_size: int):
                           chat_template=LLAVA_MED_CHAT_TEMPLATE)
 
 
-def load_processor(folder: str | Path, trust_remote_code: bool = False):
-    """``AutoProcessor`` from ``folder``, forcing the PIL image backend.
+def pil_image_processor(folder: str | Path):
+    """The PIL-backend class of the image processor saved in ``folder``, or None.
 
-    With torchvision installed, transformers would otherwise pick its torchvision
-    image processor, whose resize gives different pixels.
+    Saved files name the backend-free class (``LlavaImageProcessor``); with
+    torchvision installed, ``AutoProcessor`` would pick the torchvision class, whose
+    resize gives different pixels. We pick ``<Name>Pil`` explicitly instead
+    (``AutoImageProcessor`` cannot be used: in 5.17 it requires torchvision).
     """
-    from transformers import AutoImageProcessor, AutoProcessor
+    import transformers
+
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        path = Path(folder) / name
+        if path.is_file():
+            raw = json.loads(path.read_text())
+            saved = raw.get("image_processor", raw).get("image_processor_type", "")
+            base = saved.removesuffix("Fast").removesuffix("Pil")
+            cls = getattr(transformers, f"{base}Pil", None)
+            return cls.from_pretrained(str(folder)) if cls is not None and base else None
+    return None
+
+
+def load_processor(folder: str | Path, trust_remote_code: bool = False):
+    """``AutoProcessor`` from ``folder`` with the PIL image backend (see :func:`pil_image_processor`)."""
+    from transformers import AutoProcessor
 
     try:
-        image_processor = AutoImageProcessor.from_pretrained(
-            str(folder), backend="pil", trust_remote_code=trust_remote_code)
-        processor = AutoProcessor.from_pretrained(
-            str(folder), image_processor=image_processor, trust_remote_code=trust_remote_code)
+        image_processor = pil_image_processor(folder)
+        extra = {"image_processor": image_processor} if image_processor is not None else {}
+        processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError, KeyError) as error:
         raise UserError(f"{folder}: cannot load a processor ({error})") from error
     if getattr(processor, "image_processor", None) is None:
         raise UserError(f"{folder}: the processor has no image processor; is this a vision-language model?")
+    # from_pretrained hands the image_processor kwarg to the tokenizer too, which then cannot be saved again
+    processor.tokenizer.init_kwargs.pop("image_processor", None)
     return processor
 
 
-def generation_prompt(processor, question: str) -> str:
+def generation_prompt(processor: ProcessorMixin, question: str) -> str:
     """Render one image-first user turn with the processor's chat template.
 
     >>> generation_prompt(processor, "Is there a mass?")

@@ -15,13 +15,17 @@ tokens, exact LLaVA-Med ids), or a byte-level BPE trained on the fly (~500 token
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slakevqa.errors import UserError
 from slakevqa.models.processor import build_processor
 from slakevqa.models.tokenizer import (IMAGE_TOKEN, build_bpe_tokenizer, build_mistral_tokenizer,
                                        mistral_tokenizer_file, save_tokenizer)
+
+if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
+    from transformers import LlavaConfig, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
 
 TOKENIZER_KINDS = ("mistral", "bpe", "auto")
 
@@ -64,7 +68,7 @@ def padded_vocab_size(n_tokens: int, multiple: int = 64) -> int:
     return -(-n_tokens // multiple) * multiple
 
 
-def tiny_llava_config(tokenizer, sizes: TinySizes = TinySizes()):
+def tiny_llava_config(tokenizer: PreTrainedTokenizerBase, sizes: TinySizes = TinySizes()) -> LlavaConfig:
     """A ``LlavaConfig`` with LLaVA-Med v1.5's choices at toy sizes."""
     from transformers import CLIPVisionConfig, LlavaConfig, MistralConfig
 
@@ -117,8 +121,7 @@ def build_tiny_llava(tokenizer_kind: str = "auto", image_size: int = 32, patch_s
 
     if image_size % patch_size:
         raise UserError(f"image size {image_size} is not a multiple of patch size {patch_size}")
-    sizes = TinySizes(**{**(sizes or TinySizes()).__dict__,
-                         "image_size": image_size, "patch_size": patch_size})
+    sizes = replace(sizes or TinySizes(), image_size=image_size, patch_size=patch_size)
     tokenizer = build_tokenizer(tokenizer_kind)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(tiny_llava_config(tokenizer, sizes))
@@ -127,7 +130,7 @@ def build_tiny_llava(tokenizer_kind: str = "auto", image_size: int = 32, patch_s
     return model.eval(), processor
 
 
-def save_llava(model, processor, folder: str | Path) -> Path:
+def save_llava(model: PreTrainedModel, processor: ProcessorMixin, folder: str | Path) -> Path:
     """Write a model and its processor as a Hugging Face folder (safetensors).
 
     ``AutoModelForImageTextToText.from_pretrained(folder)`` and

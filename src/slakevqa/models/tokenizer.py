@@ -24,8 +24,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from slakevqa.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
+    from transformers import PreTrainedTokenizerBase
+
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
@@ -73,7 +78,7 @@ def load_sentencepiece_tokenizer(folder: str | Path):
                         "install 'sentencepiece' (pip install sentencepiece)") from error
 
 
-def add_llava_tokens(tokenizer) -> None:
+def add_llava_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
     """Add ``<image>`` and ``<pad>`` (ids 32000 and 32001 on the Mistral vocabulary).
 
     ``<image>`` is special and unnormalised, so it never merges with neighbours.
@@ -129,7 +134,7 @@ def build_bpe_tokenizer(vocab_size: int = 512):
                                    extra_special_tokens=[IMAGE_TOKEN], padding_side="left")
 
 
-def save_tokenizer(tokenizer, folder: str | Path) -> None:
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
     """``save_pretrained`` plus the flags it forgets (``legacy``, ``add_bos_token``)."""
     tokenizer.save_pretrained(str(folder))
     config_path = Path(folder) / "tokenizer_config.json"

@@ -1,0 +1,271 @@
+"""Convert a random-weight LLaVA-Med-7B-shaped original checkpoint and load it: time and memory.
+
+    python benchmarks/convert_7b.py                 # GPU box: real shape, ~15 GB bf16 on disk
+    python benchmarks/convert_7b.py --tiny          # CPU: same code path at toy size, seconds
+
+Builds ``model_type: llava_mistral`` shards as microsoft/llava-med-v1.5-mistral-7b
+ships them (Mistral-7B text 4096/14336/32 layers/32 heads/8 kv/vocab 32000/rope_theta
+1e6; CLIP ViT-L/14-336 vision; projector 1024->4096->4096; 4 bf16 safetensors shards +
+index + config.json + tokenizer.model), then:
+
+1. converts it with ``slakevqa.models.convert.convert_checkpoint`` (streaming, one shard
+   in memory) and, as the baseline, the naive way (every tensor in memory at once);
+2. loads the result with ``slakevqa.models.loading.load_model`` (auto dtype/device);
+3. generates once on a synthetic image.
+
+Prints conversion time, load time, generation time and peak memory (host RSS sampled
+from /proc, GPU from torch) per phase; writes ``results.json`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+SHARD_BYTES = 4_950_000_000  # upstream's shards are ~4.9-5.0 GB
+
+# microsoft/llava-med-v1.5-mistral-7b config.json (reference §2.1), leftover keys included.
+LLAVA_MED_CONFIG = {
+    "_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2", "architectures": ["LlavaMistralForCausalLM"],
+    "model_type": "llava_mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_act": "silu", "rms_norm_eps": 1e-05,
+    "rope_theta": 1000000.0, "sliding_window": None, "max_position_embeddings": 32768, "vocab_size": 32000,
+    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "attention_dropout": 0.0,
+    "initializer_range": 0.02, "torch_dtype": "bfloat16", "transformers_version": "4.36.2", "use_cache": True,
+    "mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": 1024,
+    "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
+    "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
+    "mm_projector_lr": None, "use_mm_proj": True, "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False,
+    "tokenizer_model_max_length": 2048, "tokenizer_padding_side": "right", "feature_outs": "encoder+decoder",
+    "img_size": 640, "vision_backbone": "convnextlarge", "segtok_posembed": "sincos",
+    "proj_vis_to_txt_tokens": False, "prompt_segtok_w_instruct": False, "tune_vision_tokenizer": "none",
+    "vision_tokenizer_lr": None,
+}
+TINY_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2}
+TINY_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 2,
+               "image_size": 56, "patch_size": 14, "projection_dim": 64}
+
+
+class PeakRSS:
+    """Samples this process's resident memory every 20 ms; ``peak`` in bytes since ``reset``."""
+
+    def __init__(self) -> None:
+        self.peak, self._stop = 0, False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    @staticmethod
+    def current() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, self.current())
+            time.sleep(0.02)
+
+    def reset(self) -> None:
+        self.peak = self.current()
+
+
+def gpu_reset() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def gpu_peak() -> int:
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+
+
+def original_config(tiny: bool, clip_folder: str | None) -> dict:
+    """The upstream config, shrunk for ``--tiny`` (its CLIP config then lives in a local folder)."""
+    config = dict(LLAVA_MED_CONFIG)
+    if tiny:
+        config.update(TINY_TEXT, mm_hidden_size=TINY_VISION["hidden_size"], mm_vision_tower=clip_folder)
+    return config
+
+
+def original_shapes(config: dict, vision_config: "CLIPVisionConfig") -> dict[str, tuple[int, ...]]:
+    """Original tensor names and shapes, from the HF model built on ``meta`` and the reverse key map."""
+    import torch
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, MistralConfig
+
+    from slakevqa.models.convert import TEXT_FIELDS
+    from slakevqa.models.tiny_original import original_name
+
+    text = MistralConfig(**{k: config[k] for k in TEXT_FIELDS if k in config}, vocab_size=config["vocab_size"])
+    llava = LlavaConfig(vision_config=vision_config, text_config=text, projector_hidden_act="gelu")
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(llava)
+    return {original_name(name): tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def random_tensor(name: str, shape: tuple[int, ...], device: str) -> "torch.Tensor":
+    """Norm weights 1, biases 0, everything else N(0, 0.02) in bf16."""
+    import torch
+
+    if name.endswith("norm.weight") or "layer_norm" in name or "layrnorm" in name:
+        return torch.ones(shape, dtype=torch.bfloat16)
+    if name.endswith(".bias"):
+        return torch.zeros(shape, dtype=torch.bfloat16)
+    return (torch.randn(shape, device=device, dtype=torch.bfloat16) * 0.02).cpu()
+
+
+def write_original(folder: Path, tiny: bool, device: str) -> float:
+    """Write the random original checkpoint; returns its size in GB."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig
+
+    from slakevqa.models.original import KNOWN_CLIP_TOWERS
+    from slakevqa.models.tiny_original import write_tokenizer
+    from slakevqa.models.tokenizer import build_mistral_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vision = CLIPVisionConfig(hidden_act="quick_gelu",
+                              **(TINY_VISION if tiny else KNOWN_CLIP_TOWERS["openai/clip-vit-large-patch14-336"]))
+    if tiny:
+        vision.save_pretrained(str(folder / "clip-vision"))
+    config = original_config(tiny, "clip-vision")
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_tokenizer(build_mistral_tokenizer(folder / ".tok"), folder)
+    shutil.rmtree(folder / ".tok")
+    shapes = original_shapes(config, vision)
+    shards, current, size = [], [], 0
+    for name in shapes:  # module order, as upstream's shards are
+        nbytes = 2 * _numel(shapes[name])
+        if current and size + nbytes > SHARD_BYTES:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    shards.append(current)
+    weight_map = {}
+    for i, names in enumerate(shards):
+        shard = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: random_tensor(n, shapes[n], device) for n in names}, str(folder / shard),
+                  metadata={"format": "pt"})
+        weight_map.update({n: shard for n in names})
+    total = sum(2 * _numel(s) for s in shapes.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return total / 1e9
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def naive_convert(source: Path, destination: Path) -> None:
+    """Baseline: every tensor in memory at once (what a load-everything script does), one write."""
+    import torch
+    from safetensors.torch import save_file
+
+    from slakevqa.models import original
+    from slakevqa.models.convert import convert_tensors
+
+    tensors = {}
+    for path in original.weight_files(source):
+        tensors.update(original.load_tensors(path))
+    converted = convert_tensors(tensors, 32064, torch.bfloat16, skip_vision=False)
+    destination.mkdir(parents=True, exist_ok=True)
+    save_file(converted, str(destination / "model.safetensors"), metadata={"format": "pt"})
+
+
+def phase(name: str, rss: PeakRSS, results: dict, work: Callable[[], object]) -> object:
+    """Run ``work()``, recording seconds, peak host RSS and peak GPU memory under ``name``."""
+    import torch
+
+    gpu_reset()
+    rss.reset()
+    start = time.perf_counter()
+    value = work()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    results[name] = {"seconds": round(time.perf_counter() - start, 2), "peak_host_rss_gb": round(rss.peak / 1e9, 2),
+                     "peak_gpu_gb": round(gpu_peak() / 1e9, 2)}
+    print(f"{name:<22} {results[name]['seconds']:>8.2f} s   host RSS peak {results[name]['peak_host_rss_gb']:>6.2f} GB"
+          f"   GPU peak {results[name]['peak_gpu_gb']:>6.2f} GB", flush=True)
+    return value
+
+
+def environment() -> dict:
+    import torch
+    import transformers
+
+    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "card": card,
+            "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="work_convert_7b", help="scratch folder (~45 GB at full size)")
+    parser.add_argument("--tiny", action="store_true", help="toy sizes, for a CPU dry run")
+    parser.add_argument("--device", default="auto", help="device for random init and loading")
+    parser.add_argument("--max_new_tokens", type=int, default=16)
+    parser.add_argument("--no_baseline", action="store_true", help="skip the naive in-memory conversion")
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoints (default: delete them)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from slakevqa.models.convert import convert_checkpoint
+    from slakevqa.models.inspect import generate_once, synthetic_image
+    from slakevqa.models.loading import load_model, pick_device
+
+    args = parse_args(argv)
+    out, rss, results = Path(args.out), PeakRSS(), {"environment": environment(), "tiny": args.tiny}
+    device = pick_device(args.device)
+    print(f"{results['environment']}\nscratch: {out}", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+    size = phase("build original", rss, results, lambda: write_original(out / "original", args.tiny, device))
+    results["checkpoint_gb"] = round(size, 2)
+    report = phase("convert (streaming)", rss, results,
+                   lambda: convert_checkpoint(out / "original", out / "hf", log=lambda line: None))
+    results["converted_tensors"] = report.n_tensors
+    if not args.no_baseline:
+        phase("convert (naive)", rss, results, lambda: naive_convert(out / "original", out / "naive"))
+        shutil.rmtree(out / "naive")
+    loaded = phase("load", rss, results, lambda: load_model(out / "hf", device=device, log=lambda line: None))
+    results["load_dtype"], results["parameters"] = loaded.dtype, sum(p.numel() for p in loaded.model.parameters())
+    image_side = loaded.model.config.vision_config.image_size
+    text, n_new, _ = phase("generate", rss, results, lambda: generate_once(
+        loaded.model, loaded.processor, synthetic_image(image_side), "Is there a mass?", args.max_new_tokens))
+    results["generated_tokens"], results["generated_text"] = n_new, text
+    print(f"{results['parameters']:,} parameters ({loaded.dtype} on {device}); checkpoint {size:.2f} GB; "
+          f"generated {n_new} tokens: {text!r}")
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out / 'results.json'}")
+    if not args.keep:
+        for name in ("original", "hf"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    del loaded
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

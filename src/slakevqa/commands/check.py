@@ -1,0 +1,112 @@
+"""`slakevqa check`: load a model, show how it fits together, generate once.
+
+    slakevqa check --model work/tiny
+    slakevqa check --model microsoft/llava-med-v1.5-mistral-7b --dtype bf16
+    slakevqa check --model runs/lora/final --merge_adapter --image scan.png
+
+Prints how the model was loaded, parameters and trainable parameters per component
+(vision tower, projector, language model, LoRA), the image token id, how many tokens
+one image expands to and where they sit in a rendered prompt, then one greedy
+generation on the given image or a synthetic one. Exits 2 with a one-line message
+when something does not fit (no image token, count mismatch, unloadable folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from slakevqa.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, ProcessorMixin
+
+DEFAULT_QUESTION = "Describe the key finding in this medical image."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, metavar="ID_OR_PATH",
+                        help="HF folder or hub id, original LLaVA-Med folder, or LoRA adapter folder")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder to put on top of --model")
+    parser.add_argument("--base", default=None, help="base model of an adapter folder (overrides its config)")
+    parser.add_argument("--merge_adapter", "--merge-adapter", action="store_true", help="merge the LoRA weights")
+    parser.add_argument("--vision_from", "--vision-from", default=None, metavar="CLIP_FOLDER",
+                        help="original checkpoints: take vision weights from this CLIP folder")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--image", default=None, help="image file to generate on (default: a synthetic one)")
+    parser.add_argument("--question", default=DEFAULT_QUESTION, help="question for the generation")
+    parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=32)
+    parser.add_argument("--skip_generate", "--skip-generate", action="store_true", help="do not generate")
+    parser.add_argument("--trust_remote_code", "--trust-remote-code", action="store_true",
+                        help="allow the checkpoint's own Python code (off by default)")
+
+
+def describe_architecture(model: PreTrainedModel) -> str:
+    """One line per building block, from the config."""
+    config = model.config
+    vision, text = config.vision_config, config.text_config
+    return (f"architecture: {type(model).__name__}; vision {vision.model_type} ({vision.num_hidden_layers} layers, "
+            f"{vision.image_size} px, patch {vision.patch_size}, feature layer {config.vision_feature_layer}, "
+            f"{config.vision_feature_select_strategy}); projector {config.projector_hidden_act}; "
+            f"text {text.model_type} ({text.num_hidden_layers} layers, hidden {text.hidden_size}, "
+            f"vocabulary {text.vocab_size})")
+
+
+def print_parameters(model: PreTrainedModel) -> None:
+    from slakevqa.models.inspect import parameter_counts
+
+    counts = parameter_counts(model)
+    print("parameters (total / trainable):")
+    for name, (total, trainable) in counts.items():
+        print(f"  {name:<15} {total:>15,} / {trainable:,}")
+    totals = [sum(c[i] for c in counts.values()) for i in (0, 1)]
+    print(f"  {'all':<15} {totals[0]:>15,} / {totals[1]:,}")
+
+
+def print_image_tokens(model: PreTrainedModel, processor: ProcessorMixin, question: str) -> None:
+    from slakevqa.models.inspect import image_token_layout
+    from slakevqa.models.processor import generation_prompt
+
+    layout = image_token_layout(processor, model, question)
+    vision = model.config.vision_config
+    print(f"image token: {layout.token!r} id {layout.token_id} (= config image_token_index)")
+    print(f"image tokens per image: {layout.per_image} (vision tower: ({vision.image_size}/{vision.patch_size})^2 "
+          f"patches, {model.config.vision_feature_select_strategy} strategy; expected {layout.expected})")
+    last = layout.first + layout.per_image - 1
+    print(f"prompt: {generation_prompt(processor, question)!r} -> {layout.prompt_length} tokens; image tokens at "
+          f"positions {layout.first}..{last}; {layout.first} tokens before, {layout.prompt_length - last - 1} after")
+
+
+def load_image(path: str | None):
+    from PIL import Image
+
+    from slakevqa.models.inspect import synthetic_image
+
+    if path is None:
+        return synthetic_image(), "synthetic 336 px image"
+    if not Path(path).is_file():
+        raise UserError(f"--image {path}: no such file")
+    return Image.open(path).convert("RGB"), path
+
+
+def run(args: argparse.Namespace) -> int:
+    from slakevqa.models.inspect import generate_once
+    from slakevqa.models.loading import load_model
+
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter, base=args.base,
+                        merge_adapter=args.merge_adapter, vision_from=args.vision_from,
+                        trust_remote_code=args.trust_remote_code)
+    print(f"loaded: {loaded.describe()}")
+    print(describe_architecture(loaded.model))
+    print_parameters(loaded.model)
+    print_image_tokens(loaded.model, loaded.processor, args.question)
+    if not args.skip_generate:
+        image, label = load_image(args.image)
+        text, n_new, seconds = generate_once(loaded.model, loaded.processor, image, args.question,
+                                             args.max_new_tokens)
+        print(f"generation on {label} (greedy, at most {args.max_new_tokens} new tokens): {text!r} "
+              f"({n_new} tokens, {seconds:.2f} s)")
+    print("check passed")
+    return 0

@@ -1,0 +1,37 @@
+"""`slakevqa convert-checkpoint`: original LLaVA-Med checkpoint -> Hugging Face folder.
+
+    slakevqa convert-checkpoint llava-med-v1.5-mistral-7b llava-med-hf
+    slakevqa convert-checkpoint SRC DST --vision_from clip-vit-large-patch14-336
+
+The result loads with plain transformers (``LlavaForConditionalGeneration`` /
+``AutoProcessor``). By default the vision weights stored in the checkpoint are used;
+``--vision_from`` takes them from a CLIP folder instead (what upstream's loader does)
+and prints the largest difference between the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", help="original checkpoint folder (config.json with model_type llava_mistral)")
+    parser.add_argument("dst", help="output folder (Hugging Face format, safetensors)")
+    parser.add_argument("--vision_from", "--vision-from", default=None, metavar="CLIP_FOLDER",
+                        help="take the vision tower weights from this CLIP folder")
+    parser.add_argument("--tokenizer", default=None, metavar="FOLDER",
+                        help="folder with tokenizer.model, if SRC has none")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                        help="output dtype (default: the checkpoint's torch_dtype)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slakevqa.models.convert import convert_checkpoint
+
+    report = convert_checkpoint(args.src, args.dst, vision_from=args.vision_from,
+                                tokenizer_folder=args.tokenizer, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"converted {report.n_tensors} tensors in {report.seconds:.1f} s: vocabulary {report.vocab[0]} -> "
+          f"{report.vocab[1]} rows, {report.dtype}, vision weights from {report.vision_source}")
+    print(f"wrote {report.destination}")
+    return 0

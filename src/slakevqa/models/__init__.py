@@ -1,0 +1,24 @@
+"""The model layer: loading, conversion, processors and tiny models for LLaVA-family VLMs.
+
+Public API (torch and transformers are imported only when a function runs)::
+
+    load_model(id_or_path, device="auto", dtype="auto", adapter=None, merge_adapter=False, ...)
+        -> LoadedModel (unpacks as ``model, processor``)
+    convert_checkpoint(source, destination, vision_from=None, ...) -> ConversionReport
+    build_tiny_llava(tokenizer_kind="auto", image_size=32, patch_size=8, seed=0) -> (model, processor)
+    save_llava(model, processor, folder); save_llava_med_original(model, processor, folder)
+    build_processor(tokenizer, image_size, patch_size); load_processor(folder); generation_prompt(processor, q)
+"""
+
+from slakevqa.models.convert import ConversionReport, convert_checkpoint
+from slakevqa.models.loading import LoadedModel, load_model
+from slakevqa.models.processor import (LLAVA_MED_CHAT_TEMPLATE, build_image_processor, build_processor,
+                                       expand_to_square, generation_prompt, load_processor)
+from slakevqa.models.tiny import TinySizes, build_tiny_llava, save_llava
+from slakevqa.models.tiny_original import save_llava_med_original
+
+__all__ = [
+    "ConversionReport", "LLAVA_MED_CHAT_TEMPLATE", "LoadedModel", "TinySizes", "build_image_processor",
+    "build_processor", "build_tiny_llava", "convert_checkpoint", "expand_to_square", "generation_prompt",
+    "load_model", "load_processor", "save_llava", "save_llava_med_original",
+]

@@ -1,0 +1,233 @@
+"""``load_model``: one entry point for every checkpoint kind we meet.
+
+* a Hugging Face LLaVA-family folder or hub id (``llava``, ``llava_next``, ...),
+* an original LLaVA-Med checkpoint (``model_type: llava_mistral``): converted once
+  into ``$SLAKEVQA_CACHE/converted/<name>-<hash>`` (default ``~/.cache/slakevqa``),
+* a LoRA adapter folder (``adapter_config.json``) on top of its base, optionally merged.
+
+dtype ``auto``: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU.
+Attention is ``sdpa``. ``trust_remote_code`` is off unless asked for; safetensors are
+preferred and ``.bin`` weights only load through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from slakevqa.errors import UserError
+from slakevqa.models import original
+from slakevqa.models.processor import load_processor
+
+Log = Callable[[str], None]  # where progress lines go (print, logger.info, a list.append)
+
+if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
+    from transformers import PreTrainedModel
+
+
+DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
+          "fp32": "float32", "float32": "float32"}
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]  # no code, no pickles
+
+
+@dataclass
+class LoadedModel:
+    """A model, its processor and how they were obtained.
+
+    Unpacks as a pair: ``model, processor = load_model("path")``.
+    """
+
+    model: object
+    processor: object
+    kind: str  # "hf", "llava_med" (converted) or "lora"
+    folder: str  # the HF-format folder the weights came from
+    dtype: str
+    device: str
+    converted_from: str | None = None
+    adapter: str | None = None
+    merged: bool = False
+
+    def __iter__(self):
+        return iter((self.model, self.processor))
+
+    def describe(self) -> str:
+        """One line: ``hf model from /x (bfloat16 on cuda, sdpa)``, plus conversion/adapter notes."""
+        text = f"{self.kind} model from {self.folder} ({self.dtype} on {self.device}, sdpa)"
+        if self.converted_from:
+            text += f"; converted from original LLaVA-Med checkpoint {self.converted_from}"
+        if self.adapter:
+            text += f"; LoRA adapter {self.adapter} ({'merged' if self.merged else 'not merged'})"
+        return text
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} asked for, but no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 on CPU."""
+    import torch
+
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise UserError(f"unknown dtype '{dtype}'; choose auto, {', '.join(sorted(DTYPES))}")
+        return DTYPES[dtype]
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def resolve_folder(id_or_path: str | Path, revision: str | None = None) -> Path:
+    """A local folder as is; a hub id (``owner/name``) downloaded, safetensors only if present."""
+    path = Path(id_or_path).expanduser()
+    if path.is_dir():
+        return path
+    text = str(id_or_path)
+    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise UserError(f"{id_or_path}: no such model folder (and not a hub id like owner/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS))
+        if not list(folder.glob("*.safetensors")):  # old repos ship only .bin (read weights_only)
+            folder = Path(snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS + ["*.bin"]))
+    except Exception as error:  # hub errors vary by version; all mean "not available here"
+        raise UserError(f"{text}: not a local folder and the hub download failed "
+                        f"({type(error).__name__}); pass a local folder or check the network") from error
+    return folder
+
+
+def source_kind(folder: Path) -> str:
+    """``lora`` (adapter_config.json), ``llava_med`` (original format) or ``hf``."""
+    if (folder / "adapter_config.json").is_file():
+        return "lora"
+    return "llava_med" if original.is_llava_med_config(original.read_config(folder)) else "hf"
+
+
+def cache_root() -> Path:
+    """Where converted checkpoints are kept: ``$SLAKEVQA_CACHE`` or ``~/.cache/slakevqa``."""
+    return Path(os.environ.get("SLAKEVQA_CACHE", Path.home() / ".cache" / "slakevqa"))
+
+
+def converted_folder(folder: Path, vision_from: str | None) -> Path:
+    """The cache folder for one source: keyed on its path, config and weight files' sizes and times."""
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    digest.update((folder / "config.json").read_bytes() + str(vision_from).encode())
+    for path in original.weight_files(folder):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_root() / "converted" / f"{folder.resolve().name}-{digest.hexdigest()[:12]}"
+
+
+def ensure_converted(folder: Path, vision_from: str | None = None, log: Log = print) -> Path:
+    """Convert an original LLaVA-Med folder once; later calls reuse the cached result."""
+    from slakevqa.models.convert import convert_checkpoint
+
+    target = converted_folder(folder, vision_from)
+    if (target / "config.json").is_file():
+        log(f"using converted checkpoint {target}")
+        return target
+    convert_checkpoint(folder, target, vision_from=vision_from, overwrite=True, log=log)
+    return target
+
+
+def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool):
+    """``AutoModelForImageTextToText`` in ``dtype`` on ``device`` with sdpa attention."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    has_safetensors = any(folder.glob("*.safetensors"))
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            str(folder), dtype=getattr(torch, dtype), attn_implementation="sdpa",
+            trust_remote_code=trust_remote_code, use_safetensors=has_safetensors,
+            device_map=None if device == "cpu" else {"": device})
+    except ValueError as error:
+        if "trust_remote_code" in str(error) or "does not recognize this architecture" in str(error):
+            raise UserError(f"{folder}: this model needs its own code; pass --trust-remote-code "
+                            "only if you trust its author") from error
+        raise UserError(f"{folder}: cannot load the model ({str(error).splitlines()[0]})") from error
+    except OSError as error:
+        raise UserError(f"{folder}: cannot load the model ({str(error).splitlines()[0]})") from error
+    return model.eval()
+
+
+def attach_adapter(model: PreTrainedModel, adapter: Path, merge: bool) -> PreTrainedModel:
+    """Wrap ``model`` with a peft LoRA adapter; ``merge`` folds it into the weights."""
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(adapter))
+    return (model.merge_and_unload() if merge else model).eval()
+
+
+def adapter_base(adapter: Path, base: str | None) -> str:
+    """The base model of an adapter: ``base`` if given, else ``base_model_name_or_path``."""
+    if base:
+        return base
+    name = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not name:
+        raise UserError(f"{adapter}: adapter_config.json names no base model; pass --base")
+    return name
+
+
+def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "auto",
+               adapter: str | Path | None = None, base: str | None = None, merge_adapter: bool = False,
+               vision_from: str | None = None, trust_remote_code: bool = False,
+               revision: str | None = None, log: Log = print) -> LoadedModel:
+    """Load a model and its processor from any supported checkpoint kind.
+
+    Args:
+        id_or_path: HF folder or hub id, original LLaVA-Med folder, or LoRA adapter folder.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto``, ``bf16``, ``fp16`` or ``fp32``.
+        adapter: a LoRA adapter folder to put on top of ``id_or_path``.
+        base: the base for an adapter folder, overriding its ``base_model_name_or_path``.
+        merge_adapter: merge the adapter into the weights (plain model, faster inference).
+        vision_from: for original checkpoints, a CLIP folder whose vision weights to use.
+        trust_remote_code: allow a checkpoint's own Python code. Off by default.
+        revision: hub revision for hub ids.
+        log: where progress lines go.
+
+    Example::
+
+        >>> model, processor = load_model("microsoft/llava-med-v1.5-mistral-7b")  # converted once
+        >>> loaded = load_model("runs/lora/checkpoint-100", merge_adapter=True)
+        >>> print(loaded.describe())
+    """
+    folder = resolve_folder(id_or_path, revision)
+    if source_kind(folder) == "lora":
+        adapter, folder = folder, resolve_folder(adapter_base(folder, base), revision)
+    elif adapter is not None:
+        adapter = resolve_folder(adapter)
+    folder, converted_from = hf_folder(folder, vision_from, log)
+    device = pick_device(device)
+    dtype = pick_dtype(dtype, device)
+    model = load_hf_model(folder, dtype, device, trust_remote_code)
+    processor_folder = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else folder
+    processor = load_processor(processor_folder, trust_remote_code)
+    if adapter is not None:
+        model = attach_adapter(model, Path(adapter), merge_adapter)
+    kind = "lora" if adapter else ("llava_med" if converted_from else "hf")
+    return LoadedModel(model, processor, kind, str(folder), dtype, device, converted_from,
+                       str(adapter) if adapter else None, bool(adapter and merge_adapter))
+
+
+def hf_folder(folder: Path, vision_from: str | None, log: Log) -> tuple[Path, str | None]:
+    """``(HF-format folder, original folder or None)``: original checkpoints are converted first."""
+    kind = source_kind(folder)
+    if kind == "lora":
+        raise UserError(f"{folder}: an adapter's base is itself an adapter; merge it first")
+    if kind == "llava_med":
+        return ensure_converted(folder, vision_from, log), str(folder)
+    return folder, None

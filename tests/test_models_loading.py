@@ -1,0 +1,125 @@
+"""load_model: HF folders, original LLaVA-Med folders (converted once), LoRA adapters, safety."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from slakevqa.errors import UserError
+from slakevqa.models.loading import load_model, pick_dtype
+from slakevqa.models.processor import generation_prompt
+from slakevqa.models.tiny import build_tiny_llava, save_llava
+from slakevqa.models.tiny_original import save_llava_med_original
+
+quiet = {"log": lambda line: None}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model, processor = build_tiny_llava("bpe", seed=2)
+    folder = save_llava(model, processor, tmp_path_factory.mktemp("hf") / "tiny")
+    return model, processor, folder
+
+
+def logits_of(model, processor, question: str = "Is there a mass?"):
+    batch = processor(images=[Image.new("RGB", (32, 32), (90, 20, 160))],
+                      text=[generation_prompt(processor, question)], return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_hf_folder_loads_in_fp32_on_cpu_with_sdpa(tiny):
+    model, processor, folder = tiny
+    loaded = load_model(folder, **quiet)
+    assert (loaded.kind, loaded.dtype, loaded.device) == ("hf", "float32", "cpu")
+    assert loaded.model.config._attn_implementation == "sdpa"
+    assert type(loaded.processor.image_processor).__name__ == "LlavaImageProcessorPil"
+    again, again_processor = loaded  # unpacks as (model, processor)
+    assert torch.equal(logits_of(again, again_processor), logits_of(model, processor))
+
+
+def test_auto_dtype_on_cpu_is_fp32_and_names_are_normalised():
+    assert pick_dtype("auto", "cpu") == "float32"
+    assert pick_dtype("bf16", "cpu") == "bfloat16"
+    with pytest.raises(UserError, match="unknown dtype 'half'"):
+        pick_dtype("half", "cpu")
+
+
+def test_original_checkpoint_is_converted_once_into_the_cache(tiny, tmp_path, monkeypatch):
+    model, processor, _ = tiny
+    monkeypatch.setenv("SLAKEVQA_CACHE", str(tmp_path / "cache"))
+    source = save_llava_med_original(model, processor, tmp_path / "orig")
+    lines: list[str] = []
+    first = load_model(source, log=lines.append)
+    second = load_model(source, log=lines.append)
+    assert first.kind == "llava_med" and first.converted_from == str(source)
+    assert first.folder == second.folder and first.folder.startswith(str(tmp_path / "cache" / "converted"))
+    assert sum(line.startswith("converting") for line in lines) == 1
+    assert any(line.startswith("using converted checkpoint") for line in lines)
+    vocab = len(processor.tokenizer)
+    assert torch.allclose(logits_of(*second)[..., :vocab], logits_of(model, processor)[..., :vocab], atol=1e-5)
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_lora_adapter_folder_loads_on_its_base(tiny, tmp_path, merge):
+    from peft import LoraConfig, get_peft_model
+
+    model, processor, folder = tiny
+    base, _ = build_tiny_llava("bpe", seed=2)
+    peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                                                 init_lora_weights=False))
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] in (None, "")  # built in memory: needs --base
+    with pytest.raises(UserError, match="names no base model; pass --base"):
+        load_model(tmp_path / "adapter", **quiet)
+    loaded = load_model(tmp_path / "adapter", base=str(folder), merge_adapter=merge, **quiet)
+    assert loaded.kind == "lora" and loaded.merged == merge
+    has_lora = any("lora_" in name for name, _ in loaded.model.named_parameters())
+    assert has_lora != merge
+    expected = logits_of(peft_model.eval(), processor)
+    assert not torch.allclose(expected, logits_of(model, processor))  # the adapter changes the output
+    assert torch.allclose(logits_of(loaded.model, loaded.processor), expected, atol=1e-5)
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(UserError, match="hub download failed.*pass a local folder"):
+        load_model("microsoft/llava-med-v1.5-mistral-7b", **quiet)
+
+
+def test_missing_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no such model folder"):
+        load_model(tmp_path / "nothing" / "here", **quiet)
+
+
+def test_remote_code_needs_the_explicit_flag(tmp_path):
+    config = {"model_type": "my_custom_vlm", "auto_map": {"AutoModelForImageTextToText": "modeling.MyModel"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "modeling.py").write_text("raise SystemExit('remote code ran')\n")
+    with pytest.raises(UserError, match="pass --trust-remote-code only if you trust"):
+        load_model(tmp_path, **quiet)
+
+
+def test_hub_id_downloads_safetensors_only_then_converts(tiny, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    model, processor, _ = tiny
+    monkeypatch.setenv("SLAKEVQA_CACHE", str(tmp_path / "cache"))
+    snapshot = save_llava_med_original(model, processor, tmp_path / "hub" / "snapshot")  # laid out like the repo
+    calls = []
+
+    def fake_snapshot_download(repo_id: str, revision: str | None = None, allow_patterns: list | None = None):
+        calls.append((repo_id, revision, tuple(allow_patterns)))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = load_model("microsoft/llava-med-v1.5-mistral-7b", revision="main", **quiet)
+    assert loaded.kind == "llava_med" and loaded.converted_from == str(snapshot)
+    (repo, revision, patterns), = calls  # one call: safetensors were found, no .bin fallback
+    assert (repo, revision) == ("microsoft/llava-med-v1.5-mistral-7b", "main")
+    assert "*.safetensors" in patterns and not any(p.endswith((".bin", ".py")) for p in patterns)
