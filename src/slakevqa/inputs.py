@@ -68,6 +68,7 @@ class InputBuilder:
     mask_mode: str = "none"
     mask_pad_ratio: float = 0.10
     candidate_mode: str = "auto"
+    blank_images: bool = False  # question-only baseline: every image replaced by black
     graphs: dict[str, KnowledgeGraph] = field(default_factory=dict)
     mask_stats: MaskStats = field(default_factory=MaskStats)
 
@@ -106,6 +107,8 @@ class InputBuilder:
         """The RGB source image after mask conditioning (unchanged for ``mask_mode=none``)."""
         with Image.open(sample.image_path) as opened:
             image = opened.convert("RGB")
+        if self.blank_images:
+            return Image.new("RGB", image.size)
         if self.mask_mode == "none":
             return image
         return condition_image(sample, image, self.mask_mode, self.mask_pad_ratio, self.layout, self.mask_stats)

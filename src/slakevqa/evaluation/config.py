@@ -48,6 +48,8 @@ class EvalConfig:
     mask_mode: str = field(default="none", metadata=_help("segmentation conditioning",
                                                           choices=("none", "crop", "masked")))
     mask_pad_ratio: float = field(default=0.10, metadata=_help("crop margin as a share of the region size"))
+    blank_images: bool = field(default=False, metadata=_help(
+        "replace every image by a blank one: the question-only baseline"))
     triples_mode: str = field(default="real_only", metadata=_help(
         "KG facts in prompts", choices=("off", "real_only", "kvqa_real_only")))
     # generation

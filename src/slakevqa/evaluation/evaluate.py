@@ -48,6 +48,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
     vocab = resolve_vocab(cfg, root)
     builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, cfg.route, cfg.mask_mode,
                                   cfg.mask_pad_ratio, cfg.closed_candidate_mode)
+    builder.blank_images = cfg.blank_images
     loaded = None
     if model is None:
         model, processor, loaded = load_for_eval(cfg, rank)

@@ -40,6 +40,8 @@ class TrainConfig:
     lr: float = field(default=2e-5, metadata=_help("peak learning rate"))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
     warmup_ratio: float = field(default=0.03, metadata=_help("share of steps with linear warmup"))
+    warmup_steps: int = field(default=-1, metadata=_help("warmup steps; overrides warmup_ratio when >= 0"))
+    adam_beta2: float = field(default=0.999, metadata=_help("AdamW beta2 (0.98 helps small models)"))
     lr_scheduler: str = field(default="cosine", metadata=_help("decay after warmup",
                                                                choices=("cosine", "linear", "constant")))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping (0: off)"))
@@ -53,6 +55,8 @@ class TrainConfig:
     mask_mode: str = field(default="none", metadata=_help("segmentation conditioning",
                                                           choices=("none", "crop", "masked")))
     mask_pad_ratio: float = field(default=0.10, metadata=_help("crop margin as a share of the region size"))
+    blank_images: bool = field(default=False, metadata=_help(
+        "replace every image by a blank one: the question-only baseline"))
     triples_mode: str = field(default="real_only", metadata=_help(
         "KG facts in prompts: off, real_only (every record with a real triple), kvqa_real_only",
         choices=("off", "real_only", "kvqa_real_only")))

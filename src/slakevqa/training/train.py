@@ -41,6 +41,7 @@ class TrainResult:
     steps: int
     losses: list[list[float]]  # [step, loss] per optimiser step, this process's view
     parameter_counts: dict
+    results: dict | None = None  # the final evaluation's results.json
 
 
 def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
@@ -65,6 +66,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         save_closed_vocab(vocab, out / "closed_vocab.json")
     builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, "answer_type",
                                   cfg.mask_mode, cfg.mask_pad_ratio)
+    builder.blank_images = cfg.blank_images
 
     # ---- model and what trains
     if model is None:
@@ -79,10 +81,11 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
 
     # ---- optimiser and schedule (pure functions of the step)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2),
+                                  fused=fused_adamw_supported(accelerator.device))
     n_steps = DRY_RUN_STEPS if cfg.dry_run else total_steps(
         len(samples), cfg.batch_size, cfg.grad_accum, cfg.num_epochs, cfg.max_steps, accelerator.num_processes)
-    warmup = round(cfg.warmup_ratio * n_steps)
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else round(cfg.warmup_ratio * n_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, n_steps, warmup, cfg.lr_scheduler))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -131,7 +134,29 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         save_trained(accelerator.unwrap_model(model), processor, out)
         write_run_config(cfg, out, n_steps, state["losses"], counts, builder, accelerator)
     logger.close(encoder.stats())
-    return TrainResult(out, n_steps, state["losses"], counts)
+    results = None
+    if cfg.final_eval:
+        results = final_evaluation(cfg, root, accelerator.unwrap_model(model), processor, out)
+    return TrainResult(out, n_steps, state["losses"], counts, results)
+
+
+def final_evaluation(cfg: TrainConfig, root: Path, model, processor, out: Path) -> dict | None:
+    """The evaluation engine on ``final_eval_split`` with the in-memory model and the training's prompt settings."""
+    from slakevqa.evaluation.config import EvalConfig
+    from slakevqa.evaluation.evaluate import evaluate
+
+    eval_cfg = EvalConfig(model_id_or_ckpt=str(out), slake_root=str(root), language=cfg.language,
+                          split=cfg.final_eval_split, output_dir=str(out / f"eval_{cfg.final_eval_split}"),
+                          prompt_style=cfg.prompt_style, max_prompt_len=cfg.max_prompt_len, mask_mode=cfg.mask_mode,
+                          mask_pad_ratio=cfg.mask_pad_ratio, triples_mode=cfg.triples_mode, seed=cfg.seed,
+                          blank_images=cfg.blank_images,
+                          limit=DRY_RUN_RECORDS if cfg.dry_run else 0)
+    return evaluate(eval_cfg, model, processor)
+
+
+def fused_adamw_supported(device) -> bool:
+    """Fused AdamW (one kernel for all parameters): ~15-55% faster steps for small models; CPU and CUDA."""
+    return device.type in ("cpu", "cuda")
 
 
 def dataset_root(cfg: TrainConfig) -> Path:
