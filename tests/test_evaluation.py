@@ -1,0 +1,148 @@
+"""The evaluation engine: exact candidate scores from one prompt encoding, batch invariance,
+resumable predictions after SIGKILL, and the run files."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from slakevqa.data.slake import find_layout, load_split
+from slakevqa.evaluation.config import EvalConfig
+from slakevqa.evaluation.engine import Engine
+from slakevqa.evaluation.evaluate import evaluate
+from slakevqa.evaluation.extract import extract_answer, match_candidate
+from slakevqa.inputs import InputBuilder
+from slakevqa.routing import build_closed_vocab
+
+
+def engine_for(root: Path, model, processor, **builder_options) -> Engine:
+    vocab = build_closed_vocab(load_split(root, "train"))
+    return Engine(model, processor, InputBuilder.create(find_layout(root), "short", vocab, **builder_options))
+
+
+def naive_scores(engine: Engine, item) -> list[float]:
+    """One full forward per candidate, no cache, no padding: the reference the fast path must equal."""
+    scores = []
+    for candidate in engine.candidate_ids(item):
+        ids = torch.tensor([item.prompt_ids + candidate])
+        with torch.no_grad():
+            logprobs = engine.model(input_ids=ids, pixel_values=item.pixel_values[None]).logits[0].log_softmax(-1)
+        start = len(item.prompt_ids) - 1
+        scores.append(sum(float(logprobs[start + j, t]) for j, t in enumerate(candidate)) / len(candidate))
+    return scores
+
+
+def test_candidate_scores_equal_one_forward_per_candidate(synth_root: Path, tiny_model) -> None:
+    engine = engine_for(synth_root, *tiny_model)
+    closed = [s for s in load_split(synth_root, "test") if s.is_closed][:8]
+    items = [engine.prepare(s) for s in closed]
+    fast = engine.score_candidates(items)
+    assert {len(i.view.route.candidates) for i in items} >= {2}
+    for item, scores in zip(items, fast):
+        assert scores == pytest.approx(naive_scores(engine, item), abs=1e-5)
+
+
+def test_batched_answers_equal_one_at_a_time(synth_root: Path, tiny_model) -> None:
+    engine = engine_for(synth_root, *tiny_model)
+    samples = load_split(synth_root, "test")[:12]
+    batched = engine.answer(samples)
+    single = [engine.answer([s])[0] for s in samples]
+    assert [p.qid for p in batched] == [s.qid for s in samples]
+    assert {p.route for p in batched} >= {"open", "yesno"}
+    for a, b in zip(batched, single):
+        assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+def test_generate_mode_maps_free_text_onto_candidates(synth_root: Path, tiny_model) -> None:
+    engine = engine_for(synth_root, *tiny_model)
+    engine.closed_mode = "generate"
+    sample = next(s for s in load_split(synth_root, "test") if s.is_closed)
+    prediction = engine.answer([sample])[0]
+    assert prediction.raw_output != "" or prediction.prediction == ""
+    assert prediction.scores == () and prediction.candidates
+
+
+def test_forced_candidate_modes(synth_root: Path, tiny_model) -> None:
+    sample = next(s for s in load_split(synth_root, "test") if s.is_closed and " or " in s.question)
+    yesno = engine_for(synth_root, *tiny_model, candidate_mode="yesno").builder.view(sample).route
+    vocab = engine_for(synth_root, *tiny_model, candidate_mode="vocab").builder.view(sample).route
+    assert yesno.kind == "yesno" and yesno.candidates == ("Yes", "No")
+    assert vocab.kind == "vocab" and len(vocab.candidates) > 2
+
+
+def test_extraction() -> None:
+    assert extract_answer("\n\nAnswer: Left Lung\nmore") == "Left Lung"
+    assert extract_answer("answer - CT") == "CT"
+    assert extract_answer("   ") == ""
+    assert match_candidate("the left lung", ("Lung", "Left Lung")) == "Left Lung"
+    assert match_candidate("T2", ("T1", "T2")) == "T2"
+    assert match_candidate("both", ("T1", "T2")) is None
+
+
+def test_run_files_and_invariance_report(synth_root: Path, tmp_path: Path, tiny_model) -> None:
+    cfg = EvalConfig(model_id_or_ckpt="tiny", slake_root=str(synth_root), output_dir=str(tmp_path), limit=20,
+                     batch_size=8, check_batch_invariance=20)
+    results = evaluate(cfg, *tiny_model)
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    qids = [json.loads(line)["qid"] for line in lines]
+    assert qids == sorted(qids) and len(qids) == 20
+    assert set(json.loads(lines[0])) >= {"qid", "prompt", "raw_output", "prediction", "route", "candidates",
+                                         "scores", "margin", "answer"}
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["metrics"]["exact"]["overall"]["n"] == 20
+    assert on_disk["provenance"]["prompt_version"] == "short@v1" and on_disk["provenance"]["split_sha256"]
+    assert results["batch_invariance"]["differences"] == 0
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "report.md").is_file()
+
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import slakevqa.evaluation.engine as E
+    from slakevqa.evaluation.config import EvalConfig
+    from slakevqa.evaluation.evaluate import evaluate
+    from slakevqa.models.tiny import build_tiny_llava
+
+    root, out, kill_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    calls = {"n": 0}
+    original = E.Engine.answer
+
+    def answer(self, samples):
+        calls["n"] += 1
+        if calls["n"] == kill_after + 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return original(self, samples)
+
+    E.Engine.answer = answer
+    evaluate(EvalConfig(model_id_or_ckpt="tiny", slake_root=root, output_dir=out, limit=30, batch_size=4,
+                        report=False), *build_tiny_llava("bpe", seed=0))
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_and_rerun_loses_and_repeats_nothing(synth_root: Path, tmp_path: Path) -> None:
+    def child(out: Path, kill_after: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", CHILD, str(synth_root), str(out), str(kill_after)],
+                              capture_output=True, text=True, timeout=300)
+
+    assert child(tmp_path / "a", 10_000).returncode == 0
+    killed = child(tmp_path / "b", 3)
+    assert killed.returncode == -signal.SIGKILL
+    partial = (tmp_path / "b" / "predictions.jsonl").read_text().splitlines()
+    assert len(partial) == 12 and not (tmp_path / "b" / "results.json").exists()
+    # a torn last line, as a kill in the middle of a write would leave
+    with (tmp_path / "b" / "predictions.jsonl").open("a") as handle:
+        handle.write('{"qid": 99999, "question": "half')
+    assert child(tmp_path / "b", 10_000).returncode == 0
+    a = (tmp_path / "a" / "predictions.jsonl").read_text()
+    b = (tmp_path / "b" / "predictions.jsonl").read_text()
+    assert a == b
+    metrics = [json.loads((tmp_path / run / "results.json").read_text())["metrics"] for run in ("a", "b")]
+    assert metrics[0] == metrics[1]
