@@ -22,6 +22,7 @@ gets the prefix, as a separate ``sp.encode`` call would). ``legacy=False`` drops
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,7 +51,14 @@ _BPE_CORPUS = (
 
 
 def mistral_tokenizer_file() -> Path | None:
-    """The Mistral-7B ``tokenizer.model`` shipped by ``mistral-common``, or None if not installed."""
+    """The Mistral-7B ``tokenizer.model`` shipped by ``mistral-common``, or None if not installed.
+
+    ``$SLAKEVQA_MISTRAL_TOKENIZER`` (a path to that file) takes precedence, for machines
+    where mistral-common cannot be installed (the GPU box carries the file instead).
+    """
+    override = os.environ.get("SLAKEVQA_MISTRAL_TOKENIZER")
+    if override:
+        return Path(override) if Path(override).is_file() else None
     try:
         from importlib.resources import files
 

@@ -1,0 +1,132 @@
+"""Evaluation throughput at the real LLaVA-Med-7B shape: per-question loop vs the batched engine.
+
+    # GPU box (bench_data/ from benchmarks/prepare_bench_data.py, carried):
+    SLAKEVQA_MISTRAL_TOKENIZER=bench_data/tokenizer.model PYTHONPATH=src \\
+        python benchmarks/eval_throughput.py --slake_root bench_data/Slake1.0 --naive_limit 200
+    # CPU smoke test at toy size:
+    PYTHONPATH=src python benchmarks/eval_throughput.py --tiny --slake_root DIR --naive_limit 20
+
+Both paths answer the same questions with the same prompts, images and token budgets:
+
+* **naive**, in the style of LLaVA-Med's ``model_vqa.py`` and the reference toolkit:
+  one question at a time; OPEN by ``generate``; CLOSED by one full forward (image
+  included) per candidate;
+* **engine**: :class:`slakevqa.evaluation.engine.Engine`, batches of ``--batch_size``:
+  left-padded batched generation, CLOSED candidates from one shared prompt encoding.
+
+Prints questions per second for each, the speed-up, and the share of identical answers
+on the questions both answered. The naive loop runs on the first ``--naive_limit``
+questions (its rate is per question, so a subset measures it; the whole split would
+take minutes at 7B).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+
+def build_model(tiny: bool, device: str):
+    if tiny:
+        from slakevqa.models.tiny import build_tiny_llava
+
+        model, processor = build_tiny_llava("mistral")
+        return model.to(device), processor
+    from slakevqa.models.shapes import build_random_llava_med_7b
+
+    return build_random_llava_med_7b(device=device, dtype="bf16")
+
+
+def naive_answer(engine, sample):
+    """One question, no batching, no shared prompt encoding."""
+    import torch
+
+    from slakevqa.evaluation.extract import extract_answer
+
+    item = engine.prepare(sample)
+    ids = torch.tensor([item.prompt_ids], device=engine.device)
+    pixels = item.pixel_values[None].to(engine.device, next(engine.model.parameters()).dtype)
+    route = item.view.route
+    with torch.inference_mode():
+        if not route.candidates:
+            out = engine.model.generate(input_ids=ids, pixel_values=pixels, do_sample=False,
+                                        max_new_tokens=engine.settings.budget(sample),
+                                        eos_token_id=engine.tokenizer.eos_token_id,
+                                        pad_token_id=engine.tokenizer.pad_token_id)
+            return extract_answer(engine.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        scores = []
+        for candidate in engine.candidate_ids(item):
+            full = torch.tensor([item.prompt_ids + candidate], device=engine.device)
+            logprobs = engine.model(input_ids=full, pixel_values=pixels).logits[0].float().log_softmax(-1)
+            start = len(item.prompt_ids) - 1
+            scores.append(sum(float(logprobs[start + j, t]) for j, t in enumerate(candidate)) / len(candidate))
+        return route.candidates[scores.index(max(scores))]
+
+
+def timed(fn, device: str):
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    began = time.perf_counter()
+    result = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - began
+
+
+def main() -> None:
+    import torch
+
+    from slakevqa.data.slake import find_layout, load_split
+    from slakevqa.evaluation.engine import Engine
+    from slakevqa.inputs import InputBuilder
+    from slakevqa.routing import ClosedVocab
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slake_root", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--tiny", action="store_true", help="toy model on CPU, to test the script")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--naive_limit", type=int, default=200)
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = parser.parse_args()
+
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    samples = load_split(args.slake_root, args.split)
+    builder = InputBuilder.create(find_layout(args.slake_root), "short", ClosedVocab.empty())
+    (model, processor), build_s = timed(lambda: build_model(args.tiny, device), device)
+    engine = Engine(model, processor, builder)
+    engine.answer(samples[:4])  # warm-up: kernels, caches, allocator
+    [naive_answer(engine, s) for s in samples[:2]]
+
+    naive, naive_s = timed(lambda: [naive_answer(engine, s) for s in samples[: args.naive_limit]], device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    batched, engine_s = timed(lambda: [p for i in range(0, len(samples), args.batch_size)
+                                       for p in engine.answer(samples[i: i + args.batch_size])], device)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    same = sum(a == b.prediction for a, b in zip(naive, batched))
+    report = {
+        "card": torch.cuda.get_device_name() if device == "cuda" else "cpu", "tiny": args.tiny,
+        "torch": torch.__version__, "questions": len(samples), "model_build_s": round(build_s, 1),
+        "naive": {"questions": len(naive), "seconds": round(naive_s, 2), "q_per_s": round(len(naive) / naive_s, 2)},
+        "engine": {"questions": len(batched), "seconds": round(engine_s, 2),
+                   "q_per_s": round(len(batched) / engine_s, 2), "batch_size": args.batch_size,
+                   "peak_gib": None if peak is None else round(peak, 1)},
+        "speedup": round((len(batched) / engine_s) / (len(naive) / naive_s), 2),
+        "identical_answers": f"{same}/{len(naive)}",
+    }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "eval_throughput.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
