@@ -133,16 +133,26 @@ def write_prompts(engine: Engine, samples: list[VQASample], rows: list[Predictio
 # ---------------------------------------------------------------- mask debug images
 
 def pick_mask_examples(samples: list[VQASample], per_modality: int) -> list[VQASample]:
-    """The first ``per_modality`` questions of each modality, each on a different image, qid order."""
+    """Up to ``per_modality`` questions of each modality, in qid order.
+
+    Questions on images not yet shown come first; when a modality has fewer
+    images than slots, further questions on its images fill them (a different
+    question can select a different region of the same image).
+    """
+    ordered = sorted(samples, key=lambda s: s.qid)
     picked: list[VQASample] = []
-    seen: set[str] = set()
     taken: Counter = Counter()
-    for sample in sorted(samples, key=lambda s: s.qid):
-        if taken[sample.modality] < per_modality and sample.image_key not in seen:
+    seen: set[str] = set()
+    for fresh_images_only in (True, False):
+        for sample in ordered:
+            if taken[sample.modality] >= per_modality or sample in picked:
+                continue
+            if fresh_images_only and sample.image_key in seen:
+                continue
             picked.append(sample)
             seen.add(sample.image_key)
             taken[sample.modality] += 1
-    return picked
+    return sorted(picked, key=lambda s: s.qid)
 
 
 def write_mask_example(builder: InputBuilder, sample: VQASample, folder: Path) -> dict:
@@ -241,6 +251,7 @@ def run_kg_ablation(engine: Engine, samples: list[VQASample], rows: list[Predict
     if engine.settings.do_sample:
         head["note"] = "answers are sampled (--do_sample): some changes are sampling noise"
     if not affected:
+        write_predictions(path, [])  # the file is listed in diagnostics.json, so it always exists
         return {**head, "questions": 0, "note": "no kvqa question gets KG facts (no KG/ folder, or no fact "
                                                 "matches): nothing to compare"}
     second = Engine(engine.model, engine.processor, other, engine.settings, engine.closed_mode, engine.max_prompt_len)

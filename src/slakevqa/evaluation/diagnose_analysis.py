@@ -173,27 +173,30 @@ def generic_word(text: str) -> str | None:
 def generic_answers(rows: Sequence[Prediction], limit: int = 10, top: int = 10) -> dict:
     """How often OPEN answers describe the input ("image", "scan") instead of answering it.
 
+    A generic word that *is* the gold answer ("X-Ray" to "Which modality ...?") is
+    a right answer, not a generic one: it is counted apart as ``generic_but_gold``.
     Output::
 
-        {"open_questions": 200, "generic": 14, "rate": 0.07, "generic_set": ["image", ...],
+        {"open_questions": 200, "generic": 14, "rate": 0.07, "generic_but_gold": 3, "generic_set": ["image", ...],
          "by_word": {"image": 12, "scan": 2}, "by_content_type": {"Organ": {"open": 60, "generic": 9, "rate": 0.15}},
          "top_predictions": [["liver", 30], ...], "examples": [{"qid": ..., "raw_output": ...}]}
     """
     open_rows = [r for r in rows if r.answer_type == "OPEN"]
-    hits = [(r, generic_word(r.prediction)) for r in open_rows]
-    hits = [(r, w) for r, w in hits if w is not None]
-    by_type: dict[str, dict] = defaultdict(lambda: {"open": 0, "generic": 0})
-    for r in open_rows:
-        by_type[r.content_type]["open"] += 1
-    for r, _ in hits:
-        by_type[r.content_type]["generic"] += 1
-    for cell in by_type.values():
-        cell["rate"] = share(cell["generic"], cell["open"])
+    words = [(r, generic_word(r.prediction)) for r in open_rows]
+    hits = [(r, w) for r, w in words if w is not None and w != generic_word(r.answer)]
+    gold_hits = sum(w is not None and w == generic_word(r.answer) for r, w in words)
     return {"open_questions": len(open_rows), "generic": len(hits), "rate": share(len(hits), len(open_rows)),
-            "generic_set": sorted(GENERIC_ANSWERS), "by_word": dict(Counter(w for _, w in hits).most_common()),
-            "by_content_type": dict(sorted(by_type.items())),
+            "generic_but_gold": gold_hits, "generic_set": sorted(GENERIC_ANSWERS),
+            "by_word": dict(Counter(w for _, w in hits).most_common()),
+            "by_content_type": generic_by_content_type(open_rows, [r for r, _ in hits]),
             "top_predictions": Counter(match_key(r.prediction) for r in open_rows).most_common(top),
             "examples": [brief(r, raw_output=r.raw_output, content_type=r.content_type) for r, _ in hits[:limit]]}
+
+
+def generic_by_content_type(open_rows: list[Prediction], generic: list[Prediction]) -> dict[str, dict]:
+    """``{"Organ": {"open": 60, "generic": 9, "rate": 0.15}, ...}``, content types in name order."""
+    total, hit = Counter(r.content_type for r in open_rows), Counter(r.content_type for r in generic)
+    return {t: {"open": total[t], "generic": hit[t], "rate": share(hit[t], total[t])} for t in sorted(total)}
 
 
 # ---------------------------------------------------------------- routing
