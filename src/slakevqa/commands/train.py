@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from slakevqa.config import add_config_arguments, config_from_args
 from slakevqa.training.config import FLAG_ALIASES, TrainConfig
@@ -24,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(TrainConfig, args)
     result = train(cfg)
+    if os.environ.get("RANK", "0") != "0":  # one summary per run, not one per process
+        return 0
     last = f"{result.losses[-1][1]:.4f}" if result.losses else "n/a"
     print(f"trained {result.steps} steps, final loss {last}; outputs in {result.output_dir}")
     return 0

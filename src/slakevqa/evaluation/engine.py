@@ -58,6 +58,7 @@ class Engine:
         self.closed_mode, self.max_prompt_len = closed_mode, max_prompt_len
         self.tokenizer = processor.tokenizer
         self.image_tokens = image_token_count(processor)
+        self.pixel_cache: dict[object, object] = {}
 
     @property
     def device(self):
@@ -66,9 +67,18 @@ class Engine:
     def prepare(self, sample: VQASample) -> Prepared:
         view = self.builder.view(sample)
         ids, _ = encode_prompt(self.tokenizer, view.user_text, self.image_tokens, self.max_prompt_len)
-        pixels = self.processor.image_processor(images=[self.builder.image(sample)],
-                                                return_tensors="pt")["pixel_values"][0]
-        return Prepared(sample, view, ids, pixels)
+        return Prepared(sample, view, ids, self.pixel_values(sample))
+
+    def pixel_values(self, sample: VQASample):
+        """Preprocessed pixels, computed once per image (SLAKE asks ~11 questions per image).
+
+        With a mask mode the region follows the question, so the key includes the qid.
+        """
+        key = sample.image_path if self.builder.mask_mode == "none" else (sample.image_path, sample.qid)
+        if key not in self.pixel_cache:
+            image = self.builder.image(sample)
+            self.pixel_cache[key] = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        return self.pixel_cache[key]
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
         prepared = [self.prepare(s) for s in samples]

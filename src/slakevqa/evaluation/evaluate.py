@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from slakevqa.config import config_to_dict
 from slakevqa.data.slake import find_layout, load_split
+from slakevqa.distributed import barrier, init_process_group
 from slakevqa.errors import UserError
 from slakevqa.evaluation.config import EvalConfig
 from slakevqa.evaluation.engine import Engine, GenerationSettings
@@ -36,7 +37,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
     """Run the evaluation ``cfg`` describes; returns the results dict (also in ``results.json``)."""
     import torch
 
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    rank, world = init_process_group()  # under a launcher the shards need a process group for the barrier
     torch.manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,13 +135,6 @@ def merge_shards(out: Path, world: int) -> None:
         (out / f"predictions.rank{rank}.jsonl").unlink(missing_ok=True)
 
 
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def check_batch_invariance(engine: Engine, samples: list[VQASample], batched: dict[int, Prediction],
                            out: Path) -> dict:
     """Answer ``samples`` one at a time and list every answer that differs from the batched run."""
@@ -191,9 +185,11 @@ def load_for_eval(cfg: EvalConfig, rank: int):
 
     if not cfg.model_id_or_ckpt:
         raise UserError("no model given: pass --model_id_or_ckpt (a model folder, hub id or training output dir)")
+    import torch
+
     device = cfg.device
-    if device == "auto" and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+    if device == "auto" and int(os.environ.get("WORLD_SIZE", 1)) > 1 and torch.cuda.is_available():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"  # one card per process, not all on cuda:0
     loaded = load_model(cfg.model_id_or_ckpt, device=device, dtype=cfg.dtype, base=cfg.model_base,
                         merge_adapter=cfg.merge_adapter, trust_remote_code=cfg.trust_remote_code, log=log.info)
     log.info("loaded %s", loaded.describe())

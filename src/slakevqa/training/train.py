@@ -19,6 +19,7 @@ from pathlib import Path
 
 from slakevqa.config import config_to_dict
 from slakevqa.data.slake import find_layout, load_split, load_training_split
+from slakevqa.distributed import global_token_mean, is_fsdp, use_cpu
 from slakevqa.errors import UserError
 from slakevqa.files import write_json_atomic
 from slakevqa.inputs import InputBuilder
@@ -26,8 +27,9 @@ from slakevqa.routing import build_closed_vocab, save_closed_vocab
 from slakevqa.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
-from slakevqa.training.loss import answer_loss
+from slakevqa.training.loss import answer_loss, out_of_memory_advice
 from slakevqa.training.params import configure_trainable, parameter_counts
+from slakevqa.training.probe import build_probe
 from slakevqa.training.schedule import lr_factor, micro_batch_indices, total_steps
 from slakevqa.training.tensorboard import TrainLogger
 
@@ -50,7 +52,10 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    accelerator = Accelerator(mixed_precision="fp16" if cfg.precision == "fp16" else "no")
+    # cpu=: without CUDA, join torchrun's group over gloo (see slakevqa.distributed.use_cpu).
+    accelerator = Accelerator(cpu=use_cpu(), mixed_precision="fp16" if cfg.precision == "fp16" else "no")
+    if is_fsdp(accelerator):
+        check_fsdp_settings(cfg)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +83,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     counts = parameter_counts(model)
     encoder = ExampleEncoder(builder, processor, cfg.max_prompt_len, cfg.max_answer_len)
+    probe = build_probe(cfg, root, samples, builder, processor, accelerator)  # held-out diagnostics, or None
 
     # ---- optimiser and schedule (pure functions of the step)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -99,8 +105,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     start = state.get("step", 0)
 
     # ---- the loop
-    logger = TrainLogger(cfg, out, enabled=cfg.tb and accelerator.is_main_process)
-    logger.start(samples, counts, n_steps)
+    logger = TrainLogger(cfg, out, enabled=cfg.tb and accelerator.is_main_process, main=accelerator.is_main_process)
+    logger.start(samples, counts, n_steps, builder, probe)
     model.train()
     for step in range(start, n_steps):
         began, loss_sum, batch_stats = time.perf_counter(), 0.0, []
@@ -110,19 +116,25 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             batch, stats = encoder.batch([samples[i] for i in rows])
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
-            with sync, accelerator.autocast():
-                loss, _ = answer_loss(model, batch)
+            with sync, accelerator.autocast(), out_of_memory_advice(cfg, step + 1):
+                loss, tokens, row_losses = answer_loss(model, batch)
+                loss, logged = global_token_mean(loss, tokens, accelerator)
                 accelerator.backward(loss / cfg.grad_accum)
-            loss_sum += loss.item() / cfg.grad_accum
+            loss_sum += logged.item() / cfg.grad_accum
             batch_stats.append(stats)
-        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
-        optimizer.step()
+            logger.record_rows([samples[i] for i in rows], row_losses, batch["attention_mask"])
+        # All of the prepared model's parameters (frozen ones have no grad): under FSDP accelerate
+        # only computes the global, cross-shard norm when given exactly model.parameters().
+        grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                     if cfg.max_grad_norm > 0 else None)
+        with out_of_memory_advice(cfg, step + 1):  # the first step allocates AdamW's state
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state["losses"].append([step + 1, loss_sum])
         logger.step(step + 1, loss_sum, scheduler.get_last_lr()[0], grad_norm, batch_stats,
                     time.perf_counter() - began, accelerator.unwrap_model(model))
-        if (step + 1) % cfg.save_steps == 0 or step + 1 == n_steps:
+        if ((step + 1) % cfg.save_steps == 0 or step + 1 == n_steps) and not is_fsdp(accelerator):
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(out, step + 1, accelerator.unwrap_model(model), optimizer, scheduler,
@@ -130,12 +142,14 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
 
     # ---- outputs
     accelerator.wait_for_everyone()
+    # Under FSDP each rank holds shards: gathering the full state dict is a collective, so every rank calls it.
+    full_state = accelerator.get_state_dict(model) if is_fsdp(accelerator) else None
     if accelerator.is_main_process:
-        save_trained(accelerator.unwrap_model(model), processor, out)
+        save_trained(accelerator.unwrap_model(model), processor, out, cfg.model_id, full_state)
         write_run_config(cfg, out, n_steps, state["losses"], counts, builder, accelerator)
-    logger.close(encoder.stats())
+    logger.close(encoder.stats(), n_steps, accelerator.unwrap_model(model))  # with a final probe
     results = None
-    if cfg.final_eval:
+    if cfg.final_eval and not is_fsdp(accelerator):
         results = final_evaluation(cfg, root, accelerator.unwrap_model(model), processor, out)
     return TrainResult(out, n_steps, state["losses"], counts, results)
 
@@ -192,10 +206,41 @@ def load_for_training(cfg: TrainConfig, device):
     return loaded.model, loaded.processor
 
 
-def save_trained(model, processor, out: Path) -> None:
-    """The adapter (peft format) under LoRA, else the full model; the processor beside it."""
-    model.save_pretrained(str(out), safe_serialization=True)
+def save_trained(model, processor, out: Path, base: str = "", state_dict: dict | None = None) -> None:
+    """The adapter (peft format) under LoRA, else the full model; the processor beside it.
+
+    An adapter names ``base`` (``--model_id``; an absolute path when it is a local
+    folder) as its base model, so ``load_model(out)`` and ``slakevqa merge`` find it
+    from anywhere; peft would otherwise record the resolved cache folder, or nothing
+    for a model built in memory.
+    """
+    import json
+
+    # state_dict: the gathered one under FSDP (peft keeps only the adapter's keys of it).
+    model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
     processor.save_pretrained(str(out))
+    adapter_config = out / "adapter_config.json"
+    if base and hasattr(model, "peft_config"):  # set after saving: set before, peft looks the name up on the hub
+        config = json.loads(adapter_config.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).is_dir() else base
+        write_json_atomic(adapter_config, config)
+
+
+def check_fsdp_settings(cfg: TrainConfig) -> None:
+    """Refuse, or say, what FSDP cannot do here: anything that runs the model on one rank alone.
+
+    A sharded model's forward gathers each layer's shards from every rank, so a
+    forward on the main process alone (TensorBoard's eval loss and probes) waits
+    forever; the sharded evaluation gives ranks different numbers of forward calls
+    (answers differ in length) and would hang the same way. Checkpoints hold each
+    rank's optimiser shard, which the single-file format here cannot; they are skipped.
+    """
+    if cfg.tb:
+        raise UserError("under FSDP pass --no-tb: TensorBoard probes run the model on the main process alone, "
+                        "which waits forever for the other ranks' shards")
+    log.warning("FSDP: no checkpoints (no resume) and no final evaluation; evaluate the saved adapter with "
+                "`accelerate launch --config_file configs/accelerate/ddp.yaml -m slakevqa eval "
+                "--model_id_or_ckpt %s ...`", cfg.output_dir)
 
 
 def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, counts: dict,
