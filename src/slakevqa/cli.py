@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init-tiny": ("init_tiny", "write a tiny random LLaVA for tests and the demo"),
     "convert-checkpoint": ("convert_checkpoint", "convert an original LLaVA-Med checkpoint to Hugging Face format"),
     "check": ("check", "load a model and print how it fits together, then generate once"),
+    "merge": ("merge", "fold a trained LoRA adapter into its base and write a plain Hugging Face folder"),
     # training and evaluation
     "train": ("train", "fine-tune on SLAKE with LoRA, QLoRA or fully, on one GPU or many"),
     "eval": ("eval", "answer a SLAKE split with a model, score it with intervals, write a report"),

@@ -13,7 +13,8 @@ files under ``configs/`` use the same keys. Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
 
 
 def _help(text: str, **extra: object) -> dict:
@@ -97,13 +98,59 @@ class TrainConfig:
     trust_remote_code: bool = field(default=False, metadata=_help("allow model code from the checkpoint"))
 
     def __post_init__(self) -> None:
+        """Reject bad values and combinations here, before any data or model is loaded."""
         from slakevqa.errors import UserError
+        from slakevqa.prompts import get_prompt_style
 
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "choices" in f.metadata and value not in f.metadata["choices"]:  # YAML bypasses argparse's choices
+                raise UserError(f"--{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+        for name, ok, requirement in RULES:
+            if not ok(getattr(self, name)):
+                raise UserError(f"--{name} must be {requirement}, got {getattr(self, name)!r}")
         if self.qlora and not self.use_lora:
             raise UserError("--qlora trains LoRA adapters on 4-bit weights: it needs --use_lora")
+        if self.num_epochs <= 0 and self.max_steps <= 0:
+            raise UserError(f"nothing to train: --num_epochs {self.num_epochs} and --max_steps {self.max_steps}; "
+                            "give a positive --num_epochs or --max_steps")
+        if self.closed_train_objective != "sft":  # accepted and ignored would repeat the reference's unused flags
+            raise UserError(f"--closed_train_objective {self.closed_train_objective} is not implemented; use sft")
+        if self.resume_from_checkpoint not in ("auto", "none", "", "no", "false"):
+            from slakevqa.training.checkpoint import resolve_resume
+
+            resolve_resume(self.resume_from_checkpoint, self.output_dir)  # a wrong folder fails now, not after loading
+        get_prompt_style(self.prompt_style)  # an unknown style raises with the nearest names
+
+
+# (field, test, what the flag must be): ranges that no combination makes valid.
+RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("batch_size", lambda v: v >= 1, "at least 1"),
+    ("grad_accum", lambda v: v >= 1, "at least 1"),
+    ("lr", lambda v: v > 0, "positive"),
+    ("weight_decay", lambda v: v >= 0, ">= 0"),
+    ("warmup_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("warmup_steps", lambda v: v >= -1, ">= 0, or -1 to use --warmup_ratio"),
+    ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("max_grad_norm", lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
+    ("max_prompt_len", lambda v: v >= 1, "at least 1"),
+    ("max_answer_len", lambda v: v >= 1, "at least 1 (the answer's </s>)"),
+    ("mask_pad_ratio", lambda v: v >= 0, ">= 0"),
+    ("closed_mc_weight", lambda v: v >= 0, ">= 0"),
+    ("lora_r", lambda v: v >= 1, "at least 1"),
+    ("lora_alpha", lambda v: v > 0, "positive"),
+    ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("unfreeze_last_llm_layers", lambda v: v >= 0, ">= 0"),
+    ("logging_steps", lambda v: v >= 1, "at least 1"),
+    ("save_steps", lambda v: v >= 1, "at least 1"),
+    ("eval_steps", lambda v: v >= 0, ">= 0 (0 turns the evaluation loss off)"),
+    ("save_total_limit", lambda v: v >= 0, ">= 0 (0 keeps every checkpoint)"),
+    ("tb_log_images_every", lambda v: v >= 1, "at least 1"),
+    ("tb_log_text_every", lambda v: v >= 1, "at least 1"),
+    ("tb_hist_every", lambda v: v >= 1, "at least 1"),
+    ("tb_probe_size", lambda v: v >= 0, ">= 0 (0 turns the probe off)"),
+    ("tb_eval_generate_size", lambda v: v >= 0, ">= 0"),
+)
 
 
 # Reference spellings that differ from the field names.

@@ -8,15 +8,38 @@ batch: the union of every row's answer positions). The call goes through the
 model's own ``forward``, so DDP/FSDP wrappers see it.
 
 The value equals the usual token-mean cross-entropy over supervised tokens
-(tested against ``model(**batch, labels=...)``).
+(tested against ``model(**batch, labels=...)``). The same forward also gives each
+row's own token-mean loss, which TensorBoard plots per sample and per answer type.
+
+When a step does not fit in memory, :func:`out_of_memory_advice` turns the
+allocator's error into a :class:`~slakevqa.errors.UserError` that names the flags
+to change.
 """
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING, Iterator, NamedTuple
+
 from slakevqa.encoding import IGNORE_INDEX
+from slakevqa.errors import UserError
+
+if TYPE_CHECKING:  # annotations only: torch is imported inside functions to keep imports cheap
+    import torch
+
+    from slakevqa.training.config import TrainConfig
 
 
-def supervised_positions(labels):
+class AnswerLoss(NamedTuple):
+    """``loss``: token-mean over the batch (differentiable); ``tokens``: supervised tokens;
+    ``row_losses``: each row's token-mean loss, detached, shape ``(B,)``."""
+
+    loss: torch.Tensor
+    tokens: int
+    row_losses: torch.Tensor
+
+
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     """Positions ``t`` whose logits predict a supervised token ``t + 1`` in any row (1-D, sorted)."""
     import torch
 
@@ -24,14 +47,62 @@ def supervised_positions(labels):
     return torch.nonzero(supervised, as_tuple=False).flatten()
 
 
-def answer_loss(model, batch: dict):
-    """Token-mean cross-entropy on answer tokens; returns ``(loss, supervised token count)``."""
+def answer_loss(model: torch.nn.Module, batch: dict) -> AnswerLoss:
+    """Cross-entropy on answer tokens: the batch's token mean, its token count and every row's own mean.
+
+    Example::
+
+        loss, tokens, row_losses = answer_loss(model, batch)
+        loss.backward()            # row_losses are detached: for logging only
+    """
     import torch.nn.functional as F
 
     labels = batch["labels"]
     positions = supervised_positions(labels)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, P, V)
-    targets = labels[:, positions + 1]
-    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-    return loss, int((targets != IGNORE_INDEX).sum())
+    targets = labels[:, positions + 1]  # (B, P)
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                reduction="none").view(targets.shape)  # 0 where ignored
+    counts = (targets != IGNORE_INDEX).sum(dim=1)
+    loss = per_token.sum() / counts.sum()  # 0/0 = nan for a batch without answers, as mean reduction gives
+    return AnswerLoss(loss, int(counts.sum()), (per_token.detach().sum(dim=1) / counts).detach())
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("not enough memory" / "out of memory")."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "not enough memory" in text)
+
+
+def memory_advice(cfg: TrainConfig, step: int) -> str:
+    """What to try when step ``step`` does not fit, naming the run's current values."""
+    smaller = max(1, cfg.batch_size // 2)
+    accum = cfg.grad_accum * cfg.batch_size // smaller  # the same questions per optimiser step
+    tries = [f"--batch_size {smaller} --grad_accum {accum} (same effective batch)"] if smaller < cfg.batch_size else []
+    if not cfg.gradient_checkpointing:
+        tries.append("--gradient_checkpointing (recompute activations in the backward pass)")
+    if not cfg.use_lora:
+        tries.append("--use_lora (train adapters instead of every LLM weight; no AdamW state for the base)")
+    elif not cfg.qlora:
+        tries.append("--qlora (4-bit base weights, CUDA only)")
+    tries.append(f"a shorter --max_prompt_len (now {cfg.max_prompt_len})")
+    lora = "QLoRA" if cfg.qlora else ("LoRA" if cfg.use_lora else "full fine-tuning")
+    return (f"out of memory at step {step} with --batch_size {cfg.batch_size} --grad_accum {cfg.grad_accum}, "
+            f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, {lora}. Try: "
+            + "; ".join(tries))
+
+
+@contextlib.contextmanager
+def out_of_memory_advice(cfg: TrainConfig, step: int) -> Iterator[None]:
+    """Re-raise an out-of-memory error inside the block as a UserError with :func:`memory_advice`."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - only OOM is translated; everything else re-raises unchanged
+        if not is_out_of_memory(error):
+            raise
+        raise UserError(memory_advice(cfg, step)) from error

@@ -1,0 +1,61 @@
+"""`slakevqa merge`: fold a trained LoRA adapter into its base model and write a plain HF folder.
+
+    slakevqa merge runs/lora runs/lora-merged
+    slakevqa merge runs/lora runs/lora-merged --base microsoft/llava-med-v1.5-mistral-7b --dtype bf16
+
+The result needs neither peft nor slakevqa: ``AutoModelForImageTextToText`` and
+``AutoProcessor`` load it (safetensors weights, the adapter's processor). The
+adapter's ``closed_vocab.json`` and ``run_config.json`` are copied beside it, so
+``slakevqa eval --model_id_or_ckpt runs/lora-merged`` routes CLOSED questions with
+the training vocabulary. The base comes from ``--base``, else from the adapter's
+``base_model_name_or_path`` (training records ``--model_id`` there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from slakevqa.errors import UserError
+
+COPIED = ("closed_vocab.json", "run_config.json")  # training outputs that travel with the weights
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapter", help="a LoRA adapter folder (adapter_config.json), e.g. a training output_dir")
+    parser.add_argument("out", help="output folder (Hugging Face format, safetensors)")
+    parser.add_argument("--base", default=None,
+                        help="base model folder or hub id (default: the adapter's base_model_name_or_path)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                        help="dtype of the merged weights (auto: bf16 on GPUs that support it, else fp32)")
+    parser.add_argument("--device", default="auto", help="where to merge: auto, cpu, cuda or cuda:N")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+
+
+def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None, dtype: str = "auto",
+                  device: str = "auto", overwrite: bool = False) -> Path:
+    """Load ``base`` + ``adapter`` merged and write them, the processor and the training files to ``out``."""
+    from slakevqa.models.loading import load_model
+    from slakevqa.models.tiny import save_llava
+
+    adapter, out = Path(adapter), Path(out)
+    if not (adapter / "adapter_config.json").is_file():
+        raise UserError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json); "
+                        "a full fine-tune is already a plain Hugging Face folder")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    loaded = load_model(adapter, base=base, merge_adapter=True, dtype=dtype, device=device)
+    save_llava(loaded.model, loaded.processor, out)  # safetensors + processor, tokenizer flags persisted
+    for name in COPIED:
+        if (adapter / name).is_file():
+            shutil.copy2(adapter / name, out / name)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    out = merge_adapter(args.adapter, args.out, args.base, args.dtype, args.device, args.overwrite)
+    print(f"merged {args.adapter} into its base; wrote {out}")
+    return 0
