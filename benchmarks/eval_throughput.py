@@ -61,11 +61,14 @@ def naive_answer(engine, sample):
                                         pad_token_id=engine.tokenizer.pad_token_id)
             return extract_answer(engine.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
         scores = []
-        for candidate in engine.candidate_ids(item):
-            full = torch.tensor([item.prompt_ids + candidate], device=engine.device)
-            logprobs = engine.model(input_ids=full, pixel_values=pixels).logits[0].float().log_softmax(-1)
-            start = len(item.prompt_ids) - 1
-            scores.append(sum(float(logprobs[start + j, t]) for j, t in enumerate(candidate)) / len(candidate))
+        for variants in engine.candidate_ids(item):
+            best = float("-inf")
+            for candidate in variants:
+                full = torch.tensor([item.prompt_ids + candidate], device=engine.device)
+                logprobs = engine.model(input_ids=full, pixel_values=pixels).logits[0].float().log_softmax(-1)
+                start = len(item.prompt_ids) - 1
+                best = max(best, sum(float(logprobs[start + j, t]) for j, t in enumerate(candidate)) / len(candidate))
+            scores.append(best)
         return route.candidates[scores.index(max(scores))]
 
 
@@ -87,7 +90,7 @@ def main() -> None:
     from slakevqa.data.slake import find_layout, load_split
     from slakevqa.evaluation.engine import Engine
     from slakevqa.inputs import InputBuilder
-    from slakevqa.routing import ClosedVocab
+    from slakevqa.vocab import ClosedVocab
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slake_root", required=True)

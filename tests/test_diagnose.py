@@ -179,7 +179,7 @@ def test_kg_ablation_paired_counts() -> None:
 def test_flipped_builder_keeps_run_stats_apart(mini_slake: Path) -> None:
     from slakevqa.data.slake import find_layout
     from slakevqa.inputs import InputBuilder
-    from slakevqa.routing import ClosedVocab
+    from slakevqa.vocab import ClosedVocab
 
     builder = InputBuilder.create(find_layout(mini_slake), "short", ClosedVocab.empty(), mask_mode="crop")
     other = flipped_builder(builder)
@@ -204,7 +204,7 @@ def test_mask_examples_prefer_new_images_then_fill() -> None:
 def test_mask_debug_with_masks_off_only_says_so(mini_slake: Path, tmp_path: Path) -> None:
     from slakevqa.data.slake import find_layout
     from slakevqa.inputs import InputBuilder
-    from slakevqa.routing import ClosedVocab
+    from slakevqa.vocab import ClosedVocab
 
     builder = InputBuilder.create(find_layout(mini_slake), "short", ClosedVocab.empty())
     summary = write_mask_debug(builder, [sample(1, 1, "CT")], tmp_path / "mask_debug", 4)
@@ -236,7 +236,7 @@ def test_kg_ablation_of_a_run_without_facts_answers_again_with_them(tmp_path: Pa
     from slakevqa.data.synth import write_synthetic_slake
     from slakevqa.evaluation import diagnose
     from slakevqa.inputs import InputBuilder
-    from slakevqa.routing import ClosedVocab
+    from slakevqa.vocab import ClosedVocab
 
     root = write_synthetic_slake(tmp_path / "Slake1.0", seed=0, images=20).out
     samples = [s for s in load_split(root, "test", "en") if s.is_kvqa]

@@ -19,7 +19,7 @@ from slakevqa.evaluation.engine import Engine
 from slakevqa.evaluation.evaluate import evaluate
 from slakevqa.evaluation.extract import extract_answer, match_candidate
 from slakevqa.inputs import InputBuilder
-from slakevqa.routing import build_closed_vocab
+from slakevqa.vocab import build_closed_vocab
 
 
 def engine_for(root: Path, model, processor, **builder_options) -> Engine:
@@ -30,12 +30,15 @@ def engine_for(root: Path, model, processor, **builder_options) -> Engine:
 def naive_scores(engine: Engine, item) -> list[float]:
     """One full forward per candidate, no cache, no padding: the reference the fast path must equal."""
     scores = []
-    for candidate in engine.candidate_ids(item):
-        ids = torch.tensor([item.prompt_ids + candidate])
-        with torch.no_grad():
-            logprobs = engine.model(input_ids=ids, pixel_values=item.pixel_values[None]).logits[0].log_softmax(-1)
-        start = len(item.prompt_ids) - 1
-        scores.append(sum(float(logprobs[start + j, t]) for j, t in enumerate(candidate)) / len(candidate))
+    for variants in engine.candidate_ids(item):
+        best = float("-inf")
+        for candidate in variants:
+            ids = torch.tensor([item.prompt_ids + candidate])
+            with torch.no_grad():
+                logprobs = engine.model(input_ids=ids, pixel_values=item.pixel_values[None]).logits[0].log_softmax(-1)
+            start = len(item.prompt_ids) - 1
+            best = max(best, sum(float(logprobs[start + j, t]) for j, t in enumerate(candidate)) / len(candidate))
+        scores.append(best)
     return scores
 
 
@@ -45,6 +48,7 @@ def test_candidate_scores_equal_one_forward_per_candidate(synth_root: Path, tiny
     items = [engine.prepare(s) for s in closed]
     fast = engine.score_candidates(items)
     assert {len(i.view.route.candidates) for i in items} >= {2}
+    assert any(len(variants) > 1 for i in items for variants in engine.candidate_ids(i))  # "left" and "Left"
     for item, scores in zip(items, fast):
         assert scores == pytest.approx(naive_scores(engine, item), abs=1e-5)
 

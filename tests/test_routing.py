@@ -17,11 +17,8 @@ from slakevqa.cli import main
 from slakevqa.commands.routes import route_table
 from slakevqa.data.slake import load_split
 from slakevqa.errors import DataError, UserError
-from slakevqa.routing import (
-    VOCAB_VERSION, ClosedVocab, Route, build_closed_vocab, is_yes_no_question, load_closed_vocab,
-    load_or_build_vocab, match_key, parse_options, predict_answer_type, route_closed, route_question,
-    save_closed_vocab,
-)
+from slakevqa.routing import Route, is_yes_no_question, match_key, parse_options, predict_answer_type, route_closed, route_question
+from slakevqa.vocab import VOCAB_VERSION, ClosedVocab, build_closed_vocab, load_closed_vocab, load_or_build_vocab, save_closed_vocab
 
 VOCAB = ClosedVocab((("Lung", 3), ("T2", 2), ("Transverse Plane", 1)), "train", "0" * 64)
 

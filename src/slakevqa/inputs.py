@@ -23,7 +23,8 @@ from slakevqa.data.masks import MaskStats, check_mode, condition_image
 from slakevqa.data.slake import SlakeLayout
 from slakevqa.prompts import PromptStyle, build_user_text, get_prompt_style
 from slakevqa.records import VQASample
-from slakevqa.routing import YES_NO, ClosedVocab, Route, parse_options, route_question
+from slakevqa.routing import YES_NO, Route, parse_options, route_question
+from slakevqa.vocab import ClosedVocab
 
 TRIPLES_MODES: tuple[str, ...] = ("off", "real_only", "kvqa_real_only")
 # --closed_candidate_mode: where CLOSED candidates come from (``generate`` routes as ``auto``).

@@ -25,18 +25,14 @@ the metadata every published number uses) or :func:`predict_answer_type`
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
-import os
 import re
-from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
-from slakevqa.data.slake import find_layout, load_split
-from slakevqa.errors import DataError, UserError
-from slakevqa.records import VQASample
+from slakevqa.errors import UserError
+
+if TYPE_CHECKING:
+    from slakevqa.vocab import ClosedVocab
 
 ROUTE_KINDS: tuple[str, ...] = ("open", "yesno", "options", "vocab")
 ROUTE_SOURCES: tuple[str, ...] = ("answer_type", "predicted")
@@ -59,42 +55,6 @@ _SLASH_LIST = re.compile(r"(?<!\S)[^\s/]+(?:/[^\s/]+)+(?!\S)")
 _TAIL_CONTEXT = re.compile(r"\s+(?:(?:in|on|of)\s+(?:this|the)\s+(?:image|picture|scan|photo|film|slice)"
                            r"|(?:relative|compared)\s+(?:to|with)|than)\b.*$", re.I)
 _EDGE_PUNCTUATION = " \t\"'`.,;:!?()[]{}"
-VOCAB_FORMAT = "slakevqa.closed_vocab"
-# Bump when the build rule changes (which answers count, how casing is chosen): it changes candidates.
-VOCAB_VERSION = 1
-
-
-@dataclass(frozen=True)
-class ClosedVocab:
-    """The CLOSED answers of a training split that are not yes/no, most frequent first.
-
-    Answers that differ only by :func:`match_key` are one entry, shown in their
-    most frequent casing. Saved as ``closed_vocab.json``::
-
-        {"format": "slakevqa.closed_vocab", "version": 1,
-         "source": {"split": "train", "sha256": "3f2a..."},
-         "answers": [{"answer": "Lung", "count": 67}, {"answer": "Liver", "count": 56}, ...]}
-    """
-
-    entries: tuple[tuple[str, int], ...] = ()
-    source_split: str = ""
-    source_sha256: str = ""
-    version: int = VOCAB_VERSION
-
-    @classmethod
-    def empty(cls) -> ClosedVocab:
-        return cls()
-
-    @property
-    def answers(self) -> tuple[str, ...]:
-        return tuple(answer for answer, _ in self.entries)
-
-    def to_json(self) -> dict:
-        return {"format": VOCAB_FORMAT, "version": self.version,
-                "source": {"split": self.source_split, "sha256": self.source_sha256},
-                "answers": [{"answer": answer, "count": count} for answer, count in self.entries]}
-
-
 @dataclass(frozen=True)
 class Route:
     """How one question is answered: its route, its candidates and where they came from.
@@ -105,6 +65,7 @@ class Route:
     CLOSED (``answer_type`` = SLAKE's metadata, ``predicted`` = the question-only
     classifier).
 
+    >>> from slakevqa.vocab import ClosedVocab
     >>> route_closed("Which organ is abnormal, heart or lung?", ClosedVocab.empty())
     Route(kind='options', candidates=('heart', 'lung'), source_text='heart or lung', route_source='answer_type')
     """
@@ -298,6 +259,7 @@ def route_closed(question: str, vocab: ClosedVocab) -> Route:
 
     Raises UserError when the vocabulary is needed but empty.
 
+    >>> from slakevqa.vocab import ClosedVocab
     >>> route_closed("Does the picture contain liver?", ClosedVocab.empty()).candidates
     ('Yes', 'No')
     """
@@ -340,6 +302,7 @@ def route_question(question: str, dataset_answer_type: str, vocab: ClosedVocab,
     ``dataset_answer_type`` is SLAKE's ``answer_type`` metadata (never the answer);
     it is ignored when ``route_source == "predicted"``.
 
+    >>> from slakevqa.vocab import ClosedVocab
     >>> route_question("What modality is used to take this image?", "OPEN", ClosedVocab.empty())
     Route(kind='open', candidates=(), source_text='', route_source='answer_type')
     """
@@ -349,77 +312,3 @@ def route_question(question: str, dataset_answer_type: str, vocab: ClosedVocab,
         raise UserError(f"answer_type must be OPEN or CLOSED, got {answer_type!r} for {question!r}")
     route = Route("open") if answer_type == "OPEN" else route_closed(question, vocab)
     return replace(route, route_source=route_source)
-
-
-def build_closed_vocab(train_samples: Sequence[VQASample], source_sha256: str = "") -> ClosedVocab:
-    """The closed vocabulary of training samples: CLOSED answers that are not yes/no.
-
-    This is the one function here that reads answers, and it refuses any sample
-    that is not from the train split, so test answers cannot become candidates.
-    """
-    not_train = sorted({s.split for s in train_samples if s.split != "train"})
-    if not_train:
-        raise UserError(f"the closed vocabulary is built from training answers only, got {', '.join(not_train)}")
-    counts: Counter[str] = Counter()
-    spellings: dict[str, Counter[str]] = defaultdict(Counter)
-    for sample in train_samples:
-        key = match_key(sample.answer)
-        if sample.is_closed and key and key not in ("yes", "no"):
-            counts[key] += 1
-            spellings[key][sample.answer.strip()] += 1
-    ranked = sorted(counts, key=lambda k: (-counts[k], k))
-    entries = tuple((spellings[k].most_common(1)[0][0], counts[k]) for k in ranked)
-    return ClosedVocab(entries, "train", source_sha256)
-
-
-def save_closed_vocab(vocab: ClosedVocab, path: str | Path) -> Path:
-    """Write ``closed_vocab.json`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(vocab.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temp, path)
-    return path
-
-
-def load_closed_vocab(path: str | Path) -> ClosedVocab:
-    """Read ``closed_vocab.json``; a wrong format or version is a DataError naming the file."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise DataError(path, f"cannot read the closed vocabulary: {error}") from None
-    if not isinstance(data, dict) or data.get("format") != VOCAB_FORMAT:
-        raise DataError(path, f"not a closed vocabulary: expected \"format\": \"{VOCAB_FORMAT}\"")
-    if data.get("version") != VOCAB_VERSION:
-        raise DataError(path, f"closed vocabulary version {data.get('version')!r}, this slakevqa reads "
-                              f"version {VOCAB_VERSION}: rebuild it with --allow_build_vocab", field="version")
-    try:
-        entries = tuple((str(e["answer"]), int(e["count"])) for e in data["answers"])
-        source = data.get("source") or {}
-        return ClosedVocab(entries, str(source.get("split", "")), str(source.get("sha256", "")))
-    except (KeyError, TypeError, ValueError):
-        raise DataError(path, "each answer must be {\"answer\": str, \"count\": int}", field="answers") from None
-
-
-def load_or_build_vocab(path: str | Path | None, slake_root: str | Path | None, allow_build: bool) -> ClosedVocab:
-    """The vocabulary from ``path`` if it exists; else built from ``slake_root``'s train split.
-
-    Building needs ``allow_build`` (``--allow_build_vocab``) so that a missing
-    file is never papered over silently; a built vocabulary is saved to ``path``
-    when one is given.
-    """
-    if path is not None and Path(path).is_file():
-        return load_closed_vocab(path)
-    if not allow_build:
-        where = f"{path} does not exist" if path is not None else "no --closed_vocab_path given"
-        raise UserError(f"CLOSED routing needs a closed vocabulary and {where}: pass --closed_vocab_path "
-                        "to an existing closed_vocab.json, or --allow_build_vocab to build one from the "
-                        "train split of --slake_root")
-    if slake_root is None:
-        raise UserError("--allow_build_vocab needs --slake_root (or SLAKE_ROOT) to read the train split from")
-    sha = hashlib.sha256(find_layout(slake_root).split_file("train").read_bytes()).hexdigest()
-    vocab = build_closed_vocab(load_split(slake_root, "train"), sha)
-    if path is not None:
-        save_closed_vocab(vocab, path)
-    return vocab

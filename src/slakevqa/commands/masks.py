@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from slakevqa.data.masks import MaskResult, MaskStats, apply_mask, check_mode, crop_box, region_mask
+from slakevqa.data.masks import MaskResult, MaskStats, apply_mask, check_mode, overlay, region_mask
 from slakevqa.data.slake import SPLITS, SlakeLayout, find_layout, load_split
 from slakevqa.errors import UserError
 from slakevqa.records import VQASample
@@ -93,19 +93,6 @@ def describe(sample: VQASample, result: MaskResult) -> str:
         return f"{head}: {where} has no labelled pixels: image left unmodified"
     share = 100 * result.region.mean()
     return f"{head}: region {classes} (rule {result.rule}) from {where}, {share:.1f}% of the image"
-
-
-def overlay(image: Image.Image, result: MaskResult, pad_ratio: float) -> Image.Image:
-    """The image with the region tinted red (alpha 0.4) and the crop box outlined in yellow."""
-    shown = image.convert("RGB")
-    if result.status != "applied":
-        return shown
-    red = Image.new("RGB", shown.size, (255, 0, 0))
-    stencil = Image.fromarray(result.region.astype(np.uint8) * 102)  # 102/255 = alpha 0.4
-    shown = Image.composite(red, shown, stencil)
-    left, top, right, bottom = crop_box(result.region, pad_ratio)
-    ImageDraw.Draw(shown).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 0), width=2)
-    return shown
 
 
 def write_example(sample: VQASample, layout: SlakeLayout, out: Path, mode: str, pad_ratio: float) -> list[Path]:

@@ -25,7 +25,8 @@ from typing import Sequence
 from slakevqa.commands.dataset_args import add_dataset_arguments, resolve_dataset_root
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.records import VQASample
-from slakevqa.routing import ClosedVocab, Route, load_or_build_vocab, match_key, route_closed
+from slakevqa.routing import Route, match_key, route_closed
+from slakevqa.vocab import ClosedVocab, load_or_build_vocab
 
 CLOSED_ROUTES: tuple[str, ...] = ("yesno", "options", "vocab")
 

@@ -38,7 +38,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from slakevqa.data.annotations import DETECTION_FILE, Box, load_class_map, load_detections
 from slakevqa.data.mask_classes import choose_region, region_classes  # noqa: F401 - re-exported
@@ -381,3 +381,16 @@ def condition_image(sample: VQASample, image: Image.Image, mode: str, pad_ratio:
     if stats is not None:
         stats.record(result, sample.modality)
     return apply_mask(image, result.region, mode, pad_ratio)
+
+
+def overlay(image: Image.Image, result: MaskResult, pad_ratio: float) -> Image.Image:
+    """The image with the region tinted red (alpha 0.4) and the crop box outlined in yellow."""
+    shown = image.convert("RGB")
+    if result.status != "applied":
+        return shown
+    red = Image.new("RGB", shown.size, (255, 0, 0))
+    stencil = Image.fromarray(result.region.astype(np.uint8) * 102)  # 102/255 = alpha 0.4
+    shown = Image.composite(red, shown, stencil)
+    left, top, right, bottom = crop_box(result.region, pad_ratio)
+    ImageDraw.Draw(shown).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 0), width=2)
+    return shown

@@ -161,7 +161,7 @@ def write_mask_example(builder: InputBuilder, sample: VQASample, folder: Path) -
     Region and conditioning are computed as :func:`~slakevqa.data.masks.condition_image`
     does, without recording into the run's ``mask_stats``.
     """
-    from slakevqa.commands.masks import overlay  # the same picture `slakevqa masks` draws
+    from slakevqa.data.masks import overlay  # the same picture `slakevqa masks` draws
 
     with Image.open(sample.image_path) as source:
         image = source.convert("RGB")

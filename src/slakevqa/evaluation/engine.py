@@ -5,7 +5,8 @@ longer budget for abnormality questions, and the answer is extracted from the
 first non-empty line.
 
 CLOSED questions are answered by likelihood: each candidate is scored by the mean
-log-probability of the tokens training would supervise for it (`` {candidate} </s>``).
+log-probability of the tokens training would supervise for it (`` {candidate} </s>``),
+the best over its spellings (the question's ``left`` and the training answers' ``Left``).
 The prompt of a batch of questions (image included) is encoded **once**; its KV
 cache is then repeated for each (question, candidate) pair and only the candidate
 tokens run through the model::
@@ -25,6 +26,7 @@ from slakevqa.encoding import encode_answer, encode_prompt, image_token_count
 from slakevqa.evaluation.extract import extract_answer, match_candidate
 from slakevqa.inputs import InputBuilder, SampleView
 from slakevqa.records import Prediction, VQASample
+from slakevqa.vocab import candidate_variants
 
 CLOSED_MODES: tuple[str, ...] = ("score", "generate")
 
@@ -151,15 +153,21 @@ class Engine:
                                       pad_token_id=self.tokenizer.pad_token_id, **sampling)
         return [self.tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
 
-    def candidate_ids(self, item: Prepared) -> list[list[int]]:
-        return [encode_answer(self.tokenizer, item.view.user_text, c) for c in item.view.route.candidates]
+    def candidate_ids(self, item: Prepared) -> list[list[list[int]]]:
+        """Per candidate, the token ids of each spelling it is scored under (``vocab.candidate_variants``)."""
+        return [[encode_answer(self.tokenizer, item.view.user_text, variant)
+                 for variant in candidate_variants(candidate, self.builder.vocab)]
+                for candidate in item.view.route.candidates]
 
     def score_candidates(self, items: list[Prepared]) -> list[list[float]]:
-        """Mean token log-probability of every candidate, prompts encoded once (module docstring)."""
+        """Best mean token log-probability over each candidate's spellings, prompts encoded once."""
         import torch
 
         ids, mask, positions = self.left_padded([p.prompt_ids for p in items])
-        pairs = [(q, cand) for q, item in enumerate(items) for cand in self.candidate_ids(item)]
+        owners = [(q, c) for q, item in enumerate(items) for c, variants in enumerate(self.candidate_ids(item))
+                  for _ in variants]
+        pairs = [(q, variant) for q, item in enumerate(items) for variants in self.candidate_ids(item)
+                 for variant in variants]
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                              pixel_values=self.pixels(items), use_cache=True, logits_to_keep=1)
@@ -168,10 +176,9 @@ class Engine:
             cache = returned_cache(out)
             cache.reorder_cache(rows)
             tails = self.candidate_tail_logprobs(pairs, rows, mask, positions, cache)
-        scores: list[list[float]] = [[] for _ in items]
-        for (q, cand), tail in zip(pairs, tails):
-            total = float(first[q, cand[0]]) + tail
-            scores[q].append(total / len(cand))
+        scores = [[float("-inf")] * len(item.view.route.candidates) for item in items]
+        for (q, c), (_, variant), tail in zip(owners, pairs, tails):
+            scores[q][c] = max(scores[q][c], (float(first[q, variant[0]]) + tail) / len(variant))
         return scores
 
     def candidate_tail_logprobs(self, pairs: list, rows, mask, positions, cache) -> list[float]:

@@ -28,7 +28,7 @@ from slakevqa.inputs import InputBuilder
 from slakevqa.records import Prediction, VQASample
 from slakevqa.results import PREDICTIONS_NAME, RESULTS_NAME, build_results, make_provenance, write_predictions
 from slakevqa.results import write_results
-from slakevqa.routing import ClosedVocab, load_or_build_vocab
+from slakevqa.vocab import ClosedVocab, load_or_build_vocab
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from slakevqa.distributed import global_token_mean, is_fsdp, use_cpu
 from slakevqa.errors import UserError
 from slakevqa.files import write_json_atomic
 from slakevqa.inputs import InputBuilder
-from slakevqa.routing import build_closed_vocab, save_closed_vocab
+from slakevqa.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
