@@ -10,7 +10,6 @@ import argparse
 import os
 from pathlib import Path
 
-from slakevqa.errors import UserError
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, split: str | None = None) -> None:
@@ -31,11 +30,6 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, split: str | None = N
 
 def resolve_dataset_root(args: argparse.Namespace) -> Path:
     """The local folder to read: ``--slake_root``, or the unpacked hub snapshot."""
-    if args.data_source == "hf":
-        from slakevqa.data.hub import fetch_slake
+    from slakevqa.data.hub import dataset_root
 
-        return fetch_slake(args.hf_repo)
-    if not args.slake_root:
-        raise UserError("no dataset given: pass --slake_root DIR (or set SLAKE_ROOT), "
-                        "or --data_source hf, or run 'slakevqa synth --out DIR' for a synthetic one")
-    return Path(args.slake_root)
+    return dataset_root(args.data_source, args.slake_root, getattr(args, "hf_repo", "BoKelvin/SLAKE"))

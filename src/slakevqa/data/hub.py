@@ -42,6 +42,17 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("SLAKEVQA_CACHE", Path.home() / ".cache" / "slakevqa"))
 
 
+def dataset_root(data_source: str, slake_root: str | Path | None, repo_id: str = HUB_REPO) -> Path:
+    """The local SLAKE folder a run reads: ``slake_root`` (or ``$SLAKE_ROOT``), or the unpacked hub snapshot."""
+    if data_source == "hf":
+        return fetch_slake(repo_id)
+    root = slake_root or os.environ.get("SLAKE_ROOT")
+    if not root:
+        raise UserError("no dataset given: pass --slake_root DIR (or set SLAKE_ROOT), or --data_source hf, "
+                        "or run 'slakevqa synth --out DIR' for a synthetic one")
+    return Path(root)
+
+
 def fetch_slake(repo_id: str = HUB_REPO, revision: str | None = None, cache_dir: str | Path | None = None,
                 hub_cache_dir: str | Path | None = None, local_files_only: bool = False) -> Path:
     """Download (or reuse) the hub snapshot and return the unpacked SLAKE folder.

@@ -155,14 +155,9 @@ def check_batch_invariance(engine: Engine, samples: list[VQASample], batched: di
 
 
 def dataset_root(cfg: EvalConfig) -> Path:
-    if cfg.data_source == "hf":
-        from slakevqa.data.hub import fetch_slake
+    from slakevqa.data.hub import dataset_root as resolve
 
-        return fetch_slake()
-    root = cfg.slake_root or os.environ.get("SLAKE_ROOT")
-    if not root:
-        raise UserError("no dataset given: pass --slake_root DIR (or set SLAKE_ROOT) or --data_source hf")
-    return Path(root)
+    return resolve(cfg.data_source, cfg.slake_root)
 
 
 def resolve_vocab(cfg: EvalConfig, root: Path) -> ClosedVocab:

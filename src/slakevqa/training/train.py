@@ -174,16 +174,9 @@ def fused_adamw_supported(device) -> bool:
 
 
 def dataset_root(cfg: TrainConfig) -> Path:
-    import os
+    from slakevqa.data.hub import dataset_root as resolve
 
-    if cfg.data_source == "hf":
-        from slakevqa.data.hub import fetch_slake
-
-        return fetch_slake()
-    root = cfg.slake_root or os.environ.get("SLAKE_ROOT")
-    if not root:
-        raise UserError("no dataset given: pass --slake_root DIR (or set SLAKE_ROOT) or --data_source hf")
-    return Path(root)
+    return resolve(cfg.data_source, cfg.slake_root)
 
 
 def weight_dtype(precision: str, device) -> str:
