@@ -150,3 +150,18 @@ def test_sigkill_and_rerun_loses_and_repeats_nothing(synth_root: Path, tmp_path:
     assert a == b
     metrics = [json.loads((tmp_path / run / "results.json").read_text())["metrics"] for run in ("a", "b")]
     assert metrics[0] == metrics[1]
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+def test_tiny_model_on_the_real_test_split(slake_root: Path, tmp_path: Path) -> None:
+    from slakevqa.models.tiny import build_tiny_llava
+
+    cfg = EvalConfig(model_id_or_ckpt="tiny", slake_root=str(slake_root), output_dir=str(tmp_path), batch_size=64,
+                     max_new_tokens_open_default=4, max_new_tokens_open_abnormality=4)
+    results = evaluate(cfg, *build_tiny_llava("bpe", seed=0))
+    assert results["counts"]["total"] == 1061 and results["counts"]["OPEN"] == 645
+    assert results["counts"]["routes"] == {"open": 645, "options": 61, "yesno": 355}
+    assert results["metrics"]["llava_med"]["CLOSED"]["n"] == 416
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 1061
+    assert (tmp_path / "report.html").stat().st_size > 10_000
