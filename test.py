@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="test.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model_id", default="microsoft/llava-med-v1.5-mistral-7b",
                         help="HF folder or hub id, original LLaVA-Med folder, or LoRA adapter folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -29,11 +30,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(ignored, default=None, help="accepted for compatibility; ignored")
     for ignored in ("--use_flash_attention", "--no_codex_wrapper"):
         parser.add_argument(ignored, action="store_true", help="accepted for compatibility; ignored")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, "src")  # run from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # run from a checkout without installing
     from slakevqa.cli import run_verb
     from slakevqa.commands import check
 

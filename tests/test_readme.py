@@ -40,3 +40,13 @@ def test_tiny_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert results["counts"]["total"] > 600
     assert (tmp_path / "work/run/eval/report.html").is_file()
     assert (tmp_path / "work/run/model.safetensors").is_file()
+
+
+def test_flags_doc_is_current() -> None:
+    from slakevqa.flags_doc import render
+
+    current = (README.parent / "docs" / "flags.md").read_text(encoding="utf-8")
+    assert current == render(), "docs/flags.md is stale: python -m slakevqa.flags_doc > docs/flags.md"
+    for flag in ("--model_id", "--lora_target_modules", "--closed_candidate_mode", "--check_batch_invariance",
+                 "--mm_use_im_start_end", "--skip_generate", "--tb_probe_size", "--no_final_eval"):
+        assert f"`{flag}`" in current

@@ -107,7 +107,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
     kinds = field_types(cls)
     for f in dataclasses.fields(cls):
         names = [f"--{f.name}", *(aliases or {}).get(f.name, [])]
-        help_text = f"{f.metadata.get('help', '')} (default: {_default_of(f)!r})"
+        help_text = f.metadata.get("help", "")
+        if "(default" not in help_text:
+            help_text += f" (default: {_default_of(f)!r})"
         options: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         kind = kinds[f.name]
         if kind is bool:
