@@ -25,7 +25,6 @@ BAD = [
     ({"mask_mode": "crap"}, "--mask_mode must be one of none, crop, masked"),  # YAML skips argparse choices
     ({"tb_hist_every": 0}, "--tb_hist_every must be at least 1"),
     ({"warmup_ratio": 1.5}, r"--warmup_ratio must be in \[0, 1\]"),
-    ({"closed_train_objective": "mc"}, "--closed_train_objective mc is not implemented"),
     ({"resume_from_checkpoint": "/no/such/checkpoint"}, "not a slakevqa checkpoint"),
 ]
 

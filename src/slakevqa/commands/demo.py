@@ -24,7 +24,7 @@ from slakevqa.errors import UserError
 DEMO_TRAINING = dict(batch_size=16, lr=1e-3, warmup_steps=50, lr_scheduler="constant", adam_beta2=0.98,
                      use_lora=False, freeze_vision_tower=False, tune_mm_projector=True, prompt_style="short",
                      save_steps=500, logging_steps=50, tb_hist_every=500)
-DEMO_STEPS = 2400
+DEMO_STEPS = 3000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -180,8 +180,10 @@ def _as_int(value: object, path: Path, where: str, name: str) -> int:
 
 def _as_answer(value: object, path: Path, where: str) -> str:
     # SLAKE's files hold strings ("2"), derived copies hold ints: coerce numbers, refuse the rest.
+    # Runs of spaces collapse to one: 91 English answers read "Transverse  Plane", which the
+    # tokenizer would split differently from "Transverse Plane" and so train a rare spelling.
     if isinstance(value, str):
-        return value.strip()
+        return " ".join(value.split())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(int(value)) if float(value).is_integer() else str(value)
     raise DataError(path, f"expected a string or number, found {type(value).__name__}", record=where, field="answer")

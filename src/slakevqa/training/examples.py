@@ -10,23 +10,29 @@ from __future__ import annotations
 from slakevqa.inputs import InputBuilder
 from slakevqa.records import VQASample
 from slakevqa.encoding import EncodedExample, batch_stats, encode_example, image_token_count, pad_batch
+from slakevqa.training.choice import Choice, make_choice, pack_batch
 
 
 class ExampleEncoder:
     """Encodes samples for one run; ``batch(samples)`` returns model inputs and batch statistics."""
 
-    def __init__(self, builder: InputBuilder, processor, max_prompt_len: int, max_answer_len: int) -> None:
-        self.builder, self.processor = builder, processor
+    def __init__(self, builder: InputBuilder, processor, max_prompt_len: int, max_answer_len: int,
+                 objective: str = "sft") -> None:
+        self.builder, self.processor, self.objective = builder, processor, objective
         self.max_prompt_len, self.max_answer_len = max_prompt_len, max_answer_len
         self.image_tokens = image_token_count(processor)
         self.texts: dict[int, EncodedExample] = {}
+        self.choices: dict[int, Choice | None] = {}
         self.pixels: dict[object, object] = {}
 
     def encode(self, sample: VQASample) -> EncodedExample:
         if sample.qid not in self.texts:
             view = self.builder.view(sample)
-            self.texts[sample.qid] = encode_example(self.processor.tokenizer, view.user_text, sample.answer,
+            tokenizer = self.processor.tokenizer
+            self.texts[sample.qid] = encode_example(tokenizer, view.user_text, sample.answer,
                                                     self.image_tokens, self.max_prompt_len, self.max_answer_len)
+            self.choices[sample.qid] = (make_choice(tokenizer, view.user_text, view.route, sample.answer,
+                                                    self.builder.vocab) if self.objective != "sft" else None)
         return self.texts[sample.qid]
 
     def pixel_values(self, sample: VQASample):
@@ -41,7 +47,11 @@ class ExampleEncoder:
         import torch
 
         examples = [self.encode(s) for s in samples]
-        batch = pad_batch(examples, self.processor.tokenizer.pad_token_id)
+        pad = self.processor.tokenizer.pad_token_id
+        if self.objective == "sft":
+            batch = pad_batch(examples, pad)
+        else:
+            batch = pack_batch(examples, [self.choices[s.qid] for s in samples], self.objective, pad)
         batch["pixel_values"] = torch.stack([self.pixel_values(s) for s in samples])
         stats = batch_stats(examples)
         stats["closed_ratio"] = sum(s.is_closed for s in samples) / len(samples)

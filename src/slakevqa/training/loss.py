@@ -96,6 +96,47 @@ def answer_loss(model: torch.nn.Module, batch: dict) -> AnswerLoss:
 MASK_SLICING = accepts_mask_logits_to_keep()
 
 
+def logits_where(model: torch.nn.Module, inputs: dict, need: torch.Tensor) -> torch.Tensor:
+    """Logits at the ``need`` positions only, ``(N, V)`` in row-major order of ``need``."""
+    import torch
+
+    if MASK_SLICING:
+        return model(**inputs, logits_to_keep=need, use_cache=False).logits
+    positions = torch.nonzero(need.any(dim=0)).flatten()  # the union; then pick each row's own
+    logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, P, V)
+    rows, columns = torch.nonzero(need, as_tuple=True)
+    return logits[rows, torch.searchsorted(positions, columns)]
+
+
+def packed_loss(model: torch.nn.Module, batch: dict, mc_weight: float) -> tuple[AnswerLoss, dict]:
+    """Answer-token loss plus ``mc_weight`` times the CLOSED choice loss, from one forward of packed rows.
+
+    ``batch`` comes from :func:`slakevqa.training.choice.pack_batch`. Returns the
+    :class:`AnswerLoss` of the sum (``tokens`` and ``row_losses`` count answer tokens
+    only; rows without supervised answer tokens log NaN) and the choice statistics.
+    """
+    import torch
+
+    from slakevqa.training.choice import choice_loss, needed_positions
+
+    need = needed_positions(batch)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")}
+    logprobs = logits_where(model, inputs, need).float().log_softmax(-1)
+    lookup = torch.full(need.shape, -1, dtype=torch.long, device=need.device)
+    lookup[need] = torch.arange(int(need.sum()), device=need.device)
+    labels = batch["labels"][:, 1:]
+    supervised = labels != IGNORE_INDEX
+    per_token = torch.zeros(labels.shape, device=logprobs.device)
+    per_token[supervised] = -logprobs[lookup[:, :-1][supervised], labels[supervised]]
+    counts = supervised.sum(dim=1)
+    sft = per_token.sum() / counts.sum() if int(counts.sum()) else per_token.sum() * 0.0
+    mc, rows, correct = choice_loss(logprobs, lookup, batch)
+    total = sft + mc_weight * mc
+    row_losses = (per_token.sum(dim=1) / counts).detach()  # NaN where a row has no answer tokens
+    stats = {"mc_loss": float(mc.detach()), "mc_rows": rows, "mc_accuracy": correct / rows if rows else float("nan")}
+    return AnswerLoss(total, int(counts.sum()), row_losses), stats
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError ("not enough memory" / "out of memory")."""
     import torch

@@ -109,6 +109,8 @@ class TrainLogger:
             return
         self.tokens += int(attention_mask.sum())
         for sample, value in zip(samples, row_losses.float().tolist()):
+            if value != value:  # NaN: a row with no answer tokens (CLOSED under --closed_train_objective mc)
+                continue
             self.rows.append((sample.answer_type, value))
             self.hist_rows.append(value)
 
@@ -153,8 +155,11 @@ class TrainLogger:
         write("train/samples_per_sec", self.cfg.batch_size * self.cfg.grad_accum / max(seconds, 1e-9), step)
         write("train/tokens_per_sec", tokens / max(seconds, 1e-9), step)
         for key in batch_stats[0]:
-            value = sum(s[key] for s in batch_stats) / len(batch_stats)
-            write(("train/" if key == "supervised_tokens" else "data/") + key, value, step)
+            values = [s[key] for s in batch_stats if s.get(key) == s.get(key)]  # NaN: nothing measured
+            if not values:
+                continue
+            value = sum(values) / len(values)
+            write(("train/" if key == "supervised_tokens" or key.startswith("mc_") else "data/") + key, value, step)
         self._loss_by_type(step)
         if torch.cuda.is_available():
             write("gpu/memory_allocated_mb", torch.cuda.memory_allocated() / 2**20, step)

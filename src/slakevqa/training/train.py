@@ -27,7 +27,7 @@ from slakevqa.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
-from slakevqa.training.loss import answer_loss, out_of_memory_advice
+from slakevqa.training.loss import answer_loss, out_of_memory_advice, packed_loss
 from slakevqa.training.params import configure_trainable, parameter_counts
 from slakevqa.training.probe import build_probe
 from slakevqa.training.schedule import lr_factor, micro_batch_indices, total_steps
@@ -82,7 +82,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     counts = parameter_counts(model)
-    encoder = ExampleEncoder(builder, processor, cfg.max_prompt_len, cfg.max_answer_len)
+    encoder = ExampleEncoder(builder, processor, cfg.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective)
+    pad_id = processor.tokenizer.pad_token_id
     probe = build_probe(cfg, root, samples, builder, processor, accelerator)  # held-out diagnostics, or None
 
     # ---- optimiser and schedule (pure functions of the step)
@@ -117,12 +118,16 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast(), out_of_memory_advice(cfg, step + 1):
-                loss, tokens, row_losses = answer_loss(model, batch)
+                if cfg.closed_train_objective == "sft":
+                    loss, tokens, row_losses = answer_loss(model, batch)
+                else:
+                    (loss, tokens, row_losses), choice_stats = packed_loss(model, batch, mc_weight(cfg))
+                    stats.update(choice_stats)
                 loss, logged = global_token_mean(loss, tokens, accelerator)
                 accelerator.backward(loss / cfg.grad_accum)
             loss_sum += logged.item() / cfg.grad_accum
             batch_stats.append(stats)
-            logger.record_rows([samples[i] for i in rows], row_losses, batch["attention_mask"])
+            logger.record_rows([samples[i] for i in rows], row_losses, batch["input_ids"] != pad_id)
         # All of the prepared model's parameters (frozen ones have no grad): under FSDP accelerate
         # only computes the global, cross-shard norm when given exactly model.parameters().
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -152,6 +157,11 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     if cfg.final_eval and not is_fsdp(accelerator):
         results = final_evaluation(cfg, root, accelerator.unwrap_model(model), processor, out)
     return TrainResult(out, n_steps, state["losses"], counts, results)
+
+
+def mc_weight(cfg: TrainConfig) -> float:
+    """``mc``: the choice loss replaces the answer loss of CLOSED rows (weight 1); ``hybrid``: it is added."""
+    return 1.0 if cfg.closed_train_objective == "mc" else cfg.closed_mc_weight
 
 
 def final_evaluation(cfg: TrainConfig, root: Path, model, processor, out: Path) -> dict | None:
