@@ -7,7 +7,7 @@
 5. evaluate the trained model (the training's final evaluation) and write the report;
 6. print both headline tables side by side, and where the report is.
 
-    slakevqa demo [--out demo_out] [--steps 2400]
+    slakevqa demo [--out demo_out] [--steps 3000]
 """
 
 from __future__ import annotations
