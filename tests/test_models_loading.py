@@ -123,3 +123,17 @@ def test_hub_id_downloads_safetensors_only_then_converts(tiny, tmp_path, monkeyp
     (repo, revision, patterns), = calls  # one call: safetensors were found, no .bin fallback
     assert (repo, revision) == ("microsoft/llava-med-v1.5-mistral-7b", "main")
     assert "*.safetensors" in patterns and not any(p.endswith((".bin", ".py")) for p in patterns)
+
+
+def test_four_bit_loading_needs_cuda_and_bitsandbytes(tmp_path: Path) -> None:
+    """QLoRA's 4-bit load is refused with a clear message on CPU; the GPU path ran on 2x H200 (see the issue note)."""
+    import importlib.util
+
+    from slakevqa.errors import UserError
+    from slakevqa.models.loading import four_bit_config, load_hf_model
+
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        load_hf_model(tmp_path, "fp32", "cpu", trust_remote_code=False, load_in_4bit=True)
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(UserError, match="--qlora needs bitsandbytes"):
+            four_bit_config("bf16")

@@ -142,17 +142,40 @@ def ensure_converted(folder: Path, vision_from: str | None = None, log: Log = pr
     return target
 
 
-def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool):
-    """``AutoModelForImageTextToText`` in ``dtype`` on ``device`` with sdpa attention."""
+def four_bit_config(dtype: str):
+    """QLoRA's quantisation: NF4 weights with double quantisation, computing in ``dtype``.
+
+    Only the language model is quantised: the vision tower, the projector and the
+    LM head stay in ``dtype`` (small, and the projector is trained).
+    """
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401  (only to fail early with a clear message)
+    except ImportError:
+        raise UserError("--qlora needs bitsandbytes: pip install bitsandbytes (CUDA machines only)") from None
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, dtype),
+                              # both spellings: older 5.x matches substrings, newer ones module-path prefixes
+                              llm_int8_skip_modules=["vision_tower", "model.vision_tower", "multi_modal_projector",
+                                                     "model.multi_modal_projector", "lm_head"])
+
+
+def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool, load_in_4bit: bool = False):
+    """``AutoModelForImageTextToText`` in ``dtype`` on ``device`` with sdpa attention (4-bit LM for QLoRA)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     has_safetensors = any(folder.glob("*.safetensors"))
+    if load_in_4bit and not device.startswith("cuda"):
+        raise UserError("4-bit loading (--qlora) needs a CUDA GPU; on CPU use --use_lora without --qlora")
+    quantization = {"quantization_config": four_bit_config(dtype)} if load_in_4bit else {}
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             str(folder), dtype=getattr(torch, dtype), attn_implementation="sdpa",
             trust_remote_code=trust_remote_code, use_safetensors=has_safetensors,
-            device_map=None if device == "cpu" else {"": device})
+            device_map=None if device == "cpu" else {"": device}, **quantization)
     except ValueError as error:
         if "trust_remote_code" in str(error) or "does not recognize this architecture" in str(error):
             raise UserError(f"{folder}: this model needs its own code; pass --trust-remote-code "
@@ -184,7 +207,7 @@ def adapter_base(adapter: Path, base: str | None) -> str:
 def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "auto",
                adapter: str | Path | None = None, base: str | None = None, merge_adapter: bool = False,
                vision_from: str | None = None, trust_remote_code: bool = False,
-               revision: str | None = None, log: Log = print) -> LoadedModel:
+               revision: str | None = None, load_in_4bit: bool = False, log: Log = print) -> LoadedModel:
     """Load a model and its processor from any supported checkpoint kind.
 
     Args:
@@ -197,6 +220,7 @@ def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "au
         vision_from: for original checkpoints, a CLIP folder whose vision weights to use.
         trust_remote_code: allow a checkpoint's own Python code. Off by default.
         revision: hub revision for hub ids.
+        load_in_4bit: NF4-quantise the language model (QLoRA; CUDA and bitsandbytes only).
         log: where progress lines go.
 
     Example::
@@ -213,7 +237,7 @@ def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "au
     folder, converted_from = hf_folder(folder, vision_from, log)
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
-    model = load_hf_model(folder, dtype, device, trust_remote_code)
+    model = load_hf_model(folder, dtype, device, trust_remote_code, load_in_4bit)
     processor_folder = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else folder
     processor = load_processor(processor_folder, trust_remote_code)
     if adapter is not None:

@@ -204,7 +204,12 @@ def load_for_training(cfg: TrainConfig, device):
     if cfg.qlora and device.type != "cuda":
         raise UserError("--qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on CPU use --use_lora without it")
     loaded = load_model(cfg.model_id, device=str(device), dtype=weight_dtype(cfg.precision, device),
-                        trust_remote_code=cfg.trust_remote_code, log=log.info)
+                        trust_remote_code=cfg.trust_remote_code, load_in_4bit=cfg.qlora, log=log.info)
+    if cfg.qlora:
+        from peft import prepare_model_for_kbit_training
+
+        # fp32 norms and input gradients so LoRA on 4-bit layers trains stably (the QLoRA recipe)
+        loaded.model = prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
     log.info("loaded %s", loaded.describe())
     return loaded.model, loaded.processor
 
