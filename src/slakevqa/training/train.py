@@ -55,7 +55,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     # cpu=: without CUDA, join torchrun's group over gloo (see slakevqa.distributed.use_cpu).
     accelerator = Accelerator(cpu=use_cpu(), mixed_precision="fp16" if cfg.precision == "fp16" else "no")
     if is_fsdp(accelerator):
-        check_fsdp_settings(cfg)
+        check_fsdp_settings(cfg, accelerator.is_main_process)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +234,7 @@ def save_trained(model, processor, out: Path, base: str = "", state_dict: dict |
         write_json_atomic(adapter_config, config)
 
 
-def check_fsdp_settings(cfg: TrainConfig) -> None:
+def check_fsdp_settings(cfg: TrainConfig, main_process: bool = True) -> None:
     """Refuse, or say, what FSDP cannot do here: anything that runs the model on one rank alone.
 
     A sharded model's forward gathers each layer's shards from every rank, so a
@@ -246,6 +246,8 @@ def check_fsdp_settings(cfg: TrainConfig) -> None:
     if cfg.tb:
         raise UserError("under FSDP pass --no-tb: TensorBoard probes run the model on the main process alone, "
                         "which waits forever for the other ranks' shards")
+    if not main_process:
+        return
     log.warning("FSDP: no checkpoints (no resume) and no final evaluation; evaluate the saved adapter with "
                 "`accelerate launch --config_file configs/accelerate/ddp.yaml -m slakevqa eval "
                 "--model_id_or_ckpt %s ...`", cfg.output_dir)
