@@ -165,3 +165,19 @@ def test_tiny_model_on_the_real_test_split(slake_root: Path, tmp_path: Path) -> 
     assert results["metrics"]["llava_med"]["CLOSED"]["n"] == 416
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 1061
     assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_shared_image_prefix_equals_per_question_encoding(synth_root: Path, tiny_model) -> None:
+    """Each image encoded once per batch, its prefix cache shared: the same answers as encoding every question."""
+    engine = engine_for(synth_root, *tiny_model)
+    engine.share_prefix = True
+    samples = load_split(synth_root, "test")[:24]
+    items = [engine.prepare(s) for s in samples]
+    assert engine.shared_prefix_length(items) == 5 + engine.image_tokens  # <s> [INST] ▁ <image>×16
+    assert len({id(i.pixel_values) for i in items}) < len(items)  # several questions per image
+    shared = engine.answer(samples)
+    engine.share_prefix = False
+    alone = engine.answer(samples)
+    for a, b in zip(shared, alone):
+        assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from slakevqa.encoding import encode_answer, encode_prompt, image_token_count
 from slakevqa.evaluation.extract import extract_answer, match_candidate
 from slakevqa.inputs import InputBuilder, SampleView
+from slakevqa.prompts import IMAGE_TOKEN
 from slakevqa.records import Prediction, VQASample
 from slakevqa.vocab import candidate_variants
 
@@ -55,9 +56,9 @@ class Engine:
     """Answers batches of samples with one model; ``answer(samples)`` returns Predictions in input order."""
 
     def __init__(self, model, processor, builder: InputBuilder, settings: GenerationSettings = GenerationSettings(),
-                 closed_mode: str = "score", max_prompt_len: int = 512) -> None:
+                 closed_mode: str = "score", max_prompt_len: int = 512, share_prefix: bool = False) -> None:
         self.model, self.processor, self.builder, self.settings = model, processor, builder, settings
-        self.closed_mode, self.max_prompt_len = closed_mode, max_prompt_len
+        self.closed_mode, self.max_prompt_len, self.share_prefix = closed_mode, max_prompt_len, share_prefix
         self.tokenizer = processor.tokenizer
         self.image_tokens = image_token_count(processor)
         self.pixel_cache: dict[object, object] = {}
@@ -144,12 +145,18 @@ class Engine:
     def generate(self, items: list[Prepared], max_new_tokens: int) -> list[str]:
         import torch
 
-        ids, mask, _ = self.left_padded([p.prompt_ids for p in items])
         sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.do_sample \
             else {"do_sample": False}
         with torch.inference_mode():
-            out = self.model.generate(input_ids=ids, attention_mask=mask, pixel_values=self.pixels(items),
-                                      max_new_tokens=max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+            shared = self.shared_prefix_length(items)
+            if shared:  # the image's prefix is in the cache already; generate continues after it
+                cache, ids, mask, _ = self.encode_shared_prefix(items, shared)
+                inputs = {"input_ids": ids, "attention_mask": mask, cache_argument(self.model): cache}
+            else:
+                ids, mask, _ = self.left_padded([p.prompt_ids for p in items])
+                inputs = {"input_ids": ids, "attention_mask": mask, "pixel_values": self.pixels(items)}
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens,
+                                      eos_token_id=self.tokenizer.eos_token_id,
                                       pad_token_id=self.tokenizer.pad_token_id, **sampling)
         return [self.tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True).strip() for row in out]
 
@@ -163,23 +170,72 @@ class Engine:
         """Best mean token log-probability over each candidate's spellings, prompts encoded once."""
         import torch
 
-        ids, mask, positions = self.left_padded([p.prompt_ids for p in items])
         owners = [(q, c) for q, item in enumerate(items) for c, variants in enumerate(self.candidate_ids(item))
                   for _ in variants]
         pairs = [(q, variant) for q, item in enumerate(items) for variants in self.candidate_ids(item)
                  for variant in variants]
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                             pixel_values=self.pixels(items), use_cache=True, logits_to_keep=1)
-            first = out.logits[:, -1].float().log_softmax(-1)  # predicts each candidate's first token
+            logits, cache, mask, positions = self.encode_prompts(items)
+            first = logits.float().log_softmax(-1)  # predicts each candidate's first token
             rows = torch.tensor([q for q, _ in pairs], device=self.device)
-            cache = returned_cache(out)
             cache.reorder_cache(rows)
             tails = self.candidate_tail_logprobs(pairs, rows, mask, positions, cache)
         scores = [[float("-inf")] * len(item.view.route.candidates) for item in items]
         for (q, c), (_, variant), tail in zip(owners, pairs, tails):
             scores[q][c] = max(scores[q][c], (float(first[q, variant[0]]) + tail) / len(variant))
         return scores
+
+    # ---------------------------------------------------------------- one encoding per image
+
+    def shared_prefix_length(self, items: list[Prepared]) -> int:
+        """Tokens every prompt of the batch shares up to its last image token (0: do not share).
+
+        LLaVA-Med prompts are ``<s> [INST] <image>×N \n text [/INST]``: the first
+        N + 5 tokens are the same for every question, and their keys and values
+        depend only on the image. So each image is encoded once per batch, and its
+        prefix cache is repeated for every question about it.
+        """
+        image_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+        first = items[0].prompt_ids
+        if not self.share_prefix or image_id not in first:
+            return 0
+        end = len(first) - first[::-1].index(image_id)
+        same = all(p.prompt_ids[:end] == first[:end] and len(p.prompt_ids) > end for p in items)
+        return end if same else 0
+
+    def encode_shared_prefix(self, items: list[Prepared], shared: int):
+        """The image prefixes (each image once) in a cache with one row per item, and the rest of the prompts.
+
+        Returns ``(cache, input_ids, attention_mask, position_ids)`` for the whole
+        prompts: ``[prefix][left padding][question]``; the padding sits between the
+        prefix and the question, masked out, and positions skip it.
+        """
+        import torch
+
+        rows: dict[int, int] = {}
+        owner = [rows.setdefault(id(p.pixel_values), len(rows)) for p in items]
+        unique = list({id(p.pixel_values): p for p in items}.values())
+        prefix = torch.tensor([items[0].prompt_ids[:shared]] * len(unique), device=self.device)
+        out = self.model(input_ids=prefix, pixel_values=self.pixels(unique), use_cache=True, logits_to_keep=1)
+        cache = returned_cache(out)
+        cache.reorder_cache(torch.tensor(owner, device=self.device))
+        tail, tail_mask, _ = self.left_padded([p.prompt_ids[shared:] for p in items])
+        mask = torch.cat([torch.ones((len(items), shared), dtype=tail_mask.dtype, device=self.device), tail_mask], 1)
+        ids = torch.cat([prefix[torch.tensor(owner, device=self.device)], tail], dim=1)
+        return cache, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def encode_prompts(self, items: list[Prepared]):
+        """Run the prompts once: ``(last logits (Q, V), cache, attention_mask, position_ids)``."""
+        shared = self.shared_prefix_length(items)
+        if shared:
+            cache, ids, mask, positions = self.encode_shared_prefix(items, shared)
+            out = self.model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=positions[:, shared:],
+                             use_cache=True, logits_to_keep=1, **{cache_argument(self.model): cache})
+        else:
+            ids, mask, positions = self.left_padded([p.prompt_ids for p in items])
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                             pixel_values=self.pixels(items), use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], returned_cache(out), mask, positions
 
     def candidate_tail_logprobs(self, pairs: list, rows, mask, positions, cache) -> list[float]:
         """Sum of log-probs of each candidate's tokens after the first, on the repeated prompt cache."""

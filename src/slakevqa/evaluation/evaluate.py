@@ -57,13 +57,16 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
     settings = GenerationSettings(cfg.max_new_tokens_open_default, cfg.max_new_tokens_open_abnormality,
                                   cfg.temperature, cfg.do_sample)
     engine = Engine(model, processor, builder, settings,
-                    "generate" if cfg.closed_candidate_mode == "generate" else "score", cfg.max_prompt_len)
+                    "generate" if cfg.closed_candidate_mode == "generate" else "score", cfg.max_prompt_len,
+                    cfg.share_prefix)
 
     # ---- answer what is missing, appending as we go
     shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")
     done = {p.qid for p in recover_predictions(out / PREDICTIONS_NAME)}
     done |= {p.qid for p in recover_predictions(shard_file)} if world > 1 else set()
-    pending = [s for s in samples[rank::world] if s.qid not in done]
+    # Batches follow the image (SLAKE asks ~11 questions per image) so that prefixes are shared;
+    # the file is rewritten in qid order at the end.
+    pending = sorted((s for s in samples[rank::world] if s.qid not in done), key=lambda s: (s.image_key, s.qid))
     if done:
         log.info("resuming: %d questions already answered, %d to go", len(done), len(pending))
     answer_all(engine, pending, cfg.batch_size, shard_file, rank)
