@@ -22,6 +22,7 @@ from slakevqa.data.slake import find_layout, load_split, load_training_split
 from slakevqa.distributed import global_token_mean, is_fsdp, use_cpu
 from slakevqa.errors import UserError
 from slakevqa.files import write_json_atomic
+from slakevqa.results import sha256_file
 from slakevqa.inputs import InputBuilder
 from slakevqa.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
@@ -66,7 +67,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     samples = load_training_split(root, cfg.split, cfg.language)
     if cfg.dry_run:
         samples = samples[:DRY_RUN_RECORDS]
-    vocab = build_closed_vocab(load_split(root, "train", cfg.language))
+    vocab = build_closed_vocab(load_split(root, "train", cfg.language), sha256_file(layout.split_file("train")))
     if accelerator.is_main_process:
         save_closed_vocab(vocab, out / "closed_vocab.json")
     builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, "answer_type",
