@@ -49,7 +49,10 @@ def main() -> None:
     stages = {"score CLOSED": lambda: [engine.score_candidates(b) for b in closed if b],
               "generate OPEN x16": lambda: [engine.generate(b, 16) for b in opened if b],
               "prefill only": lambda: [engine.encode_prompts(b) for b in batches]}
+    import torch
+
     report = {}
+    torch.inference_mode().__enter__()  # no autograd graphs (encode_prompts is called directly)
     for name, stage in stages.items():
         times = {True: 0.0, False: 0.0}
         for share in (True, False, False, True):
