@@ -118,10 +118,3 @@ def batch_stats(examples: list[EncodedExample]) -> dict[str, float]:
             "supervised_tokens": sum(e.answer_tokens for e in examples),
             "prompt_truncated_pct": 100.0 * sum(e.prompt_truncated for e in examples) / n,
             "answer_truncated_pct": 100.0 * sum(e.answer_truncated for e in examples) / n}
-
-
-def collate(examples: list[EncodedExample], images: list, processor) -> dict:
-    """Model inputs for one batch: padded tokens plus ``pixel_values`` from the image processor."""
-    batch = pad_batch(examples, processor.tokenizer.pad_token_id)
-    batch["pixel_values"] = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-    return batch

@@ -71,6 +71,7 @@ class InputBuilder:
     candidate_mode: str = "auto"
     blank_images: bool = False  # question-only baseline: every image replaced by black
     graphs: dict[str, KnowledgeGraph] = field(default_factory=dict)
+    pixel_cache: dict[tuple, object] = field(default_factory=dict)
     mask_stats: MaskStats = field(default_factory=MaskStats)
 
     @classmethod
@@ -113,3 +114,16 @@ class InputBuilder:
         if self.mask_mode == "none":
             return image
         return condition_image(sample, image, self.mask_mode, self.mask_pad_ratio, self.layout, self.mask_stats)
+
+    def pixel_values(self, sample: VQASample, image_processor):
+        """Preprocessed pixels of :meth:`image`, computed once per image (SLAKE asks ~11 questions per image).
+
+        With a mask mode the region follows the question, so the key holds the qid;
+        it also holds every setting that changes the pixels, so builder copies may share the cache.
+        """
+        per_question = sample.qid if self.mask_mode != "none" else None
+        key = (sample.image_path, per_question, self.mask_mode, self.mask_pad_ratio, self.blank_images)
+        if key not in self.pixel_cache:
+            image = self.image(sample)
+            self.pixel_cache[key] = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        return self.pixel_cache[key]

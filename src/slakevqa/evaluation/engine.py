@@ -61,7 +61,6 @@ class Engine:
         self.closed_mode, self.max_prompt_len, self.share_prefix = closed_mode, max_prompt_len, share_prefix
         self.tokenizer = processor.tokenizer
         self.image_tokens = image_token_count(processor)
-        self.pixel_cache: dict[object, object] = {}
 
     @property
     def device(self):
@@ -73,15 +72,7 @@ class Engine:
         return Prepared(sample, view, ids, self.pixel_values(sample))
 
     def pixel_values(self, sample: VQASample):
-        """Preprocessed pixels, computed once per image (SLAKE asks ~11 questions per image).
-
-        With a mask mode the region follows the question, so the key includes the qid.
-        """
-        key = sample.image_path if self.builder.mask_mode == "none" else (sample.image_path, sample.qid)
-        if key not in self.pixel_cache:
-            image = self.builder.image(sample)
-            self.pixel_cache[key] = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
-        return self.pixel_cache[key]
+        return self.builder.pixel_values(sample, self.processor.image_processor)
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
         prepared = [self.prepare(s) for s in samples]

@@ -41,8 +41,3 @@ def match_candidate(text: str, candidates: tuple[str, ...] | list[str]) -> str |
     if len(hits) == 1 or (len(hits) > 1 and len(match_key(hits[0])) > len(match_key(hits[1]))):
         return hits[0]
     return None
-
-
-def is_generic(answer: str) -> bool:
-    """Answers like "image" or "scan" that describe the input instead of answering."""
-    return match_key(answer) in GENERIC_ANSWERS

@@ -55,7 +55,3 @@ def build_random_llava_med_7b(device: str = "cuda", dtype: str = "bf16", seed: i
         model = LlavaForConditionalGeneration._from_config(config, torch_dtype=torch_dtype)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), build_processor(tokenizer, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
-
-
-def count_parameters(model) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -23,7 +23,6 @@ class ExampleEncoder:
         self.image_tokens = image_token_count(processor)
         self.texts: dict[int, EncodedExample] = {}
         self.choices: dict[int, Choice | None] = {}
-        self.pixels: dict[object, object] = {}
 
     def encode(self, sample: VQASample) -> EncodedExample:
         if sample.qid not in self.texts:
@@ -36,12 +35,7 @@ class ExampleEncoder:
         return self.texts[sample.qid]
 
     def pixel_values(self, sample: VQASample):
-        # Without masks every question of an image sees the same pixels; with masks the region follows the question.
-        key = sample.image_path if self.builder.mask_mode == "none" else (sample.image_path, sample.qid)
-        if key not in self.pixels:
-            image = self.builder.image(sample)
-            self.pixels[key] = self.processor.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
-        return self.pixels[key]
+        return self.builder.pixel_values(sample, self.processor.image_processor)
 
     def batch(self, samples: list[VQASample]) -> tuple[dict, dict]:
         import torch
@@ -58,5 +52,5 @@ class ExampleEncoder:
         return batch, stats
 
     def stats(self) -> dict:
-        return {"encoded_questions": len(self.texts), "cached_images": len(self.pixels),
+        return {"encoded_questions": len(self.texts), "cached_images": len(self.builder.pixel_cache),
                 "mask": self.builder.mask_stats.as_dict()}
