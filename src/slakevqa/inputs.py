@@ -115,14 +115,18 @@ class InputBuilder:
             return image
         return condition_image(sample, image, self.mask_mode, self.mask_pad_ratio, self.layout, self.mask_stats)
 
+    def pixel_key(self, sample: VQASample) -> tuple:
+        """What decides a sample's pixels: its image, and its qid when a mask mode makes the region follow the question."""
+        per_question = sample.qid if self.mask_mode != "none" else None
+        return (sample.image_path, per_question, self.mask_mode, self.mask_pad_ratio, self.blank_images)
+
     def pixel_values(self, sample: VQASample, image_processor):
         """Preprocessed pixels of :meth:`image`, computed once per image (SLAKE asks ~11 questions per image).
 
         With a mask mode the region follows the question, so the key holds the qid;
         it also holds every setting that changes the pixels, so builder copies may share the cache.
         """
-        per_question = sample.qid if self.mask_mode != "none" else None
-        key = (sample.image_path, per_question, self.mask_mode, self.mask_pad_ratio, self.blank_images)
+        key = self.pixel_key(sample)
         if key not in self.pixel_cache:
             image = self.image(sample)
             self.pixel_cache[key] = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]

@@ -49,6 +49,11 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=_help("auto: bf16 on GPUs that support it, else fp32",
                                                           choices=("auto", "bf16", "fp16", "fp32")))
     gradient_checkpointing: bool = field(default=False, metadata=_help("trade compute for activation memory"))
+    pack_images: bool = field(default=True, metadata=_help(
+        "batches follow the image and each image's questions share one row, its prefix computed once "
+        "(sft objective; --no-pack_images: one row per question in random order)"))
+    cache_image_features: bool = field(default=True, metadata=_help(
+        "with a frozen vision tower, keep each image's vision features and skip the tower after the first time"))
     # prompts and inputs (the same in training and evaluation)
     prompt_style: str = field(default="short", metadata=_help("named prompt style (slakevqa.prompts)"))
     max_prompt_len: int = field(default=512, metadata=_help("prompt tokens kept, image tokens excluded"))

@@ -3,22 +3,35 @@
 Text encoding depends only on the question (prompt, route, KG facts) and the
 answer, and pixels only on the image (and, with a mask mode, on the question's
 region), so both are computed once per run, not once per epoch.
+
+Three layouts of a batch:
+
+* ``sft``: one right-padded row per question (``input_ids``, ``attention_mask``, ``labels``);
+* ``sft`` with ``pack``: one row per image, its questions as segments (:mod:`slakevqa.training.packing`);
+* ``mc``/``hybrid``: one row per question with its candidates as segments (:mod:`slakevqa.training.choice`).
+
+Images come as ``pixel_values``, one per row, or, with an :class:`ImageFeatureCache`
+(frozen vision tower), as cached ``image_features``.
 """
 
 from __future__ import annotations
 
 from slakevqa.inputs import InputBuilder
+from slakevqa.prompts import IMAGE_TOKEN
 from slakevqa.records import VQASample
 from slakevqa.encoding import EncodedExample, batch_stats, encode_example, image_token_count, pad_batch
 from slakevqa.training.choice import Choice, make_choice, pack_batch
+from slakevqa.training.image_features import ImageFeatureCache
+from slakevqa.training.packing import pack_by_image
 
 
 class ExampleEncoder:
     """Encodes samples for one run; ``batch(samples)`` returns model inputs and batch statistics."""
 
     def __init__(self, builder: InputBuilder, processor, max_prompt_len: int, max_answer_len: int,
-                 objective: str = "sft") -> None:
+                 objective: str = "sft", pack: bool = False, features: ImageFeatureCache | None = None) -> None:
         self.builder, self.processor, self.objective = builder, processor, objective
+        self.pack, self.features = pack and objective == "sft", features
         self.max_prompt_len, self.max_answer_len = max_prompt_len, max_answer_len
         self.image_tokens = image_token_count(processor)
         self.texts: dict[int, EncodedExample] = {}
@@ -42,11 +55,20 @@ class ExampleEncoder:
 
         examples = [self.encode(s) for s in samples]
         pad = self.processor.tokenizer.pad_token_id
-        if self.objective == "sft":
-            batch = pad_batch(examples, pad)
-        else:
+        rows = samples  # the sample whose pixels each row takes
+        if self.objective != "sft":
             batch = pack_batch(examples, [self.choices[s.qid] for s in samples], self.objective, pad)
-        batch["pixel_values"] = torch.stack([self.pixel_values(s) for s in samples])
+        elif self.pack:
+            image_id = self.processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+            batch, firsts = pack_by_image(examples, [self.builder.pixel_key(s) for s in samples], image_id, pad)
+            rows = [samples[i] for i in firsts]
+        else:
+            batch = pad_batch(examples, pad)
+        if self.features is not None:
+            batch["image_features"] = self.features.features([self.builder.pixel_key(s) for s in rows],
+                                                             lambda i: self.pixel_values(rows[i]))
+        else:
+            batch["pixel_values"] = torch.stack([self.pixel_values(s) for s in rows])
         stats = batch_stats(examples)
         stats["closed_ratio"] = sum(s.is_closed for s in samples) / len(samples)
         return batch, stats

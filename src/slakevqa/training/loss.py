@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from slakevqa.encoding import IGNORE_INDEX
 from slakevqa.errors import UserError
+from slakevqa.training.image_features import with_image_embeddings
+from slakevqa.training.packing import per_sample_losses
 
 if TYPE_CHECKING:  # annotations only: torch is imported inside functions to keep imports cheap
     import torch
@@ -34,7 +36,8 @@ if TYPE_CHECKING:  # annotations only: torch is imported inside functions to kee
 
 class AnswerLoss(NamedTuple):
     """``loss``: token-mean over the batch (differentiable); ``tokens``: supervised tokens;
-    ``row_losses``: each row's token-mean loss, detached, shape ``(B,)``."""
+    ``row_losses``: each question's token-mean loss, detached, shape ``(questions,)`` (one per row,
+    or per packed segment when the batch has ``sample_index``)."""
 
     loss: torch.Tensor
     tokens: int
@@ -72,7 +75,7 @@ def answer_loss(model: torch.nn.Module, batch: dict) -> AnswerLoss:
     import torch
 
     labels = batch["labels"]
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = model_inputs(model, {k: v for k, v in batch.items() if k not in ("labels", "sample_index")})
     if MASK_SLICING:
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
@@ -81,19 +84,32 @@ def answer_loss(model: torch.nn.Module, batch: dict) -> AnswerLoss:
         targets[keep] = labels[:, 1:][keep[:, :-1]]
         flat = F.cross_entropy(logits.float(), targets[keep], reduction="none")
         per_token = torch.zeros(labels.shape, dtype=flat.dtype, device=flat.device).masked_scatter(keep, flat)
-        targets = targets.masked_fill(~keep, IGNORE_INDEX)
     else:
         positions = supervised_positions(labels)
         logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, P, V)
-        targets = labels[:, positions + 1]  # (B, P)
-        per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
-                                    reduction="none").view(targets.shape)  # 0 where ignored
+        picked = labels[:, positions + 1]  # (B, P)
+        flat = F.cross_entropy(logits.float().flatten(0, 1), picked.flatten(), ignore_index=IGNORE_INDEX,
+                               reduction="none").view(picked.shape)  # 0 where ignored
+        per_token = torch.zeros(labels.shape, dtype=flat.dtype, device=flat.device)
+        per_token[:, positions] = flat
+        targets = torch.full_like(labels, IGNORE_INDEX)
+        targets[:, positions] = picked
     counts = (targets != IGNORE_INDEX).sum(dim=1)
     loss = per_token.sum() / counts.sum()  # 0/0 = nan for a batch without answers, as mean reduction gives
-    return AnswerLoss(loss, int(counts.sum()), (per_token.detach().sum(dim=1) / counts).detach())
+    if "sample_index" in batch:  # packed rows (training/packing.py): one loss per question, not per row
+        owners = batch["sample_index"]
+        rows = per_sample_losses(per_token.detach(), targets, owners, int(owners.max()) + 1)
+    else:
+        rows = per_token.detach().sum(dim=1) / counts
+    return AnswerLoss(loss, int(counts.sum()), rows)
 
 
 MASK_SLICING = accepts_mask_logits_to_keep()
+
+
+def model_inputs(model: torch.nn.Module, inputs: dict) -> dict:
+    """The forward's keyword arguments: cached ``image_features`` become ``inputs_embeds`` (training/image_features.py)."""
+    return with_image_embeddings(model, inputs) if "image_features" in inputs else inputs
 
 
 def logits_where(model: torch.nn.Module, inputs: dict, need: torch.Tensor) -> torch.Tensor:
@@ -120,7 +136,8 @@ def packed_loss(model: torch.nn.Module, batch: dict, mc_weight: float) -> tuple[
     from slakevqa.training.choice import choice_loss, needed_positions
 
     need = needed_positions(batch)
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "pixel_values")}
+    inputs = model_inputs(model, {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids",
+                                                      "pixel_values", "image_features") if k in batch})
     logprobs = logits_where(model, inputs, need).float().log_softmax(-1)
     lookup = torch.full(need.shape, -1, dtype=torch.long, device=need.device)
     lookup[need] = torch.arange(int(need.sum()), device=need.device)

@@ -28,27 +28,39 @@ def total_steps(n_examples: int, batch_size: int, grad_accum: int, num_epochs: f
     return max(1, math.ceil(steps_per_epoch(n_examples, batch_size, grad_accum, world_size) * num_epochs))
 
 
-def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
-    """A permutation of ``range(n_examples)``, fixed by ``seed`` and ``epoch``."""
+def epoch_order(n_examples: int, seed: int, epoch: int, groups: list[int] | None = None) -> list[int]:
+    """A permutation of ``range(n_examples)``, fixed by ``seed`` and ``epoch``.
+
+    With ``groups`` (a group id per example, e.g. its image) the groups come in a
+    random order and each group's examples together, themselves shuffled:
+
+    >>> order = epoch_order(6, seed=0, epoch=0, groups=[0, 0, 1, 1, 2, 2])
+    >>> sorted(order) == list(range(6)) and all({order[i], order[i + 1]} in ({0, 1}, {2, 3}, {4, 5}) for i in (0, 2, 4))
+    True
+    """
     import torch
 
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_examples, generator=generator).tolist()
+    order = torch.randperm(n_examples, generator=generator).tolist()
+    if groups is None:
+        return order
+    rank = {group: r for r, group in enumerate(torch.randperm(max(groups) + 1, generator=generator).tolist())}
+    return sorted(order, key=lambda i: rank[groups[i]])  # stable: within a group, the shuffled order
 
 
 def micro_batch_indices(micro_batch: int, n_examples: int, batch_size: int, seed: int, rank: int = 0,
-                        world_size: int = 1) -> list[int]:
+                        world_size: int = 1, groups: list[int] | None = None) -> list[int]:
     """Example indices of global micro-batch ``micro_batch`` for process ``rank``.
 
     Each epoch is cut into chunks of ``batch_size * world_size``; process ``rank``
     takes its slice of the chunk. A short final chunk wraps around into the
     start of the same epoch's order, so every batch is full and every process
-    gets the same number of rows.
+    gets the same number of rows. ``groups``: see :func:`epoch_order`.
     """
     chunk = batch_size * world_size
     per_epoch = math.ceil(n_examples / chunk)
     epoch, position = divmod(micro_batch, per_epoch)
-    order = epoch_order(n_examples, seed, epoch)
+    order = epoch_order(n_examples, seed, epoch, groups)
     start = position * chunk + rank * batch_size
     return [order[(start + i) % n_examples] for i in range(batch_size)]
 

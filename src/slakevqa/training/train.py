@@ -28,6 +28,7 @@ from slakevqa.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
+from slakevqa.training.image_features import ImageFeatureCache
 from slakevqa.training.loss import answer_loss, out_of_memory_advice, packed_loss
 from slakevqa.training.params import configure_trainable, parameter_counts
 from slakevqa.training.probe import build_probe
@@ -54,7 +55,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     from accelerate.utils import set_seed
 
     # cpu=: without CUDA, join torchrun's group over gloo (see slakevqa.distributed.use_cpu).
-    accelerator = Accelerator(cpu=use_cpu(), mixed_precision="fp16" if cfg.precision == "fp16" else "no")
+    accelerator = Accelerator(cpu=use_cpu(), mixed_precision=autocast_precision(cfg))
     if is_fsdp(accelerator):
         check_fsdp_settings(cfg, accelerator.is_main_process)
     set_seed(cfg.seed)
@@ -80,10 +81,15 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     model = configure_trainable(model, cfg.use_lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                                 cfg.lora_target_modules, cfg.lora_scope, cfg.tune_mm_projector,
                                 cfg.freeze_vision_tower, cfg.unfreeze_last_llm_layers)
+    if accelerator.mixed_precision == "bf16":
+        compute_adapters_in_bf16(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     counts = parameter_counts(model)
-    encoder = ExampleEncoder(builder, processor, cfg.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective)
+    features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator) else None
+    encoder = ExampleEncoder(builder, processor, cfg.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
+                             pack=cfg.pack_images, features=features)
+    groups = image_group_ids(samples, builder) if encoder.pack else None  # batches follow the image
     pad_id = processor.tokenizer.pad_token_id
     probe = build_probe(cfg, root, samples, builder, processor, accelerator)  # held-out diagnostics, or None
 
@@ -114,7 +120,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         began, loss_sum, batch_stats = time.perf_counter(), 0.0, []
         for micro in range(cfg.grad_accum):
             rows = micro_batch_indices(step * cfg.grad_accum + micro, len(samples), cfg.batch_size, cfg.seed,
-                                       accelerator.process_index, accelerator.num_processes)
+                                       accelerator.process_index, accelerator.num_processes, groups)
             batch, stats = encoder.batch([samples[i] for i in rows])
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
@@ -160,6 +166,17 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     return TrainResult(out, n_steps, state["losses"], counts, results)
 
 
+def uses_feature_cache(cfg: TrainConfig, accelerator) -> bool:
+    """Cached vision features need a frozen tower; under FSDP the tower is sharded and runs inside the forward."""
+    return cfg.cache_image_features and cfg.freeze_vision_tower and not is_fsdp(accelerator)
+
+
+def image_group_ids(samples: list, builder: InputBuilder) -> list[int]:
+    """A group id per sample: samples with the same pixels (the same image) share one."""
+    ids: dict[tuple, int] = {}
+    return [ids.setdefault(builder.pixel_key(s), len(ids)) for s in samples]
+
+
 def mc_weight(cfg: TrainConfig) -> float:
     """``mc``: the choice loss replaces the answer loss of CLOSED rows (weight 1); ``hybrid``: it is added."""
     return 1.0 if cfg.closed_train_objective == "mc" else cfg.closed_mc_weight
@@ -197,6 +214,32 @@ def weight_dtype(precision: str, device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if precision == "bf16" else "fp32"
+
+
+def autocast_precision(cfg: TrainConfig) -> str:
+    """Accelerate's ``mixed_precision``: fp16 autocasts fp32 weights; bf16 weights autocast too (see below)."""
+    import torch
+
+    if cfg.precision == "fp16":
+        return "fp16"
+    on_gpu = torch.cuda.is_available() and not use_cpu()
+    bf16 = on_gpu and weight_dtype(cfg.precision, torch.device("cuda" if on_gpu else "cpu")) == "bf16"
+    return "bf16" if bf16 and cfg.use_lora else "no"
+
+
+def compute_adapters_in_bf16(model) -> None:
+    """Run fp32 LoRA adapters in bf16 under autocast instead of casting every input to fp32.
+
+    peft keeps adapter weights in fp32 (good: AdamW updates of 1e-5 survive) and casts
+    each layer's input to their dtype, so a bf16 7B model ran two activation copies and
+    an fp32 GEMM per adapted linear layer: a third of a LoRA step's GPU time on an H200
+    (benchmarks/RESULTS.md). Under bf16 autocast the small r x d weights are cast instead.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def load_for_training(cfg: TrainConfig, device):

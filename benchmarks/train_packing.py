@@ -1,0 +1,220 @@
+"""Training throughput on real SLAKE batches at the LLaVA-Med-7B shape: one row per question vs packed by image.
+
+    # GPU box (bench_data/ from benchmarks/prepare_bench_data.py, carried):
+    SLAKEVQA_MISTRAL_TOKENIZER=bench_data/tokenizer.model PYTHONPATH=src \\
+        python benchmarks/train_packing.py --slake_root bench_data/Slake1.0 --split test
+    # CPU smoke test at toy size:
+    PYTHONPATH=src python benchmarks/train_packing.py --tiny --slake_root DIR --steps 3
+
+Every mode trains the same model (random weights, bf16, sdpa; LoRA r=64 on every linear
+layer of the language model, the projector trained fully, the vision tower frozen, as
+issue 7 specifies) with slakevqa's own ``ExampleEncoder`` and ``answer_loss`` on the
+split's real questions, prompts and images, batches of ``--batch_size`` questions:
+
+* ``naive``: one right-padded row per question, random order (``--no-pack_images
+  --no-cache_image_features``), the reference toolkit's layout;
+* ``packed``: batches follow the image, one row per image with its questions as
+  segments, vision features cached (the defaults);
+* ``+ckpt``: gradient checkpointing; ``+peftcast``: peft's default precision handling
+  (fp32 adapters, every adapter input cast to fp32), which ``naive`` always uses and
+  ``slakevqa train`` replaces by bf16 autocast (``compute_adapters_in_bf16``).
+
+Reports samples/s, peak memory and model FLOP utilisation. MFU counts the FLOPs of
+the tokens each step actually runs (so packing's saved work is not counted as work):
+per text token 4N of the frozen language model (forward + input gradients) + 6N of
+the adapters, attention 12·d·L per (query, key) pair the mask allows, and the
+vision forward for images not yet cached. Peak: 989 TFLOP/s dense bf16 (H100/H200 SXM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+PEAK_TFLOPS = 989.0
+
+
+def build(tiny: bool, device: str):
+    import torch
+
+    if tiny:
+        from slakevqa.models.tiny import build_tiny_llava
+
+        model, processor = build_tiny_llava("mistral")
+        return model.to(device), processor
+    from slakevqa.models.shapes import build_random_llava_med_7b
+
+    model, processor = build_random_llava_med_7b(device=device, dtype="bf16")
+    torch.manual_seed(0)
+    return model, processor
+
+
+def attention_pairs(batch: dict) -> int:
+    """(query, key) pairs the mask allows: exact for 4-D masks, causal triangles for padded rows."""
+    mask = batch["attention_mask"]
+    if mask.dim() == 4:
+        return int(mask.sum())
+    lengths = mask.sum(dim=1)
+    return int((lengths * (lengths + 1) // 2).sum())
+
+
+def step_flops(counts: dict, batch: dict, pad_id: int, new_images: int) -> float:
+    tokens = int((batch["input_ids"] != pad_id).sum())
+    text = tokens * (4 * counts["lm"] + 6 * counts["lora"])
+    attention = 12 * counts["hidden"] * counts["layers"] * attention_pairs(batch)
+    return float(text + attention + new_images * counts["vision_per_image"])
+
+
+def profile_steps(step, steps: int = 2) -> str:
+    """The top CUDA kernels and the CPU/GPU totals of ``steps`` calls of ``step()`` (after the timed ones)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60)
+    return table
+
+
+def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool, peft_cast: bool) -> dict:
+    import contextlib
+
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from slakevqa.training.train import compute_adapters_in_bf16
+
+    from slakevqa.training.examples import ExampleEncoder
+    from slakevqa.training.image_features import ImageFeatureCache
+    from slakevqa.training.loss import answer_loss
+    from slakevqa.training.schedule import micro_batch_indices
+    from slakevqa.training.train import image_group_ids
+
+    device = next(model.parameters()).device
+    if ckpt:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = True
+    if not peft_cast:
+        compute_adapters_in_bf16(model)
+    autocast = contextlib.nullcontext() if peft_cast or device.type != "cuda" else torch.autocast("cuda", torch.bfloat16)
+    features = ImageFeatureCache(model) if packed else None
+    encoder = ExampleEncoder(builder, processor, 512, 64, pack=packed, features=features)
+    groups = image_group_ids(samples, builder) if packed else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    counts = parameter_counts(model)
+    pad = processor.tokenizer.pad_token_id
+    model.train()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    state = {"step": 0, "seconds": 0.0, "flops": 0.0, "rows": 0, "tokens": 0}
+
+    def one_step(timed: bool = True) -> None:
+        began = time.perf_counter()
+        cached_before = len(features.cache) if features else 0
+        rows = micro_batch_indices(state["step"], len(samples), args.batch_size, 0, groups=groups)
+        batch, _ = encoder.batch([samples[i] for i in rows])
+        new_images = (len(features.cache) - cached_before) if features else batch["pixel_values"].shape[0]
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast:
+            loss = answer_loss(model, batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if timed and state["step"] >= args.warmup:
+            state["seconds"] += time.perf_counter() - began
+            state["flops"] += step_flops(counts, batch, pad, new_images)
+            state["rows"] += batch["input_ids"].shape[0]
+            state["tokens"] += int((batch["input_ids"] != pad).sum())
+        state["step"] += 1
+
+    for _ in range(args.warmup + args.steps):
+        one_step()
+    seconds, flops, rows, tokens = state["seconds"], state["flops"], state["rows"], state["tokens"]
+    if args.profile and device.type == "cuda":
+        print(f"profile of {2} steps, packed={packed} ckpt={ckpt}:\n" + profile_steps(lambda: one_step(False)))
+    del optimizer
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    mode = ("packed" if packed else "naive") + ("+ckpt" if ckpt else "") + ("+peftcast" if peft_cast and packed else "")
+    return {"mode": mode, "batch": args.batch_size,
+            "steps": args.steps, "samples_per_s": round(args.steps * args.batch_size / seconds, 2),
+            "rows_per_step": round(rows / args.steps, 2), "tokens_per_step": round(tokens / args.steps),
+            "step_s": round(seconds / args.steps, 4), "peak_gib": round(peak, 1) if peak else None,
+            "tflops": round(flops / seconds / 1e12, 1),
+            "mfu": round(flops / seconds / 1e12 / PEAK_TFLOPS, 3) if device.type == "cuda" else None}
+
+
+def parameter_counts(model) -> dict:
+    from slakevqa.training.image_features import llava_core
+
+    core = llava_core(model)
+    named = list(model.named_parameters())
+    vision = sum(p.numel() for n, p in named if "vision_tower" in n)
+    patches = (core.config.vision_config.image_size // core.config.vision_config.patch_size) ** 2 + 1
+    text = core.config.text_config
+    return {"lm": sum(p.numel() for n, p in named if "language_model" in n and "lora_" not in n)
+            + sum(p.numel() for n, p in named if "lm_head" in n),
+            "lora": sum(p.numel() for n, p in named if "lora_" in n or ("multi_modal_projector" in n and p.requires_grad)),
+            "hidden": text.hidden_size, "layers": text.num_hidden_layers,
+            "vision_per_image": patches * 2 * vision}
+
+
+def main() -> None:
+    import torch
+
+    from slakevqa.data.slake import find_layout, load_split
+    from slakevqa.inputs import InputBuilder
+    from slakevqa.training.params import configure_trainable
+    from slakevqa.vocab import ClosedVocab
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slake_root", required=True)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--modes", default="naive,packed,packed+ckpt,naive+ckpt",
+                        help="comma-separated; MODE@N runs MODE at batch size N")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per mode")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    root = Path(args.slake_root)
+    samples = load_split(root, args.split, "en")
+    builder = InputBuilder.create(find_layout(root), "short", ClosedVocab.empty())  # routes from questions alone
+    model, processor = build(args.tiny, device)
+    model = configure_trainable(model, use_lora=True, lora_r=64, lora_alpha=128, lora_dropout=0.05,
+                                lora_target_modules="all-linear", tune_mm_projector=True, freeze_vision_tower=True)
+    results, default_batch = [], args.batch_size
+    for mode in args.modes.split(","):  # e.g. packed+ckpt@32: batch size 32
+        name, _, size = mode.partition("@")
+        args.batch_size = int(size) if size else default_batch
+        parts = name.split("+")
+        result = run_mode(model, processor, samples, builder, args, packed=parts[0] == "packed",
+                          ckpt="ckpt" in parts, peft_cast=parts[0] == "naive" or "peftcast" in parts)
+        result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

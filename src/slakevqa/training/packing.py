@@ -1,0 +1,102 @@
+"""Packing the questions of one image into one row: the image prefix once, then a segment per question.
+
+SLAKE asks about eleven questions per image, and each LLaVA-Med training text
+starts with the same ``<s> [INST] <image>×N`` prefix (578 tokens at 7B, most of the
+sequence). Packed, a micro-batch holds one row per distinct image::
+
+    tokens     <s> [INST] <image>×N | \\n q1 [/INST] a1 </s> | \\n q2 [/INST] a2 </s> | pad
+    positions  0 ............. P-1  | P  P+1 ...            | P  P+1 ...            |
+    segment    0                    | 1                     | 2                     | -1
+    sees       causal               | prefix + itself       | prefix + itself       | itself
+
+Every question segment sees the prefix and, causally, itself only, with positions
+continuing from the prefix end, through a 4-D boolean attention mask. So each
+answer token's logits are those of the unpacked row (same keys, values and rotary
+positions), and the loss, a token mean over the same answer tokens, equals the
+unpacked batch's (tested within 1e-5 in fp32, gradients too). Segments are cut
+from the already encoded examples, never re-tokenised.
+
+Rows are grouped by the pixel key (:meth:`slakevqa.inputs.InputBuilder.pixel_key`):
+with a mask mode each question has its own pixels, hence its own row.
+"""
+
+from __future__ import annotations
+
+from slakevqa.encoding import IGNORE_INDEX, EncodedExample
+from slakevqa.training.choice import segment_mask
+
+
+def prefix_length(input_ids: tuple[int, ...], image_id: int) -> int:
+    """Tokens up to and including the last image token: the part every question of an image shares."""
+    return len(input_ids) - input_ids[::-1].index(image_id)
+
+
+def image_groups(keys: list) -> list[list[int]]:
+    """Indices grouped by key, groups in order of first appearance.
+
+    >>> image_groups(["a", "b", "a", "c", "b"])
+    [[0, 2], [1, 4], [3]]
+    """
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def pack_group(examples: list[EncodedExample], image_id: int) -> tuple[list, list, list, list]:
+    """Tokens, labels, positions and segment ids of one image's questions in one row (module docstring)."""
+    p = prefix_length(examples[0].input_ids, image_id)
+    prefix = list(examples[0].input_ids[:p])
+    tokens, labels, positions, segments = prefix[:], [IGNORE_INDEX] * p, list(range(p)), [0] * p
+    for k, example in enumerate(examples, start=1):
+        if list(example.input_ids[:p]) != prefix or prefix_length(example.input_ids, image_id) != p:
+            raise ValueError("examples packed into one row must share the image prefix")  # a bug, not user input
+        tokens += example.input_ids[p:]
+        labels += example.labels[p:]
+        positions += range(p, len(example.input_ids))
+        segments += [k] * (len(example.input_ids) - p)
+    return tokens, labels, positions, segments
+
+
+def pack_by_image(examples: list[EncodedExample], keys: list, image_id: int, pad_id: int) -> tuple[dict, list[int]]:
+    """One right-padded row per distinct ``keys`` value; returns the batch and, per row, its first example.
+
+    The batch holds ``input_ids``, ``labels``, ``position_ids``, a ``(R, 1, T, T)``
+    boolean ``attention_mask`` and ``sample_index`` (``(R, T)``: which example each
+    token belongs to, -1 for prefix and padding), which the loss uses to report every
+    question's own loss. Pixels are the caller's: one per row, from the returned example.
+    """
+    import torch
+
+    groups = image_groups(keys)
+    rows = [pack_group([examples[i] for i in group], image_id) for group in groups]
+    width = max(len(r[0]) for r in rows)
+    batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+             "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long),
+             "position_ids": torch.zeros((len(rows), width), dtype=torch.long),
+             "sample_index": torch.full((len(rows), width), -1, dtype=torch.long)}
+    masks = []
+    for r, (group, (tokens, labels, positions, segments)) in enumerate(zip(groups, rows)):
+        n = len(tokens)
+        batch["input_ids"][r, :n], batch["labels"][r, :n] = torch.tensor(tokens), torch.tensor(labels)
+        batch["position_ids"][r, :n] = torch.tensor(positions)
+        owner = torch.tensor([-1] + group)  # segment k (1-based) belongs to example group[k - 1]
+        batch["sample_index"][r, :n] = owner[torch.tensor(segments)]
+        masks.append(segment_mask(segments, width))
+    batch["attention_mask"] = torch.stack(masks)[:, None]
+    return batch, [group[0] for group in groups]
+
+
+def per_sample_losses(per_token, targets, sample_index, n_samples: int):
+    """Each example's token-mean loss from packed rows: ``per_token[b, t]`` scores ``targets[b, t]``,
+    the label of token ``t + 1``, which belongs to example ``sample_index[b, t + 1]``."""
+    import torch
+
+    owner = torch.full_like(targets, -1)
+    owner[:, :-1] = sample_index[:, 1:]
+    counted = (targets != IGNORE_INDEX) & (owner >= 0)
+    sums = torch.zeros(n_samples, dtype=per_token.dtype, device=per_token.device)
+    counts = torch.zeros(n_samples, dtype=per_token.dtype, device=per_token.device)
+    sums.index_add_(0, owner[counted], per_token[counted])
+    counts.index_add_(0, owner[counted], torch.ones_like(per_token[counted]))
+    return sums / counts
