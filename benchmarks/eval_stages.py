@@ -5,10 +5,12 @@
     PYTHONPATH=src python benchmarks/eval_stages.py --tiny --slake_root DIR     # CPU smoke test
 
 The English test split is answered by one :class:`~slakevqa.evaluation.engine.Engine`
-in batches grouped by image (as ``slakevqa eval`` batches them), once per setting.
-Pixels are preprocessed before any timing, so neither setting pays for them; the
-setting that goes first alternates from one batch size to the next, so warm-up and
-allocator state favour neither. Each stage is timed with CUDA synchronised around it:
+in batches grouped by image (as ``slakevqa eval`` batches them), once per setting of
+``--settings``, in that order: ``share`` / ``noshare`` (image prefixes shared or not),
+``+cudnn`` (sdpa may pick cuDNN attention, :mod:`slakevqa.attention`). Pixels are
+preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
+are also answered one at a time (eval_throughput.py's per-question loop), the reference
+toolkit's way. Each stage is timed with CUDA synchronised around it:
 
 * ``prepare``: prompt ids and cached pixels;
 * ``score``: CLOSED candidate scoring (prompt prefill + candidate tokens);
@@ -50,9 +52,9 @@ def timing(engine, name: str, times: dict) -> None:
     setattr(engine, name, timed)
 
 
-def run(engine, samples, batch_size: int, share: bool) -> dict:
+def run(engine, samples, batch_size: int, share: bool, cudnn: bool = False) -> dict:
     times: dict[str, float] = defaultdict(float)
-    engine.share_prefix = share
+    engine.share_prefix, engine.cudnn_attention = share, cudnn
     for name in ("prepare", "score_candidates", "generate", "encode_shared_prefix"):
         timing(engine, name, times)
     synchronise()
@@ -62,7 +64,7 @@ def run(engine, samples, batch_size: int, share: bool) -> dict:
     total = time.perf_counter() - began
     for name in ("prepare", "score_candidates", "generate", "encode_shared_prefix"):
         delattr(engine, name)  # back to the class's method
-    return {"share_prefix": share, "batch_size": batch_size, "seconds": round(total, 2),
+    return {"share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size, "seconds": round(total, 2),
             "q_per_s": round(len(samples) / total, 2), **{k: round(v, 2) for k, v in times.items()},
             "answers": [a.prediction for a in answers]}
 
@@ -78,7 +80,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slake_root", required=True)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--batch_sizes", default="64")
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--settings", default="noshare,share,share,share+cudnn")
+    parser.add_argument("--naive_limit", type=int, default=0)
+    parser.add_argument("--lm_head_scale", type=float, default=1.0,
+                        help="multiply the LM head by this: a random model's logits are near-ties that bf16 rounding "
+                             "flips; scaled, they are as decisive as a trained model's, so answer agreement tests the "
+                             "implementation rather than the noise")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -86,25 +94,47 @@ def main() -> None:
     samples = sorted(load_split(args.slake_root, args.split), key=lambda s: (s.image_key, s.qid))
     builder = InputBuilder.create(find_layout(args.slake_root), "short", ClosedVocab.empty())
     model, processor = build_model(args.tiny, device)
+    if args.lm_head_scale != 1.0:
+        with torch.no_grad():
+            model.lm_head.weight.mul_(args.lm_head_scale)
     engine = Engine(model, processor, builder)
     for sample in samples:  # pixels first: no setting pays for preprocessing
         engine.pixel_values(sample)
     engine.answer(samples[:8])  # kernels, allocator
-    reports = []
-    for b, batch_size in enumerate(int(x) for x in args.batch_sizes.split(",")):
-        order = (True, False) if b % 2 == 0 else (False, True)
-        runs = [run(engine, samples, batch_size, share) for share in order]
-        for mine in runs:
-            report = {k: v for k, v in mine.items() if k != "answers"}
-            report["first"] = mine is runs[0]
-            report["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-            reports.append(report)
-            print(json.dumps(report), flush=True)
-        shared, unshared = runs[order.index(True)]["answers"], runs[order.index(False)]["answers"]
-        same = sum(a == b for a, b in zip(shared, unshared))
-        print(json.dumps({"batch_size": batch_size, "identical_answers": f"{same}/{len(shared)}"}), flush=True)
-        if device == "cuda":
-            print(json.dumps({"peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}), flush=True)
+    reports, answers = [], {}
+    for setting in args.settings.split(","):
+        parts = setting.split("+")
+        result = run(engine, samples, args.batch_size, share=parts[0] == "share", cudnn="cudnn" in parts)
+        answers.setdefault(parts[0], result.pop("answers"))
+        result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+        reports.append(result)
+        print(json.dumps(result), flush=True)
+    if "share" in answers and "noshare" in answers:
+        pairs = list(zip(samples, answers["share"], answers["noshare"]))
+        different = [{"qid": s.qid, "type": s.answer_type, "share": a, "noshare": b} for s, a, b in pairs if a != b]
+        closed = [(a, b) for s, a, b in pairs if s.answer_type == "CLOSED"]
+        opened = [(a, b) for s, a, b in pairs if s.answer_type != "CLOSED"]
+        first_word = sum(a.split()[:1] == b.split()[:1] for a, b in opened)
+        agreement = {"identical_answers_share_vs_noshare": f"{len(pairs) - len(different)}/{len(pairs)}",
+                     "closed_identical": f"{sum(a == b for a, b in closed)}/{len(closed)}",
+                     "open_identical": f"{sum(a == b for a, b in opened)}/{len(opened)}",
+                     "open_first_word_identical": f"{first_word}/{len(opened)}",
+                     "lm_head_scale": args.lm_head_scale, "differences": different[:20]}
+        reports.append(agreement)
+        print(json.dumps(agreement), flush=True)
+    if args.naive_limit:
+        from eval_throughput import naive_answer
+
+        synchronise()
+        began = time.perf_counter()
+        naive = [naive_answer(engine, s) for s in samples[:args.naive_limit]]
+        synchronise()
+        seconds = time.perf_counter() - began
+        reports.append({"setting": "naive per-question loop", "questions": len(naive), "seconds": round(seconds, 2),
+                        "q_per_s": round(len(naive) / seconds, 2)})
+        print(json.dumps(reports[-1]), flush=True)
+    if device == "cuda":
+        print(json.dumps({"peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(reports, indent=1))
 

@@ -17,7 +17,8 @@ split's real questions, prompts and images, batches of ``--batch_size`` question
   segments, vision features cached (the defaults);
 * ``+ckpt``: gradient checkpointing; ``+peftcast``: peft's default precision handling
   (fp32 adapters, every adapter input cast to fp32), which ``naive`` always uses and
-  ``slakevqa train`` replaces by bf16 autocast (``compute_adapters_in_bf16``).
+  ``slakevqa train`` replaces by bf16 autocast (``compute_adapters_in_bf16``); ``+cudnn``:
+  let sdpa pick cuDNN attention (``naive`` always may; see ``slakevqa.attention``).
 
 Reports samples/s, peak memory and model FLOP utilisation. MFU counts the FLOPs of
 the tokens each step actually runs (so packing's saved work is not counted as work):
@@ -83,12 +84,14 @@ def profile_steps(step, steps: int = 2) -> str:
     return table
 
 
-def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool, peft_cast: bool) -> dict:
+def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool, peft_cast: bool,
+             cudnn: bool) -> dict:
     import contextlib
 
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    from slakevqa.attention import attention_kernels
     from slakevqa.training.train import compute_adapters_in_bf16
 
     from slakevqa.training.examples import ExampleEncoder
@@ -128,9 +131,9 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool,
         batch, _ = encoder.batch([samples[i] for i in rows])
         new_images = (len(features.cache) - cached_before) if features else batch["pixel_values"].shape[0]
         batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast:
+        with autocast, attention_kernels(cudnn):  # backward too: checkpointing recomputes attention there
             loss = answer_loss(model, batch).loss
-        loss.backward()
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -150,7 +153,8 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool,
         print(f"profile of {2} steps, packed={packed} ckpt={ckpt}:\n" + profile_steps(lambda: one_step(False)))
     del optimizer
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    mode = ("packed" if packed else "naive") + ("+ckpt" if ckpt else "") + ("+peftcast" if peft_cast and packed else "")
+    mode = ("packed" if packed else "naive") + ("+ckpt" if ckpt else "") + ("+peftcast" if peft_cast and packed else "") \
+        + ("+cudnn" if cudnn and packed else "")
     return {"mode": mode, "batch": args.batch_size,
             "steps": args.steps, "samples_per_s": round(args.steps * args.batch_size / seconds, 2),
             "rows_per_step": round(rows / args.steps, 2), "tokens_per_step": round(tokens / args.steps),
@@ -208,7 +212,8 @@ def main() -> None:
         args.batch_size = int(size) if size else default_batch
         parts = name.split("+")
         result = run_mode(model, processor, samples, builder, args, packed=parts[0] == "packed",
-                          ckpt="ckpt" in parts, peft_cast=parts[0] == "naive" or "peftcast" in parts)
+                          ckpt="ckpt" in parts, peft_cast=parts[0] == "naive" or "peftcast" in parts,
+                          cudnn=parts[0] == "naive" or "cudnn" in parts)
         result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         print(json.dumps(result), flush=True)
         results.append(result)

@@ -216,12 +216,13 @@ class FactEcho:
     """Stands in for :class:`Engine`: answers right exactly when the prompt carries KG facts."""
 
     def __init__(self, model, processor, builder, settings=None, closed_mode: str = "score",
-                 max_prompt_len: int = 512) -> None:
+                 max_prompt_len: int = 512, share_prefix: bool = True, cudnn_attention: bool = False) -> None:
         from slakevqa.evaluation.engine import GenerationSettings
 
         self.model, self.processor, self.builder = model, processor, builder
         self.settings = settings or GenerationSettings()
         self.closed_mode, self.max_prompt_len = closed_mode, max_prompt_len
+        self.share_prefix, self.cudnn_attention = share_prefix, cudnn_attention
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
         from slakevqa.prompts import render_generation_prompt

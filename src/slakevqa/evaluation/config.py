@@ -59,9 +59,11 @@ class EvalConfig:
     temperature: float = field(default=0.0, metadata=_help("sampling temperature (with --do_sample)"))
     do_sample: bool = field(default=False, metadata=_help("sample instead of greedy decoding"))
     seed: int = field(default=42, metadata=_help("seeds sampling"))
-    share_prefix: bool = field(default=False, metadata=_help(
+    share_prefix: bool = field(default=True, metadata=_help(
         "encode each image once per batch and share its prompt prefix across its questions (identical answers; "
-        "2x faster for the tiny model on CPU, not yet faster at 7B on an H200: see benchmarks/RESULTS.md)"))
+        "--no-share_prefix: every question encodes its own image, for comparison)"))
+    cudnn_attention: bool = field(default=False, metadata=_help(
+        "let PyTorch use cuDNN attention (it builds a graph per new shape: slow when shapes change every call)"))
     check_batch_invariance: int = field(default=0, metadata=_help(
         "answer the first N questions again one at a time and report every difference"))
     # runtime

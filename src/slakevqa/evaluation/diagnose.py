@@ -254,7 +254,8 @@ def run_kg_ablation(engine: Engine, samples: list[VQASample], rows: list[Predict
         write_predictions(path, [])  # the file is listed in diagnostics.json, so it always exists
         return {**head, "questions": 0, "note": "no kvqa question gets KG facts (no KG/ folder, or no fact "
                                                 "matches): nothing to compare"}
-    second = Engine(engine.model, engine.processor, other, engine.settings, engine.closed_mode, engine.max_prompt_len)
+    second = Engine(engine.model, engine.processor, other, engine.settings, engine.closed_mode, engine.max_prompt_len,
+                    engine.share_prefix, engine.cudnn_attention)
     again = answer_in_batches(second, affected, options.batch_size)
     write_predictions(path, again)
     first = [by_qid[s.qid] for s in affected]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slakevqa.attention import attention_kernels
 from slakevqa.encoding import encode_answer, encode_prompt, image_token_count
 from slakevqa.evaluation.extract import extract_answer, match_candidate
 from slakevqa.inputs import InputBuilder, SampleView
@@ -56,9 +57,11 @@ class Engine:
     """Answers batches of samples with one model; ``answer(samples)`` returns Predictions in input order."""
 
     def __init__(self, model, processor, builder: InputBuilder, settings: GenerationSettings = GenerationSettings(),
-                 closed_mode: str = "score", max_prompt_len: int = 512, share_prefix: bool = False) -> None:
+                 closed_mode: str = "score", max_prompt_len: int = 512, share_prefix: bool = True,
+                 cudnn_attention: bool = False) -> None:
         self.model, self.processor, self.builder, self.settings = model, processor, builder, settings
         self.closed_mode, self.max_prompt_len, self.share_prefix = closed_mode, max_prompt_len, share_prefix
+        self.cudnn_attention = cudnn_attention  # see slakevqa.attention
         self.tokenizer = processor.tokenizer
         self.image_tokens = image_token_count(processor)
 
@@ -75,6 +78,10 @@ class Engine:
         return self.builder.pixel_values(sample, self.processor.image_processor)
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
+        with attention_kernels(self.cudnn_attention):
+            return self._answer(samples)
+
+    def _answer(self, samples: list[VQASample]) -> list[Prediction]:
         prepared = [self.prepare(s) for s in samples]
         results: dict[int, Prediction] = {}
         scored = [p for p in prepared if p.view.route.candidates and self.closed_mode == "score"]

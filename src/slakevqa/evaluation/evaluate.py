@@ -58,7 +58,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
                                   cfg.temperature, cfg.do_sample)
     engine = Engine(model, processor, builder, settings,
                     "generate" if cfg.closed_candidate_mode == "generate" else "score", cfg.max_prompt_len,
-                    cfg.share_prefix)
+                    cfg.share_prefix, cfg.cudnn_attention)
 
     # ---- answer what is missing, appending as we go
     shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")

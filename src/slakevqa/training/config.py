@@ -52,6 +52,8 @@ class TrainConfig:
     pack_images: bool = field(default=True, metadata=_help(
         "batches follow the image and each image's questions share one row, its prefix computed once "
         "(sft objective; --no-pack_images: one row per question in random order)"))
+    cudnn_attention: bool = field(default=False, metadata=_help(
+        "let PyTorch use cuDNN attention (it builds a graph per new shape: slow when shapes change every step)"))
     cache_image_features: bool = field(default=True, metadata=_help(
         "with a frozen vision tower, keep each image's vision features and skip the tower after the first time"))
     # prompts and inputs (the same in training and evaluation)

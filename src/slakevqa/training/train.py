@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from slakevqa.attention import attention_kernels
 from slakevqa.config import config_to_dict
 from slakevqa.data.slake import find_layout, load_split, load_training_split
 from slakevqa.distributed import global_token_mean, is_fsdp, use_cpu
@@ -124,7 +125,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             batch, stats = encoder.batch([samples[i] for i in rows])
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
-            with sync, accelerator.autocast(), out_of_memory_advice(cfg, step + 1):
+            with sync, accelerator.autocast(), attention_kernels(cfg.cudnn_attention), \
+                    out_of_memory_advice(cfg, step + 1):
                 if cfg.closed_train_objective == "sft":
                     loss, tokens, row_losses = answer_loss(model, batch)
                 else:
