@@ -5,7 +5,7 @@
     PYTHONPATH=src python benchmarks/eval_stages.py --tiny --slake_root DIR     # CPU smoke test
 
 The English test split is answered by one :class:`~slakevqa.evaluation.engine.Engine`
-in batches grouped by image (as ``slakevqa eval`` batches them), once per setting of
+in ``slakevqa eval``'s order (by token budget, then by image), once per setting of
 ``--settings``, in that order: ``share`` / ``noshare`` (image prefixes shared or not),
 ``+cudnn`` (sdpa may pick cuDNN attention, :mod:`slakevqa.attention`). Pixels are
 preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
@@ -73,7 +73,8 @@ def main() -> None:
     import torch
 
     from slakevqa.data.slake import find_layout, load_split
-    from slakevqa.evaluation.engine import Engine
+    from slakevqa.evaluation.engine import Engine, GenerationSettings
+    from slakevqa.evaluation.evaluate import answer_order
     from slakevqa.inputs import InputBuilder
     from slakevqa.vocab import ClosedVocab
 
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
-    samples = sorted(load_split(args.slake_root, args.split), key=lambda s: (s.image_key, s.qid))
+    samples = answer_order(load_split(args.slake_root, args.split), GenerationSettings())  # as slakevqa eval does
     builder = InputBuilder.create(find_layout(args.slake_root), "short", ClosedVocab.empty())
     model, processor = build_model(args.tiny, device)
     if args.lm_head_scale != 1.0:

@@ -181,3 +181,16 @@ def test_shared_image_prefix_equals_per_question_encoding(synth_root: Path, tiny
     for a, b in zip(shared, alone):
         assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
         assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+def test_answer_order_puts_long_budget_questions_together_then_follows_the_image(slake_root) -> None:
+    from slakevqa.evaluation.engine import GenerationSettings
+    from slakevqa.evaluation.evaluate import answer_order
+
+    samples = load_split(slake_root, "test", "en")
+    order = answer_order(samples, GenerationSettings())
+    assert sorted(s.qid for s in order) == sorted(s.qid for s in samples)
+    abnormal = [s.content_type.lower() == "abnormality" for s in order]
+    assert abnormal == sorted(abnormal)  # 48-token questions in batches of their own, at the end
+    keys = [(a, s.image_key) for a, s in zip(abnormal, order)]
+    assert sum(x != y for x, y in zip(keys, keys[1:])) == len(set(keys)) - 1  # each image's questions together

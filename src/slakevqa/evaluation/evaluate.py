@@ -64,9 +64,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
     shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")
     done = {p.qid for p in recover_predictions(out / PREDICTIONS_NAME)}
     done |= {p.qid for p in recover_predictions(shard_file)} if world > 1 else set()
-    # Batches follow the image (SLAKE asks ~11 questions per image) so that prefixes are shared;
-    # the file is rewritten in qid order at the end.
-    pending = sorted((s for s in samples[rank::world] if s.qid not in done), key=lambda s: (s.image_key, s.qid))
+    pending = answer_order([s for s in samples[rank::world] if s.qid not in done], settings)
     if done:
         log.info("resuming: %d questions already answered, %d to go", len(done), len(pending))
     answer_all(engine, pending, cfg.batch_size, shard_file, rank)
@@ -100,6 +98,16 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
 
         write_report(out)
     return results
+
+
+def answer_order(samples: list[VQASample], settings: GenerationSettings) -> list[VQASample]:
+    """The order questions are answered in (the file is rewritten in qid order at the end).
+
+    By token budget first: the few abnormality questions (48 tokens; 41 OPEN in the English
+    test split) then fill batches of their own instead of holding a 48-step decode in every
+    batch. Then by image (SLAKE asks ~11 questions per image), so batches share prefixes.
+    """
+    return sorted(samples, key=lambda s: (settings.budget(s), s.image_key, s.qid))
 
 
 def answer_all(engine: Engine, pending: list[VQASample], batch_size: int, path: Path, rank: int) -> None:
