@@ -14,7 +14,10 @@ toolkit's way. Each stage is timed with CUDA synchronised around it:
 
 * ``prepare``: prompt ids and cached pixels;
 * ``score``: CLOSED candidate scoring (prompt prefill + candidate tokens);
-* ``generate``: OPEN generation, of which ``prefix`` is the shared-prefix prefill.
+* ``generate``: OPEN generation;
+* ``prefill_images``: the image prefixes (once per batch, and again for a call whose images
+  the batch's prefill lacks); ``encode_shared_prefix``: copying them into one row per
+  question (plus any such second prefill), inside ``score_candidates`` and ``generate``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from eval_throughput import build_model  # noqa: E402  (benchmarks/ is not a package)
+
+
+STAGES = ("prepare", "prefill_images", "score_candidates", "generate", "encode_shared_prefix")
 
 
 def synchronise() -> None:
@@ -55,14 +61,14 @@ def timing(engine, name: str, times: dict) -> None:
 def run(engine, samples, batch_size: int, share: bool, cudnn: bool = False) -> dict:
     times: dict[str, float] = defaultdict(float)
     engine.share_prefix, engine.cudnn_attention = share, cudnn
-    for name in ("prepare", "score_candidates", "generate", "encode_shared_prefix"):
+    for name in STAGES:
         timing(engine, name, times)
     synchronise()
     began = time.perf_counter()
     answers = [p for i in range(0, len(samples), batch_size) for p in engine.answer(samples[i:i + batch_size])]
     synchronise()
     total = time.perf_counter() - began
-    for name in ("prepare", "score_candidates", "generate", "encode_shared_prefix"):
+    for name in STAGES:
         delattr(engine, name)  # back to the class's method
     return {"share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size, "seconds": round(total, 2),
             "q_per_s": round(len(samples) / total, 2), **{k: round(v, 2) for k, v in times.items()},

@@ -175,7 +175,11 @@ def test_shared_image_prefix_equals_per_question_encoding(synth_root: Path, tiny
     items = [engine.prepare(s) for s in samples]
     assert engine.shared_prefix_length(items) == 5 + engine.image_tokens  # <s> [INST] ▁ <image>×16
     assert len({id(i.pixel_values) for i in items}) < len(items)  # several questions per image
+    calls: list[int] = []
+    hook = engine.model.model.vision_tower.register_forward_hook(lambda *_: calls.append(1))
     shared = engine.answer(samples)
+    assert calls == [1]  # one prefill of the batch's images, shared by CLOSED scoring and OPEN generation
+    hook.remove()
     engine.share_prefix = False
     alone = engine.answer(samples)
     for a, b in zip(shared, alone):

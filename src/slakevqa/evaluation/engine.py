@@ -62,6 +62,7 @@ class Engine:
         self.model, self.processor, self.builder, self.settings = model, processor, builder, settings
         self.closed_mode, self.max_prompt_len, self.share_prefix = closed_mode, max_prompt_len, share_prefix
         self.cudnn_attention = cudnn_attention  # see slakevqa.attention
+        self.batch_prefixes = None  # (image row per pixel tensor id, cache) of the batch being answered
         self.tokenizer = processor.tokenizer
         self.image_tokens = image_token_count(processor)
 
@@ -78,11 +79,19 @@ class Engine:
         return self.builder.pixel_values(sample, self.processor.image_processor)
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
-        with attention_kernels(self.cudnn_attention):
-            return self._answer(samples)
-
-    def _answer(self, samples: list[VQASample]) -> list[Prediction]:
         prepared = [self.prepare(s) for s in samples]
+        with attention_kernels(self.cudnn_attention):
+            # One prefill of each image's prefix for the whole batch, shared by CLOSED scoring and
+            # every budget group of OPEN generation (each used to prefill it again).
+            shared = self.shared_prefix_length(prepared)
+            self.batch_prefixes = self.prefill_images(prepared, shared) if shared else None
+            try:
+                return self._answer(prepared)
+            finally:
+                self.batch_prefixes = None
+
+    def _answer(self, prepared: list[Prepared]) -> list[Prediction]:
+        samples = [p.sample for p in prepared]
         results: dict[int, Prediction] = {}
         scored = [p for p in prepared if p.view.route.candidates and self.closed_mode == "score"]
         generated = [p for p in prepared if p not in scored]
@@ -201,25 +210,38 @@ class Engine:
         same = all(p.prompt_ids[:end] == first[:end] and len(p.prompt_ids) > end for p in items)
         return end if same else 0
 
+    def prefill_images(self, items: list[Prepared], shared: int) -> tuple[dict[int, int], object]:
+        """The prefix cache of each distinct image of ``items`` (one row each) and each image's row."""
+        import torch
+
+        unique = list({id(p.pixel_values): p for p in items}.values())
+        prefix = torch.tensor([items[0].prompt_ids[:shared]] * len(unique), device=self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=prefix, pixel_values=self.pixels(unique), use_cache=True, logits_to_keep=1)
+        return {id(p.pixel_values): row for row, p in enumerate(unique)}, returned_cache(out)
+
     def encode_shared_prefix(self, items: list[Prepared], shared: int):
         """The image prefixes (each image once) in a cache with one row per item, and the rest of the prompts.
 
         Returns ``(cache, input_ids, attention_mask, position_ids)`` for the whole
         prompts: ``[prefix][left padding][question]``; the padding sits between the
-        prefix and the question, masked out, and positions skip it.
+        prefix and the question, masked out, and positions skip it. The batch's
+        prefill (:meth:`answer`) is copied when it holds every image of ``items``.
         """
+        import copy
+
         import torch
 
-        rows: dict[int, int] = {}
-        owner = [rows.setdefault(id(p.pixel_values), len(rows)) for p in items]
-        unique = list({id(p.pixel_values): p for p in items}.values())
-        prefix = torch.tensor([items[0].prompt_ids[:shared]] * len(unique), device=self.device)
-        out = self.model(input_ids=prefix, pixel_values=self.pixels(unique), use_cache=True, logits_to_keep=1)
-        cache = returned_cache(out)
-        cache.reorder_cache(torch.tensor(owner, device=self.device))
+        prefixes = self.batch_prefixes
+        if prefixes is None or any(id(p.pixel_values) not in prefixes[0] for p in items):
+            prefixes = self.prefill_images(items, shared)
+        rows, cache = prefixes[0], copy.deepcopy(prefixes[1])  # reordering below must not touch the batch's copy
+        owner = torch.tensor([rows[id(p.pixel_values)] for p in items], device=self.device)
+        cache.reorder_cache(owner)
+        prefix = torch.tensor([items[0].prompt_ids[:shared]] * len(items), device=self.device)
         tail, tail_mask, _ = self.left_padded([p.prompt_ids[shared:] for p in items])
         mask = torch.cat([torch.ones((len(items), shared), dtype=tail_mask.dtype, device=self.device), tail_mask], 1)
-        ids = torch.cat([prefix[torch.tensor(owner, device=self.device)], tail], dim=1)
+        ids = torch.cat([prefix, tail], dim=1)
         return cache, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
     def encode_prompts(self, items: list[Prepared]):
