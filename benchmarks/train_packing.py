@@ -194,6 +194,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--modes", default="naive,packed,packed+ckpt,naive+ckpt",
                         help="comma-separated; MODE@N runs MODE at batch size N")
+    parser.add_argument("--lora_dropout", type=float, default=0.05)
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per mode")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -204,7 +205,7 @@ def main() -> None:
     samples = load_split(root, args.split, "en")
     builder = InputBuilder.create(find_layout(root), "short", ClosedVocab.empty())  # routes from questions alone
     model, processor = build(args.tiny, device)
-    model = configure_trainable(model, use_lora=True, lora_r=64, lora_alpha=128, lora_dropout=0.05,
+    model = configure_trainable(model, use_lora=True, lora_r=64, lora_alpha=128, lora_dropout=args.lora_dropout,
                                 lora_target_modules="all-linear", tune_mm_projector=True, freeze_vision_tower=True)
     results, default_batch = [], args.batch_size
     for mode in args.modes.split(","):  # e.g. packed+ckpt@32: batch size 32
@@ -215,6 +216,7 @@ def main() -> None:
                           ckpt="ckpt" in parts, peft_cast=parts[0] == "naive" or "peftcast" in parts,
                           cudnn=parts[0] == "naive" or "cudnn" in parts)
         result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+        result["lora_dropout"] = args.lora_dropout
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.out:
