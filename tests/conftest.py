@@ -84,3 +84,14 @@ def tiny_model():
     from slakevqa.models.tiny import build_tiny_llava
 
     return build_tiny_llava("bpe", seed=0)
+
+
+@pytest.fixture(params=[True, False], ids=["boolean-mask", "union-of-positions"])
+def mask_slicing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a loss test through both ways of slicing logits (training/loss.py), skipping one this transformers lacks."""
+    import slakevqa.training.loss as loss_module
+
+    if request.param and not loss_module.accepts_mask_logits_to_keep():
+        pytest.skip("this transformers has no boolean logits_to_keep")
+    monkeypatch.setattr(loss_module, "MASK_SLICING", request.param)
+    return request.param

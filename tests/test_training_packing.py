@@ -51,13 +51,7 @@ def assert_same(first: tuple, second: tuple) -> None:
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("mask_slicing", [True, False], ids=["boolean-mask", "union-of-positions"])
-def test_packed_rows_equal_the_unpacked_batch(synth_root: Path, tiny_model, monkeypatch, mask_slicing: bool) -> None:
-    import slakevqa.training.loss as loss_module
-
-    if mask_slicing and not loss_module.accepts_mask_logits_to_keep():
-        pytest.skip("this transformers has no boolean logits_to_keep")
-    monkeypatch.setattr(loss_module, "MASK_SLICING", mask_slicing)
+def test_packed_rows_equal_the_unpacked_batch(synth_root: Path, tiny_model, mask_slicing: bool) -> None:
     model, processor = tiny_model
     model = configure_trainable(model, use_lora=False, freeze_vision_tower=False)  # every parameter: all grads
     builder = builder_for(synth_root)

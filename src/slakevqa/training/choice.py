@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from slakevqa.encoding import IGNORE_INDEX, EncodedExample, encode_answer
 from slakevqa.routing import Route, match_key
+from slakevqa.training.packing import Row, segment_batch
 from slakevqa.vocab import ClosedVocab, candidate_variants
 
 OBJECTIVES: tuple[str, ...] = ("sft", "mc", "hybrid")
@@ -57,7 +58,7 @@ def make_choice(tokenizer, user_text: str, route: Route, answer: str, vocab: Clo
     return Choice(segments, keys.index(match_key(answer)))
 
 
-def pack_row(example: EncodedExample, choice: Choice | None, supervise: bool) -> tuple[list, list, list, list]:
+def pack_row(example: EncodedExample, choice: Choice | None, supervise: bool) -> Row:
     """Tokens, labels, positions and segment ids (0 = prompt, 1 = answer, 2.. = candidates) of one row."""
     prompt = [t for t, label in zip(example.input_ids, example.labels) if label == IGNORE_INDEX]
     answer = list(example.input_ids[len(prompt):])
@@ -72,34 +73,13 @@ def pack_row(example: EncodedExample, choice: Choice | None, supervise: bool) ->
     return tokens, labels, positions, segments
 
 
-def segment_mask(segments: list[int], width: int):
-    """``(width, width)`` boolean mask: causal, and a non-prompt token sees the prompt and its own segment only."""
-    import torch
-
-    seg = torch.full((width,), -1, dtype=torch.long)
-    seg[: len(segments)] = torch.tensor(segments)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    visible = (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
-    mask = causal & visible & (seg[None, :] >= 0)
-    return mask | torch.eye(width, dtype=torch.bool)  # padding rows see themselves: no all-masked softmax row
-
-
 def pack_batch(examples: list[EncodedExample], choices: list[Choice | None], objective: str, pad_id: int) -> dict:
     """Right-padded rows with candidate segments and a ``(B, 1, T, T)`` mask (module docstring)."""
     import torch
 
     rows = [pack_row(e, c, supervise=objective != "mc" or c is None) for e, c in zip(examples, choices)]
-    width = max(len(r[0]) for r in rows)
-    batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
-             "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long),
-             "position_ids": torch.zeros((len(rows), width), dtype=torch.long)}
-    masks = []
-    for i, (tokens, labels, positions, segments) in enumerate(rows):
-        n = len(tokens)
-        batch["input_ids"][i, :n], batch["labels"][i, :n] = torch.tensor(tokens), torch.tensor(labels)
-        batch["position_ids"][i, :n] = torch.tensor(positions)
-        masks.append(segment_mask(segments, width))
-    batch["attention_mask"] = torch.stack(masks)[:, None]
+    batch = segment_batch(rows, pad_id)
+    width = batch["input_ids"].shape[1]
     batch["choice_gold"] = torch.tensor([c.gold if c else -1 for c in choices])
     batch["choice_segments"] = torch.tensor([r[3] + [-1] * (width - len(r[3])) for r in rows])
     return batch

@@ -18,12 +18,44 @@ from the already encoded examples, never re-tokenised.
 
 Rows are grouped by the pixel key (:meth:`slakevqa.inputs.InputBuilder.pixel_key`):
 with a mask mode each question has its own pixels, hence its own row.
+
+:func:`segment_mask` and :func:`segment_batch` are the shared mechanism: the CLOSED
+choice objective (:mod:`slakevqa.training.choice`) packs candidate segments with them.
 """
 
 from __future__ import annotations
 
 from slakevqa.encoding import IGNORE_INDEX, EncodedExample
-from slakevqa.training.choice import segment_mask
+
+Row = tuple[list, list, list, list]  # tokens, labels, positions, segment ids (0 = shared prefix)
+
+
+def segment_mask(segments: list[int], width: int):
+    """``(width, width)`` boolean mask: causal, and a non-prefix token sees the prefix and its own segment only."""
+    import torch
+
+    seg = torch.full((width,), -1, dtype=torch.long)
+    seg[: len(segments)] = torch.tensor(segments)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    visible = (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
+    mask = causal & visible & (seg[None, :] >= 0)
+    return mask | torch.eye(width, dtype=torch.bool)  # padding rows see themselves: no all-masked softmax row
+
+
+def segment_batch(rows: list[Row], pad_id: int) -> dict:
+    """Right-padded ``input_ids``, ``labels``, ``position_ids`` and the ``(R, 1, T, T)`` segment ``attention_mask``."""
+    import torch
+
+    width = max(len(r[0]) for r in rows)
+    batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
+             "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long),
+             "position_ids": torch.zeros((len(rows), width), dtype=torch.long)}
+    for i, (tokens, labels, positions, _) in enumerate(rows):
+        n = len(tokens)
+        batch["input_ids"][i, :n], batch["labels"][i, :n] = torch.tensor(tokens), torch.tensor(labels)
+        batch["position_ids"][i, :n] = torch.tensor(positions)
+    batch["attention_mask"] = torch.stack([segment_mask(r[3], width) for r in rows])[:, None]
+    return batch
 
 
 def prefix_length(input_ids: tuple[int, ...], image_id: int) -> int:
@@ -43,7 +75,7 @@ def image_groups(keys: list) -> list[list[int]]:
     return list(groups.values())
 
 
-def pack_group(examples: list[EncodedExample], image_id: int) -> tuple[list, list, list, list]:
+def pack_group(examples: list[EncodedExample], image_id: int) -> Row:
     """Tokens, labels, positions and segment ids of one image's questions in one row (module docstring)."""
     p = prefix_length(examples[0].input_ids, image_id)
     prefix = list(examples[0].input_ids[:p])
@@ -70,20 +102,11 @@ def pack_by_image(examples: list[EncodedExample], keys: list, image_id: int, pad
 
     groups = image_groups(keys)
     rows = [pack_group([examples[i] for i in group], image_id) for group in groups]
-    width = max(len(r[0]) for r in rows)
-    batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
-             "labels": torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long),
-             "position_ids": torch.zeros((len(rows), width), dtype=torch.long),
-             "sample_index": torch.full((len(rows), width), -1, dtype=torch.long)}
-    masks = []
-    for r, (group, (tokens, labels, positions, segments)) in enumerate(zip(groups, rows)):
-        n = len(tokens)
-        batch["input_ids"][r, :n], batch["labels"][r, :n] = torch.tensor(tokens), torch.tensor(labels)
-        batch["position_ids"][r, :n] = torch.tensor(positions)
+    batch = segment_batch(rows, pad_id)
+    batch["sample_index"] = torch.full(batch["input_ids"].shape, -1, dtype=torch.long)
+    for r, (group, (_, _, _, segments)) in enumerate(zip(groups, rows)):
         owner = torch.tensor([-1] + group)  # segment k (1-based) belongs to example group[k - 1]
-        batch["sample_index"][r, :n] = owner[torch.tensor(segments)]
-        masks.append(segment_mask(segments, width))
-    batch["attention_mask"] = torch.stack(masks)[:, None]
+        batch["sample_index"][r, :len(segments)] = owner[torch.tensor(segments)]
     return batch, [group[0] for group in groups]
 
 

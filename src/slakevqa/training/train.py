@@ -225,7 +225,7 @@ def autocast_precision(cfg: TrainConfig) -> str:
     if cfg.precision == "fp16":
         return "fp16"
     on_gpu = torch.cuda.is_available() and not use_cpu()
-    bf16 = on_gpu and weight_dtype(cfg.precision, torch.device("cuda" if on_gpu else "cpu")) == "bf16"
+    bf16 = on_gpu and weight_dtype(cfg.precision, torch.device("cuda")) == "bf16"
     return "bf16" if bf16 and cfg.use_lora else "no"
 
 
