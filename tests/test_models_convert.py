@@ -17,7 +17,8 @@ from models_helpers import (IMAGE_TOKEN_INDEX, sentencepiece_model, upstream_log
 from slakevqa.cli import main as cli  # noqa: E402
 from slakevqa.errors import UserError  # noqa: E402
 from slakevqa.models.convert import convert_checkpoint  # noqa: E402
-from slakevqa.models.processor import generation_prompt, load_processor  # noqa: E402
+from slakevqa.models.processor import load_processor  # noqa: E402
+from slakevqa.prompts import render_generation_prompt  # noqa: E402
 from slakevqa.models.tiny import build_tiny_llava  # noqa: E402
 from slakevqa.models.tiny_original import save_llava_med_original  # noqa: E402
 
@@ -47,7 +48,7 @@ def hf_model(folder):
 
 def converted_logits(folder, image):
     processor = load_processor(folder)  # plain AutoProcessor, PIL backend
-    batch = processor(images=[image], text=[generation_prompt(processor, QUESTION)], return_tensors="pt")
+    batch = processor(images=[image], text=[render_generation_prompt(QUESTION)], return_tensors="pt")
     with torch.no_grad():
         return hf_model(folder)(**batch).logits, batch
 

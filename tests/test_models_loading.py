@@ -10,7 +10,7 @@ from PIL import Image
 
 from slakevqa.errors import UserError
 from slakevqa.models.loading import load_model, pick_dtype
-from slakevqa.models.processor import generation_prompt
+from slakevqa.prompts import render_generation_prompt
 from slakevqa.models.tiny import build_tiny_llava, save_llava
 from slakevqa.models.tiny_original import save_llava_med_original
 
@@ -26,7 +26,7 @@ def tiny(tmp_path_factory):
 
 def logits_of(model, processor, question: str = "Is there a mass?"):
     batch = processor(images=[Image.new("RGB", (32, 32), (90, 20, 160))],
-                      text=[generation_prompt(processor, question)], return_tensors="pt")
+                      text=[render_generation_prompt(question)], return_tensors="pt")
     with torch.no_grad():
         return model(**batch).logits
 

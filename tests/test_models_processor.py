@@ -52,17 +52,18 @@ def test_expand_to_square_centres_exactly():
 def render(messages: list[dict], generation: bool = True) -> str:
     from jinja2 import Template
 
-    return Template(LLAVA_MED_CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=generation)
+    return Template(LLAVA_MED_CHAT_TEMPLATE).render(messages=messages, add_generation_prompt=generation,
+                                                    bos_token="<s>")
 
 
 def test_template_generation_and_training_formats():
     user = {"role": "user", "content": [{"type": "text", "text": "Is the lung healthy?"}, {"type": "image"}]}
-    assert render([user]) == "[INST] <image>\nIs the lung healthy? [/INST]"  # image moved first
+    assert render([user]) == "<s>[INST] <image>\nIs the lung healthy? [/INST]"  # image moved first
     answer = {"role": "assistant", "content": [{"type": "text", "text": "Yes"}]}
-    assert render([user, answer], False) == "[INST] <image>\nIs the lung healthy? [/INST] Yes </s>"
+    assert render([user, answer], False) == "<s>[INST] <image>\nIs the lung healthy? [/INST] Yes </s>"
 
 
 def test_template_plain_strings_system_and_second_turn():
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi "},
                 {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Again?"}]
-    assert render(messages) == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s>[INST] Again? [/INST]"
+    assert render(messages) == "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s>[INST] Again? [/INST]"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from slakevqa.models.processor import generation_prompt
+from slakevqa.prompts import render_generation_prompt
 from slakevqa.models.tiny import TinySizes, build_tiny_llava, padded_vocab_size
 
 
@@ -25,7 +25,7 @@ def test_tiny_forward_counts_16_image_tokens_and_is_seeded():
     model, processor = build_tiny_llava("bpe", seed=3)
     again, _ = build_tiny_llava("bpe", seed=3)
     batch = processor(images=[Image.new("RGB", (40, 30), (9, 80, 200))],
-                      text=[generation_prompt(processor, "Is there a mass?")], return_tensors="pt")
+                      text=[render_generation_prompt("Is there a mass?")], return_tensors="pt")
     assert (batch["input_ids"] == model.config.image_token_index).sum().item() == 16
     with torch.no_grad():
         logits = model(**batch).logits
@@ -35,7 +35,7 @@ def test_tiny_forward_counts_16_image_tokens_and_is_seeded():
 
 def test_tiny_image_size_and_patch_size_set_the_token_count():
     model, processor = build_tiny_llava("bpe", image_size=48, patch_size=16, sizes=TinySizes(text_layers=1))
-    batch = processor(images=[Image.new("RGB", (48, 48))], text=[generation_prompt(processor, "Q?")],
+    batch = processor(images=[Image.new("RGB", (48, 48))], text=[render_generation_prompt("Q?")],
                       return_tensors="pt")
     assert (batch["input_ids"] == model.config.image_token_index).sum().item() == 9
     assert model.config.text_config.num_hidden_layers == 1

@@ -26,7 +26,8 @@ def sp():
 
 
 def ids_of(processor, text: str) -> list[int]:
-    batch = processor(images=[Image.new("RGB", (32, 32))], text=[text], return_tensors="pt")
+    """Ids of a prompt rendered by the chat template, which carries BOS itself (so no special tokens added)."""
+    batch = processor(images=[Image.new("RGB", (32, 32))], text=[text], return_tensors="pt", add_special_tokens=False)
     return batch["input_ids"][0].tolist()
 
 
@@ -48,8 +49,8 @@ def test_golden_ids_for_one_question(processor):
 @pytest.mark.parametrize("question", SLAKE_QUESTIONS)
 def test_generation_prompt_ids_equal_upstream(processor, sp, question):
     prompt = generation_prompt(processor, question)
-    assert prompt == f"[INST] <image>\n{question.strip()} [/INST]"  # upstream strips the question
-    assert ids_of(processor, prompt) == upstream_prompt_ids(sp, prompt, 16)
+    assert prompt == f"<s>[INST] <image>\n{question.strip()} [/INST]"  # upstream strips the question
+    assert ids_of(processor, prompt) == upstream_prompt_ids(sp, prompt.removeprefix("<s>"), 16)
 
 
 @pytest.mark.parametrize("question,answer", [(SLAKE_QUESTIONS[0], "MRI"), (SLAKE_QUESTIONS[2], "Yes"),
@@ -58,9 +59,9 @@ def test_training_prompt_ids_equal_upstream(processor, sp, question, answer):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
                 {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
     text = processor.apply_chat_template(messages, tokenize=False)
-    assert text == f"[INST] <image>\n{question} [/INST] {answer} </s>"
+    assert text == f"<s>[INST] <image>\n{question} [/INST] {answer} </s>"
     ids = ids_of(processor, text)
-    assert ids == upstream_prompt_ids(sp, text, 16)
+    assert ids == upstream_prompt_ids(sp, text.removeprefix("<s>"), 16)
     assert ids[-1] == 2 and ids.count(1) == 1  # one EOS at the end, one BOS at the start
 
 
@@ -69,4 +70,20 @@ def test_ids_survive_save_and_reload(processor, tmp_path, sp):
     save_tokenizer(processor.tokenizer, tmp_path)  # writes legacy=True, which save_pretrained drops
     reloaded = load_processor(tmp_path)
     prompt = generation_prompt(reloaded, SLAKE_QUESTIONS[1])
-    assert ids_of(reloaded, prompt) == upstream_prompt_ids(sp, prompt, 16)
+    assert ids_of(reloaded, prompt) == upstream_prompt_ids(sp, prompt.removeprefix("<s>"), 16)
+
+
+def test_chat_template_and_our_encoder_give_the_same_ids_for_every_prompt_style(processor):
+    """One definition: apply_chat_template(tokenize=True) equals encode_prompt on every golden user text."""
+    import json
+    from pathlib import Path
+
+    from slakevqa.encoding import encode_prompt
+
+    golden = json.loads((Path(__file__).parent / "golden" / "prompts.json").read_text(encoding="utf-8"))
+    for case in golden.values():
+        user_text = case["generation"].removeprefix("[INST] <image>\n").removesuffix(" [/INST]")
+        message = {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (32, 32))},
+                                               {"type": "text", "text": user_text}]}
+        ids = processor.apply_chat_template([message], add_generation_prompt=True, tokenize=True)
+        assert ids[0] == encode_prompt(processor.tokenizer, user_text, 16)[0]

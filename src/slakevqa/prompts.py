@@ -6,10 +6,15 @@ Two layers, both pure string functions:
    (OPEN or CLOSED), optional knowledge-graph facts, the question, and for choice
    questions the candidates. The wording is a named, versioned :class:`PromptStyle`.
 2. :func:`render_generation_prompt` / :func:`render_training_text` wrap it in
-   the ``mistral_instruct`` template LLaVA-Med v1.5 was trained with, image first::
+   LLaVA-Med v1.5's chat format (``conv_mistral_instruct``), image first::
 
-       [INST] <image>\\n{text} [/INST]                     (generation)
-       [INST] <image>\\n{text} [/INST] {answer} </s>      (training)
+       [INST] <image>\n{text} [/INST]                     (generation)
+       [INST] <image>\n{text} [/INST] {answer} </s>      (training)
+
+   The format has one definition, :data:`LLAVA_MED_CHAT_TEMPLATE`: the Jinja chat
+   template written into every model folder slakevqa saves (so Hugging Face's
+   ``processor.apply_chat_template`` and vLLM render it), and the template our own
+   encoder renders. They cannot drift apart.
 
 Example, style ``short`` for an options question::
 
@@ -28,6 +33,7 @@ both computed from the question alone.
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -35,9 +41,29 @@ from slakevqa.errors import UserError
 from slakevqa.routing import Route
 
 IMAGE_TOKEN = "<image>"
-# LLaVA-Med v1.5 conv_mistral_instruct (LLAMA_2 separator style, empty system prompt).
-GENERATION_TEMPLATE = "[INST] " + IMAGE_TOKEN + "\n{text} [/INST]"
-TRAINING_TEMPLATE = GENERATION_TEMPLATE + " {answer} </s>"
+
+# LLaVA-Med v1.5's chat format (conv_mistral_instruct: LLAMA_2 separator style, empty system
+# prompt, sep2 "</s>"), as a Hugging Face chat template. Content is a string or a list of
+# {"type": "image"} / {"type": "text"} items; the image always goes first, as upstream moves it
+# there. Text is stripped, as upstream's model_vqa.py strips the question (SLAKE has questions
+# ending in a space). A system message is wrapped LLAMA_2-style into the first turn. BOS comes
+# from ``bos_token``: Hugging Face and vLLM pass the tokenizer's and then add no special tokens;
+# our encoder renders with an empty one and lets the tokenizer add BOS (the same ids, tested).
+LLAVA_MED_CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- set ns = namespace(system='') -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}{%- set items = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}{%- set items = message['content'] -%}{%- endif -%}"
+    "{%- set text = items | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') | trim -%}"
+    "{%- set has_image = items | selectattr('type', 'equalto', 'image') | list | length > 0 -%}"
+    "{%- if message['role'] == 'system' -%}{%- set ns.system = '<<SYS>>\\n' ~ text ~ '\\n<</SYS>>\\n\\n' -%}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{- '[INST] ' ~ ns.system ~ ('" + IMAGE_TOKEN + "\\n' if has_image else '') ~ text ~ ' [/INST]' -}}"
+    "{%- set ns.system = '' -%}"
+    "{%- else -%}{{- ' ' ~ text ~ ' </s>' -}}{%- endif -%}"
+    "{%- endfor -%}"
+)
 
 
 @dataclass(frozen=True)
@@ -143,15 +169,24 @@ def kg_lines(kg_context: Sequence[str], style: PromptStyle) -> list[str]:
     return ([style.kg_intro] if style.kg_intro else []) + [style.kg_fact_prefix + fact for fact in facts]
 
 
+def render_chat(messages: list[dict], bos_token: str = "") -> str:
+    """``messages`` rendered by :data:`LLAVA_MED_CHAT_TEMPLATE`, as Hugging Face renders it.
+
+    >>> render_chat([{"role": "user", "content": "Hi"}], bos_token="<s>")
+    '<s>[INST] Hi [/INST]'
+    """
+    return _chat_template().render(messages=messages, bos_token=bos_token, add_generation_prompt=True)
+
+
 def render_generation_prompt(user_text: str) -> str:
-    """LLaVA-Med v1.5's generation prompt; the model continues after ``[/INST]``.
+    """LLaVA-Med v1.5's generation prompt for one image and ``user_text``; the model continues after ``[/INST]``.
 
     The model layer tokenises this with BOS added by the tokenizer.
 
     >>> render_generation_prompt("Is this a CT image?")
     '[INST] <image>\\nIs this a CT image? [/INST]'
     """
-    return GENERATION_TEMPLATE.format(text=_checked(user_text))
+    return render_chat([_user_turn(user_text)])
 
 
 def render_training_text(user_text: str, answer: str) -> str:
@@ -163,7 +198,19 @@ def render_training_text(user_text: str, answer: str) -> str:
     >>> render_training_text("Is this a CT image?", "Yes")
     '[INST] <image>\\nIs this a CT image? [/INST] Yes </s>'
     """
-    return TRAINING_TEMPLATE.format(text=_checked(user_text), answer=answer.strip())
+    return render_chat([_user_turn(user_text), {"role": "assistant", "content": [{"type": "text", "text": answer}]}])
+
+
+def _user_turn(user_text: str) -> dict:
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _checked(user_text)}]}
+
+
+@functools.cache
+def _chat_template():
+    # The sandbox Hugging Face renders chat templates in; compiled once per process.
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(LLAVA_MED_CHAT_TEMPLATE)
 
 
 def _checked(user_text: str) -> str:

@@ -6,7 +6,8 @@
 
 Prints how the model was loaded, parameters and trainable parameters per component
 (vision tower, projector, language model, LoRA), the image token id, how many tokens
-one image expands to and where they sit in a rendered prompt, then one greedy
+one image expands to and where they sit in a rendered prompt, whether the folder's
+own chat template gives the same prompt ids as slakevqa's encoder, then one greedy
 generation on the given image or a synthetic one. Exits 2 with a one-line message
 when something does not fit (no image token, count mismatch, unloadable folder).
 """
@@ -67,7 +68,7 @@ def print_parameters(model: PreTrainedModel) -> None:
 
 def print_image_tokens(model: PreTrainedModel, processor: ProcessorMixin, question: str) -> None:
     from slakevqa.models.inspect import image_token_layout
-    from slakevqa.models.processor import generation_prompt
+    from slakevqa.prompts import render_generation_prompt
 
     layout = image_token_layout(processor, model, question)
     vision = model.config.vision_config
@@ -75,8 +76,21 @@ def print_image_tokens(model: PreTrainedModel, processor: ProcessorMixin, questi
     print(f"image tokens per image: {layout.per_image} (vision tower: ({vision.image_size}/{vision.patch_size})^2 "
           f"patches, {model.config.vision_feature_select_strategy} strategy; expected {layout.expected})")
     last = layout.first + layout.per_image - 1
-    print(f"prompt: {generation_prompt(processor, question)!r} -> {layout.prompt_length} tokens; image tokens at "
+    print(f"prompt: {render_generation_prompt(question)!r} -> {layout.prompt_length} tokens; image tokens at "
           f"positions {layout.first}..{last}; {layout.first} tokens before, {layout.prompt_length - last - 1} after")
+
+
+def print_chat_template(processor: ProcessorMixin) -> None:
+    """Whether the folder's own chat template gives slakevqa's prompt ids (what HF and vLLM users get)."""
+    from slakevqa.models.processor import chat_template_problem
+
+    problem = chat_template_problem(processor)
+    if problem is None:
+        print("chat template: LLaVA-Med v1.5 format; apply_chat_template gives slakevqa's prompt ids token for token")
+    else:
+        print(f"chat template: the folder's own template is not usable for image questions ({problem}); slakevqa "
+              "prompts with its own format, and every folder it writes (convert-checkpoint, train, merge) "
+              "carries a working template")
 
 
 def load_image(path: str | None):
@@ -102,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     print(describe_architecture(loaded.model))
     print_parameters(loaded.model)
     print_image_tokens(loaded.model, loaded.processor, args.question)
+    print_chat_template(loaded.processor)
     if not args.skip_generate:
         image, label = load_image(args.image)
         text, n_new, seconds = generate_once(loaded.model, loaded.processor, image, args.question,

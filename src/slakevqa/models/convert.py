@@ -27,10 +27,9 @@ from typing import TYPE_CHECKING, Callable
 
 from slakevqa.errors import UserError
 from slakevqa.models import original
-from slakevqa.models.processor import build_processor
+from slakevqa.models.processor import build_processor, save_processor
 from slakevqa.models.tiny import padded_vocab_size
-from slakevqa.models.tokenizer import (IMAGE_TOKEN, add_llava_tokens, load_sentencepiece_tokenizer,
-                                       save_tokenizer)
+from slakevqa.models.tokenizer import IMAGE_TOKEN, add_llava_tokens, load_sentencepiece_tokenizer
 
 Log = Callable[[str], None]  # where progress lines go (print, logger.info, a list.append)
 
@@ -47,6 +46,10 @@ ORIGINAL_TO_HF: tuple[tuple[str, str], ...] = (
 )
 DROPPED = re.compile(r"(\.rotary_emb\.inv_freq|\.position_ids|^model\.image_newline)$")
 VOCAB_ROWS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
+# Bump when converted folders change: the conversion cache (models/loading.py) keys on it, so
+# folders converted by an older slakevqa are converted again. 2: LLaVA-Med's chat template
+# replaces the text-only one the source tokenizer_config.json carries.
+CONVERTER_VERSION = 2
 TEXT_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "head_dim", "hidden_act", "rms_norm_eps", "rope_theta",
                "sliding_window", "max_position_embeddings", "initializer_range", "attention_dropout",
@@ -65,6 +68,7 @@ class ConversionReport:
     vision_source: str  # "checkpoint" or the CLIP folder
     vision_max_abs_diff: float | None
     seconds: float
+    converter_version: int = CONVERTER_VERSION
 
 
 def map_key(name: str) -> str | None:
@@ -254,8 +258,7 @@ def write_side_files(out: Path, hf: LlavaConfig, tokenizer: PreTrainedTokenizerB
     vision = hf.vision_config
     processor = build_processor(tokenizer, image_size=vision.image_size, patch_size=vision.patch_size)
     processor.image_processor.do_pad = pad_to_square  # image_aspect_ratio "pad" (v1.5) -> True
-    processor.save_pretrained(str(out))
-    save_tokenizer(tokenizer, out)
+    save_processor(processor, out)  # our chat template, not the one the source tokenizer_config carries
 
 
 def convert_checkpoint(source: str | Path, destination: str | Path, vision_from: str | Path | None = None,

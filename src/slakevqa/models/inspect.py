@@ -1,6 +1,8 @@
 """How a loaded model fits together: parameter counts, image tokens, one generation.
 
-Used by ``slakevqa check`` and the root ``test.py``. Every mismatch that would make
+Used by ``slakevqa check`` and the root ``test.py``. Prompts are slakevqa's own
+(:func:`slakevqa.prompts.render_generation_prompt`, what training and evaluation feed),
+not whatever chat template a checkpoint carries. Every mismatch that would make
 training or evaluation fail later (no ``<image>`` token, the processor expanding an
 image to a different number of tokens than the vision tower produces) raises a
 :class:`UserError` with what to change.
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from slakevqa.errors import UserError
-from slakevqa.models.processor import generation_prompt
+from slakevqa.prompts import render_generation_prompt
 
 if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
     import torch
@@ -98,7 +100,7 @@ def synthetic_image(size: int = 336) -> Image.Image:
 def image_token_layout(processor: ProcessorMixin, model: PreTrainedModel, question: str = "Is there a mass?") -> ImageTokenLayout:
     """Render one prompt with one image and locate its image tokens; mismatches raise."""
     token, token_id = image_token_id(processor, model)
-    batch = processor(images=[synthetic_image(64)], text=[generation_prompt(processor, question)],
+    batch = processor(images=[synthetic_image(64)], text=[render_generation_prompt(question)],
                       return_tensors="pt")
     ids = batch["input_ids"][0].tolist()
     positions = [i for i, t in enumerate(ids) if t == token_id]
@@ -119,7 +121,7 @@ def generate_once(model: PreTrainedModel, processor: ProcessorMixin, image: Imag
     """Greedy answer to one question: ``(text, new token count, seconds)``."""
     import torch
 
-    batch = processor(images=[image], text=[generation_prompt(processor, question)], return_tensors="pt")
+    batch = processor(images=[image], text=[render_generation_prompt(question)], return_tensors="pt")
     batch = batch.to(model.device)
     batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
     start = time.perf_counter()

@@ -121,8 +121,10 @@ def cache_root() -> Path:
 
 
 def converted_folder(folder: Path, vision_from: str | None) -> Path:
-    """The cache folder for one source: keyed on its path, config and weight files' sizes and times."""
-    digest = hashlib.sha256(str(folder.resolve()).encode())
+    """The cache folder for one source, keyed on the converter's version and the source's path, config and weights."""
+    from slakevqa.models.convert import CONVERTER_VERSION
+
+    digest = hashlib.sha256(f"v{CONVERTER_VERSION}:{folder.resolve()}".encode())
     digest.update((folder / "config.json").read_bytes() + str(vision_from).encode())
     for path in original.weight_files(folder):
         stat = path.stat()

@@ -3,13 +3,10 @@
 Everything that turns (image, question) into model inputs for a LLaVA-Med-style model
 lives here, so training and evaluation cannot disagree.
 
-Chat format (``conv_mistral_instruct``: LLAMA_2 style, empty system, ``sep2="</s>"``),
-image first::
-
-    generation: "[INST] <image>\\n{text} [/INST]"
-    training:   "[INST] <image>\\n{text} [/INST] {answer} </s>"
-
-BOS comes from the tokenizer, not the template.
+Chat format: :data:`slakevqa.prompts.LLAVA_MED_CHAT_TEMPLATE` (``[INST] <image>\\n{text} [/INST]``),
+the one definition our encoder renders too. :func:`save_processor` writes it into every
+folder slakevqa saves, whatever template the checkpoint came with (LLaVA-Med's own
+tokenizer_config.json carries Mistral-Instruct's text-only one).
 
 Images: padded to square with the CLIP mean colour (122, 116, 104), then CLIP's
 resize (shortest edge, bicubic), centre crop, rescale and normalise, all with the
@@ -27,7 +24,8 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from slakevqa.errors import UserError
-from slakevqa.models.tokenizer import IMAGE_TOKEN
+from slakevqa.models.tokenizer import IMAGE_TOKEN, save_tokenizer
+from slakevqa.prompts import LLAVA_MED_CHAT_TEMPLATE
 
 if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
     from transformers import PreTrainedTokenizerBase, ProcessorMixin
@@ -36,27 +34,6 @@ if TYPE_CHECKING:  # annotations only: importing transformers at module load wou
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # openai/clip-vit-large-patch14-336
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PAD_COLOUR = tuple(int(255 * m) for m in CLIP_MEAN)  # (122, 116, 104), as upstream truncates
-
-# Jinja for processor.apply_chat_template. Accepts content as a string or as a list of
-# {"type": "image"} / {"type": "text"} items; the image always goes first, as upstream
-# moves it there. Text is stripped, as upstream's model_vqa.py strips the question
-# (SLAKE has questions ending in a space). A system message is wrapped LLAMA_2-style
-# into the first turn.
-LLAVA_MED_CHAT_TEMPLATE = (
-    "{%- set ns = namespace(system='') -%}"
-    "{%- for message in messages -%}"
-    "{%- if message['content'] is string -%}{%- set items = [{'type': 'text', 'text': message['content']}] -%}"
-    "{%- else -%}{%- set items = message['content'] -%}{%- endif -%}"
-    "{%- set text = items | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') | trim -%}"
-    "{%- set has_image = items | selectattr('type', 'equalto', 'image') | list | length > 0 -%}"
-    "{%- if message['role'] == 'system' -%}{%- set ns.system = '<<SYS>>\\n' ~ text ~ '\\n<</SYS>>\\n\\n' -%}"
-    "{%- elif message['role'] == 'user' -%}"
-    "{{- '[INST] ' ~ ns.system ~ ('<image>\\n' if has_image else '') ~ text ~ ' [/INST]' -}}"
-    "{%- set ns.system = '' -%}"
-    "{%- else -%}{{- ' ' ~ text ~ ' </s>' -}}{%- endif -%}"
-    "{%- endfor -%}"
-)
-
 
 def expand_to_square(image: Image.Image, colour: tuple[int, int, int] = PAD_COLOUR) -> Image.Image:
     """Pad ``image`` to a square with ``colour``, centred (LLaVA-Med ``expand2square``).
@@ -141,14 +118,57 @@ def load_processor(folder: str | Path, trust_remote_code: bool = False):
     return processor
 
 
+def save_processor(processor: ProcessorMixin, folder: str | Path) -> None:
+    """Write ``processor`` with LLaVA-Med's chat template and the tokenizer flags ``save_pretrained`` forgets.
+
+    The template goes to the processor and to its tokenizer: a checkpoint's own
+    template (Mistral-Instruct's ``'[INST] ' + message['content'] + ' [/INST]'`` in
+    LLaVA-Med's tokenizer_config.json) takes string content only, so image+text
+    messages fail with it in ``apply_chat_template`` and in vLLM.
+    """
+    processor.chat_template = LLAVA_MED_CHAT_TEMPLATE
+    processor.tokenizer.chat_template = LLAVA_MED_CHAT_TEMPLATE
+    processor.save_pretrained(str(folder))
+    save_tokenizer(processor.tokenizer, folder)  # after: persists `legacy` (see tokenizer.py)
+
+
 def generation_prompt(processor: ProcessorMixin, question: str) -> str:
-    """Render one image-first user turn with the processor's chat template.
+    """Render one image-first user turn with the processor's own chat template.
 
     >>> generation_prompt(processor, "Is there a mass?")
-    '[INST] <image>\\nIs there a mass? [/INST]'
+    '<s>[INST] <image>\\nIs there a mass? [/INST]'
     """
     if not getattr(processor, "chat_template", None):
         raise UserError("the processor has no chat template; convert the checkpoint with "
                         "'slakevqa convert-checkpoint' or add one")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template([image_question(question)], add_generation_prompt=True, tokenize=False)
+
+
+def image_question(question: str, image: object = None) -> dict:
+    """A user message with an image (a PIL image, or none when only rendering text) and a question."""
+    image_item = {"type": "image", "image": image} if image is not None else {"type": "image"}
+    return {"role": "user", "content": [image_item, {"type": "text", "text": question}]}
+
+
+def chat_template_problem(processor: ProcessorMixin, question: str = "Is there a mass?") -> str | None:
+    """Why the processor's own chat template does not give slakevqa's prompt ids, or None when it does.
+
+    Renders and tokenises an image+text message exactly as a Hugging Face user would
+    (``apply_chat_template(..., tokenize=True)``) and compares the ids with
+    :func:`slakevqa.encoding.encode_prompt`, token for token.
+    """
+    from slakevqa.encoding import encode_prompt, image_token_count
+
+    if not getattr(processor, "chat_template", None):
+        return "no chat template"
+    size = processor.image_processor.crop_size["height"]
+    try:
+        batch = processor.apply_chat_template([image_question(question, Image.new("RGB", (size, size)))],
+                                              add_generation_prompt=True, tokenize=True, return_dict=True)
+    except Exception as error:  # a foreign template fails in Jinja with any error type
+        return f"it cannot render an image+text message ({type(error).__name__}: {error})"
+    ids = list(batch["input_ids"][0])
+    expected, _ = encode_prompt(processor.tokenizer, question, image_token_count(processor))
+    if ids != expected:
+        return f"it renders {processor.tokenizer.decode(ids[:8])!r}..., not LLaVA-Med v1.5's format"
+    return None

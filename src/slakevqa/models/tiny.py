@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slakevqa.errors import UserError
-from slakevqa.models.processor import build_processor
+from slakevqa.models.processor import build_processor, save_processor
 from slakevqa.models.tokenizer import (IMAGE_TOKEN, build_bpe_tokenizer, build_mistral_tokenizer,
-                                       mistral_tokenizer_file, save_tokenizer)
+                                       mistral_tokenizer_file)
 
 if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
     from transformers import LlavaConfig, PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin
@@ -139,6 +139,5 @@ def save_llava(model: PreTrainedModel, processor: ProcessorMixin, folder: str | 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)
-    processor.save_pretrained(str(folder))
-    save_tokenizer(processor.tokenizer, folder)  # again: persist `legacy` (see tokenizer.py)
+    save_processor(processor, folder)
     return folder

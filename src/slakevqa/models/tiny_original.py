@@ -1,7 +1,8 @@
 """Write a tiny model in LLaVA-Med's original format, to exercise the converter.
 
 The folder mirrors ``microsoft/llava-med-v1.5-mistral-7b``: an ``llava_mistral``
-``config.json``, sharded safetensors with an index, the tokenizer, and vocabulary
+``config.json``, sharded safetensors with an index, the tokenizer with the checkpoint's
+own tokenizer_config.json (Mistral-Instruct's text-only chat template included), and vocabulary
 rows cut back to the tokenizer's base size (32000 for Mistral). Because the CLIP
 config is not part of that format, the tower is also written as a CLIP folder
 (``clip-vision/``) that ``mm_vision_tower`` names, relative to the checkpoint.
@@ -97,16 +98,52 @@ def write_vision_folder(model: PreTrainedModel, folder: Path) -> None:
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
+# Mistral-7B-Instruct-v0.2's chat template as its tokenizer_config.json carried it in December 2023,
+# when LLaVA-Med v1.5 was trained: text-only (string content), so it breaks on image+text messages.
+MISTRAL_INSTRUCT_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
+)
+
+
+def special_token(content: str) -> dict:
+    """A special token entry as transformers 4.36 wrote it."""
+    return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+
+def llava_med_tokenizer_files() -> dict[str, dict]:
+    """``tokenizer_config.json`` and ``special_tokens_map.json`` as microsoft/llava-med-v1.5-mistral-7b ships them.
+
+    Mistral-7B-Instruct-v0.2's tokenizer saved by LLaVA's training recipe (transformers
+    4.36): its text-only chat template, ``pad_token`` set to ``<unk>``, no ``<image>``.
+    """
+    specials = {"0": "<unk>", "1": "<s>", "2": "</s>"}
+    config = {"add_bos_token": True, "add_eos_token": False,
+              "added_tokens_decoder": {i: {**special_token(t), "special": True} for i, t in specials.items()},
+              "additional_special_tokens": [], "bos_token": "<s>", "chat_template": MISTRAL_INSTRUCT_CHAT_TEMPLATE,
+              "clean_up_tokenization_spaces": False, "eos_token": "</s>", "legacy": True, "model_max_length": 2048,
+              "pad_token": "<unk>", "padding_side": "right", "sp_model_kwargs": {},
+              "spaces_between_special_tokens": False, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
+              "use_default_system_prompt": False}
+    special_map = {"bos_token": special_token("<s>"), "eos_token": special_token("</s>"), "pad_token": "<unk>",
+                   "unk_token": special_token("<unk>")}
+    return {"tokenizer_config.json": config, "special_tokens_map.json": special_map}
+
+
 def write_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: Path) -> int:
-    """Mistral: ``tokenizer.model`` + its config, as upstream ships. BPE: tokenizer.json. Returns base vocab."""
+    """Mistral: ``tokenizer.model`` and LLaVA-Med's own config files. BPE: tokenizer.json. Returns base vocab."""
     if hasattr(tokenizer, "legacy") and mistral_tokenizer_file() is not None and len(tokenizer) > MISTRAL_VOCAB_SIZE:
         shutil.copyfile(mistral_tokenizer_file(), folder / "tokenizer.model")
-        config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-                  "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
-                  "legacy": True, "model_max_length": 2048, "padding_side": "right"}
-        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for name, content in llava_med_tokenizer_files().items():
+            (folder / name).write_text(json.dumps(content, indent=2) + "\n")
         return MISTRAL_VOCAB_SIZE
     tokenizer.save_pretrained(str(folder))
+    config_path = folder / "tokenizer_config.json"  # any checkpoint may carry a text-only template: this one does
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "chat_template": MISTRAL_INSTRUCT_CHAT_TEMPLATE}, indent=2) + "\n")
     return len(tokenizer)
 
 
