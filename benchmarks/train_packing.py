@@ -17,7 +17,7 @@ split's real questions, prompts and images, batches of ``--batch_size`` question
   segments, vision features cached (the defaults);
 * ``+ckpt``: gradient checkpointing; ``+peftcast``: peft's default precision handling
   (fp32 adapters, every adapter input cast to fp32), which ``naive`` always uses and
-  ``slakevqa train`` replaces by bf16 autocast (``compute_adapters_in_bf16``); ``+cudnn``:
+  ``slakevqa train`` replaces by bf16 autocast (``adapters_under_autocast``); ``+cudnn``:
   let sdpa pick cuDNN attention (``naive`` always may; see ``slakevqa.attention``).
 
 Reports samples/s, peak memory and model FLOP utilisation. MFU counts the FLOPs of
@@ -92,7 +92,7 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool,
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from slakevqa.attention import attention_kernels
-    from slakevqa.training.train import compute_adapters_in_bf16
+    from slakevqa.training.precision import adapter_layers
 
     from slakevqa.training.examples import ExampleEncoder
     from slakevqa.training.image_features import ImageFeatureCache
@@ -108,8 +108,9 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool,
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = True
-    if not peft_cast:
-        compute_adapters_in_bf16(model)
+    if not peft_cast:  # what slakevqa train's adapters_under_autocast does inside each step
+        for layer in adapter_layers(model):
+            layer.cast_input_dtype_enabled = False
     autocast = contextlib.nullcontext() if peft_cast or device.type != "cuda" else torch.autocast("cuda", torch.bfloat16)
     features = ImageFeatureCache(model) if packed else None
     encoder = ExampleEncoder(builder, processor, 512, 64, pack=packed, features=features)

@@ -1,6 +1,7 @@
 """`slakevqa convert-checkpoint`: original LLaVA-Med checkpoint -> Hugging Face folder.
 
-    slakevqa convert-checkpoint llava-med-v1.5-mistral-7b llava-med-hf
+    slakevqa convert-checkpoint microsoft/llava-med-v1.5-mistral-7b llava-med-hf   # from the hub
+    slakevqa convert-checkpoint llava-med-v1.5-mistral-7b llava-med-hf             # a local folder
     slakevqa convert-checkpoint SRC DST --vision_from clip-vit-large-patch14-336
 
 The result loads with plain transformers (``LlavaForConditionalGeneration`` /
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 
+from slakevqa.files import check_output_dir
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("src", help="original checkpoint folder (config.json with model_type llava_mistral)")
+    parser.add_argument("src", help="original checkpoint: a folder (config.json with model_type llava_mistral) "
+                                    "or a hub id such as microsoft/llava-med-v1.5-mistral-7b")
     parser.add_argument("dst", help="output folder (Hugging Face format, safetensors)")
     parser.add_argument("--vision_from", "--vision-from", default=None, metavar="CLIP_FOLDER",
                         help="take the vision tower weights from this CLIP folder")
@@ -28,8 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slakevqa.models.convert import convert_checkpoint
+    from slakevqa.models.loading import resolve_folder
 
-    report = convert_checkpoint(args.src, args.dst, vision_from=args.vision_from,
+    check_output_dir(args.dst, "DST")
+    report = convert_checkpoint(resolve_folder(args.src), args.dst, vision_from=args.vision_from,
                                 tokenizer_folder=args.tokenizer, dtype=args.dtype, overwrite=args.overwrite)
     print(f"converted {report.n_tensors} tensors in {report.seconds:.1f} s: vocabulary {report.vocab[0]} -> "
           f"{report.vocab[1]} rows, {report.dtype}, vision weights from {report.vision_source}")

@@ -32,6 +32,8 @@ from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.image_features import ImageFeatureCache
 from slakevqa.training.loss import answer_loss, out_of_memory_advice, packed_loss
 from slakevqa.training.params import configure_trainable, parameter_counts
+from slakevqa.training.precision import (adapter_layers, adapters_under_autocast, autocast_precision,
+                                         precision_layout, training_device_type, weight_dtype)
 from slakevqa.training.probe import build_probe
 from slakevqa.training.schedule import lr_factor, micro_batch_indices, total_steps
 from slakevqa.training.tensorboard import TrainLogger
@@ -56,7 +58,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     from accelerate.utils import set_seed
 
     # cpu=: without CUDA, join torchrun's group over gloo (see slakevqa.distributed.use_cpu).
-    accelerator = Accelerator(cpu=use_cpu(), mixed_precision=autocast_precision(cfg))
+    accelerator = Accelerator(cpu=use_cpu(), mixed_precision=autocast_precision(cfg, training_device_type()))
     if is_fsdp(accelerator):
         check_fsdp_settings(cfg, accelerator.is_main_process)
     set_seed(cfg.seed)
@@ -66,10 +68,11 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     # ---- data, vocabulary, prompts
     root = dataset_root(cfg)
     layout = find_layout(root)
-    samples = load_training_split(root, cfg.split, cfg.language)
+    samples = load_training_split(root, cfg.split, cfg.language, cfg.missing_images)
     if cfg.dry_run:
         samples = samples[:DRY_RUN_RECORDS]
-    vocab = build_closed_vocab(load_split(root, "train", cfg.language), sha256_file(layout.split_file("train")))
+    vocab = build_closed_vocab(load_split(root, "train", cfg.language, cfg.missing_images),
+                               sha256_file(layout.split_file("train")))
     if accelerator.is_main_process:
         save_closed_vocab(vocab, out / "closed_vocab.json")
     builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, "answer_type",
@@ -82,8 +85,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     model = configure_trainable(model, cfg.use_lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                                 cfg.lora_target_modules, cfg.lora_scope, cfg.tune_mm_projector,
                                 cfg.freeze_vision_tower, cfg.unfreeze_last_llm_layers)
-    if accelerator.mixed_precision == "bf16":
-        compute_adapters_in_bf16(model)
+    # fp32 adapters take bf16 inputs inside each bf16-autocast step only (training/precision.py)
+    autocast_adapters = adapter_layers(model) if accelerator.mixed_precision == "bf16" else []
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     counts = parameter_counts(model)
@@ -125,8 +128,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             batch, stats = encoder.batch([samples[i] for i in rows])
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
-            with sync, accelerator.autocast(), attention_kernels(cfg.cudnn_attention), \
-                    out_of_memory_advice(cfg, step + 1):
+            with sync, accelerator.autocast(), adapters_under_autocast(autocast_adapters), \
+                    attention_kernels(cfg.cudnn_attention), out_of_memory_advice(cfg, step + 1):
                 if cfg.closed_train_objective == "sft":
                     loss, tokens, row_losses = answer_loss(model, batch)
                 else:
@@ -160,7 +163,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     full_state = accelerator.get_state_dict(model) if is_fsdp(accelerator) else None
     if accelerator.is_main_process:
         save_trained(accelerator.unwrap_model(model), processor, out, cfg.model_id, full_state)
-        write_run_config(cfg, out, n_steps, state["losses"], counts, builder, accelerator)
+        layout = precision_layout(accelerator.unwrap_model(model), accelerator.mixed_precision)
+        write_run_config(cfg, out, n_steps, state["losses"], counts, builder, accelerator, layout)
     logger.close(encoder.stats(), n_steps, accelerator.unwrap_model(model))  # with a final probe
     results = None
     if cfg.final_eval and not is_fsdp(accelerator):
@@ -193,7 +197,7 @@ def final_evaluation(cfg: TrainConfig, root: Path, model, processor, out: Path) 
                           split=cfg.final_eval_split, output_dir=str(out / f"eval_{cfg.final_eval_split}"),
                           prompt_style=cfg.prompt_style, max_prompt_len=cfg.max_prompt_len, mask_mode=cfg.mask_mode,
                           mask_pad_ratio=cfg.mask_pad_ratio, triples_mode=cfg.triples_mode, seed=cfg.seed,
-                          blank_images=cfg.blank_images,
+                          blank_images=cfg.blank_images, missing_images=cfg.missing_images,
                           limit=DRY_RUN_RECORDS if cfg.dry_run else 0)
     return evaluate(eval_cfg, model, processor)
 
@@ -209,47 +213,12 @@ def dataset_root(cfg: TrainConfig) -> Path:
     return resolve(cfg.data_source, cfg.slake_root)
 
 
-def weight_dtype(precision: str, device) -> str:
-    """Weights' dtype: ``auto`` is bf16 on GPUs that support it, else fp32 (fp16 runs fp32 weights under autocast)."""
-    import torch
-
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if precision == "bf16" else "fp32"
-
-
-def autocast_precision(cfg: TrainConfig) -> str:
-    """Accelerate's ``mixed_precision``: fp16 autocasts fp32 weights; bf16 weights autocast too (see below)."""
-    import torch
-
-    if cfg.precision == "fp16":
-        return "fp16"
-    on_gpu = torch.cuda.is_available() and not use_cpu()
-    bf16 = on_gpu and weight_dtype(cfg.precision, torch.device("cuda")) == "bf16"
-    return "bf16" if bf16 and cfg.use_lora else "no"
-
-
-def compute_adapters_in_bf16(model) -> None:
-    """Run fp32 LoRA adapters in bf16 under autocast instead of casting every input to fp32.
-
-    peft keeps adapter weights in fp32 (good: AdamW updates of 1e-5 survive) and casts
-    each layer's input to their dtype, so a bf16 7B model ran two activation copies and
-    an fp32 GEMM per adapted linear layer: a third of a LoRA step's GPU time on an H200
-    (benchmarks/RESULTS.md). Under bf16 autocast the small r x d weights are cast instead.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
-
-
 def load_for_training(cfg: TrainConfig, device):
     from slakevqa.models.loading import load_model
 
     if cfg.qlora and device.type != "cuda":
         raise UserError("--qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on CPU use --use_lora without it")
-    loaded = load_model(cfg.model_id, device=str(device), dtype=weight_dtype(cfg.precision, device),
+    loaded = load_model(cfg.model_id, device=str(device), dtype=weight_dtype(cfg.precision, device.type),
                         trust_remote_code=cfg.trust_remote_code, load_in_4bit=cfg.qlora, log=log.info)
     if cfg.qlora:
         from peft import prepare_model_for_kbit_training
@@ -270,9 +239,11 @@ def save_trained(model, processor, out: Path, base: str = "", state_dict: dict |
     """
     import json
 
+    from slakevqa.models.processor import save_processor
+
     # state_dict: the gathered one under FSDP (peft keeps only the adapter's keys of it).
     model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
-    processor.save_pretrained(str(out))
+    save_processor(processor, out)
     adapter_config = out / "adapter_config.json"
     if base and hasattr(model, "peft_config"):  # set after saving: set before, peft looks the name up on the hub
         config = json.loads(adapter_config.read_text(encoding="utf-8"))
@@ -300,7 +271,7 @@ def check_fsdp_settings(cfg: TrainConfig, main_process: bool = True) -> None:
 
 
 def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, counts: dict,
-                     builder: InputBuilder, accelerator) -> None:
+                     builder: InputBuilder, accelerator, precision: dict[str, str]) -> None:
     from slakevqa.results import make_provenance
 
     provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
@@ -308,7 +279,7 @@ def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, co
                                  route_source=builder.route_source, batch_size=cfg.batch_size,
                                  device=str(accelerator.device))
     write_json_atomic(out / "run_config.json", {
-        **provenance, "world_size": accelerator.num_processes, "steps": n_steps,
+        **provenance, "world_size": accelerator.num_processes, "steps": n_steps, "precision": precision,
         "final_loss": losses[-1][1] if losses else None, "parameters": counts,
         "closed_vocab": {"file": "closed_vocab.json", "version": builder.vocab.version,
                          "answers": len(builder.vocab.answers)},
