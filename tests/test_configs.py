@@ -33,3 +33,31 @@ def test_every_preset_is_covered() -> None:
 def test_unknown_key_gets_a_suggestion() -> None:
     with pytest.raises(UserError, match="unknown key 'lora_rank'; did you mean lora_r"):
         config_from_dict(TrainConfig, {"lora_rank": 8}, "my.yaml")
+
+
+def test_eval_takes_base_as_another_spelling_of_model_base(tmp_path: Path) -> None:
+    from slakevqa.cli import _verb_parser
+    from slakevqa.config import config_from_args
+
+    parser = _verb_parser("eval")[0]
+    for argv in (["--model_base", "org/base"], ["--base", "org/base"]):
+        assert config_from_args(EvalConfig, parser.parse_args(argv)).model_base == "org/base"
+    for text in ("model_base: org/base\n", "base: org/base\n"):
+        (tmp_path / "eval.yaml").write_text(text)
+        assert config_from_args(EvalConfig, parser.parse_args(["--config", str(tmp_path / "eval.yaml")])
+                                ).model_base == "org/base"
+    with pytest.raises(UserError, match="'base' and 'model_base' are the same setting"):
+        config_from_dict(EvalConfig, {"model_base": "a", "base": "b"}, "eval.yaml")
+
+
+def test_adapter_without_base_names_a_flag_eval_accepts(tmp_path: Path) -> None:
+    import re
+
+    from slakevqa.cli import _verb_parser
+    from slakevqa.models.loading import adapter_base
+
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(UserError) as error:
+        adapter_base(tmp_path, None)
+    flag = re.search(r"pass (--\w+)", str(error.value)).group(1)
+    assert vars(_verb_parser("eval")[0].parse_args([flag, "org/base"]))["model_base"] == "org/base"

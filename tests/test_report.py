@@ -93,6 +93,21 @@ def test_report_from_files_alone(tmp_path: Path) -> None:
     assert not re.search(r'(src|href)="(https?:)?//', html)   # nothing fetched when opened
 
 
+def test_report_names_the_model_and_its_fingerprint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    rows = synthetic_rows(20, seed=2, image_dir=tmp_path / "imgs")
+    model = "hf model from /models/llava-med (bfloat16 on cuda, sdpa)"
+    fingerprint = {"sha256": "5e0c" * 16, "covers": ["/models/llava-med"], "hub_revisions": {}}
+    write_predictions(run / "predictions.jsonl", rows)
+    write_results(run / "results.json", build_results(rows, {"model": model, "model_fingerprint": fingerprint},
+                                                      resamples=10))
+    assert main(["report", str(run), "--worst", "1"]) == 0
+    line = f"sha256 {'5e0c' * 16} of the configs, safetensors headers and sampled weights in /models/llava-med"
+    html = (run / "report.html").read_text()
+    assert f"<td>model</td><td>{model}</td>" in html and f"<td>model_fingerprint</td><td>{line}</td>" in html
+    assert f"| model | {model} |" in (run / "report.md").read_text()
+
+
 def test_report_without_results_and_without_images(tmp_path: Path) -> None:
     run = _run_dir(tmp_path, with_results=False)
     shutil.rmtree(tmp_path / "imgs")

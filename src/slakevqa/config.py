@@ -17,6 +17,9 @@ and a YAML file holds the same names::
     # slakevqa eval --config configs/eval_test.yaml
     batch_size: 32
     split: test
+
+Other spellings of a field go in ``metadata={"aliases": ("base",)}``: ``--base`` is then a
+flag for the same setting and ``base`` a YAML key for it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,22 @@ def _strip_optional(annotation: object) -> object:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return args[0] if len(args) == 1 else str
     return annotation
+
+
+def field_aliases(cls: type) -> dict[str, str]:
+    """``{alias: field name}`` from each field's ``metadata["aliases"]``."""
+    return {alias: f.name for f in dataclasses.fields(cls) for alias in f.metadata.get("aliases", ())}
+
+
+def canonical_keys(cls: type, data: dict, source: str) -> dict:
+    """``data`` with alias keys renamed to their fields; an alias beside its field is an error."""
+    aliases, out = field_aliases(cls), {}
+    for key, value in data.items():
+        name = aliases.get(key, key)
+        if name in out:
+            raise UserError(f"{source}: '{key}' and '{name}' are the same setting; give one of them")
+        out[name] = value
+    return out
 
 
 def check_keys(cls: type, data: dict, source: str) -> None:
@@ -76,7 +95,8 @@ def coerce(value: object, kind: object, source: str, key: str) -> object:
 
 
 def config_from_dict(cls: type, data: dict, source: str = "config"):
-    """Build ``cls`` from a mapping, refusing unknown keys and wrong types."""
+    """Build ``cls`` from a mapping (alias keys allowed), refusing unknown keys and wrong types."""
+    data = canonical_keys(cls, data, source)
     check_keys(cls, data, source)
     kinds = field_types(cls)
     return cls(**{k: coerce(v, kinds[k], source, k) for k, v in data.items()})
@@ -101,12 +121,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
                          aliases: dict[str, list[str]] | None = None) -> None:
     """One flag per field (``--name``; booleans get ``--name/--no-name``) plus ``--config``.
 
+    A field's ``metadata["aliases"]`` and ``aliases[field]`` (flag spellings) name the same flag.
     Flags default to "not given" so that :func:`config_from_args` can layer them over YAML.
     """
     parser.add_argument("--config", default=None, help="YAML file with any of these keys")
     kinds = field_types(cls)
     for f in dataclasses.fields(cls):
-        names = [f"--{f.name}", *(aliases or {}).get(f.name, [])]
+        spellings = [f.name, *f.metadata.get("aliases", ())]
+        names = [f"--{name}" for name in spellings] + (aliases or {}).get(f.name, [])
         help_text = f.metadata.get("help", "")
         if "(default" not in help_text:
             help_text += f" (default: {_default_of(f)!r})"
@@ -131,6 +153,7 @@ def config_from_args(cls: type, args: argparse.Namespace):
     given = {k: v for k, v in vars(args).items() if k not in ("config", "debug")}
     data = load_yaml(args.config) if getattr(args, "config", None) else {}
     source = str(args.config) if getattr(args, "config", None) else "command line"
+    data = canonical_keys(cls, data, source)
     check_keys(cls, data, source)
     check_keys(cls, given, "command line")
     return config_from_dict(cls, {**data, **given}, source)

@@ -1,4 +1,4 @@
-"""Writing files so that a killed run never leaves a half-written one behind."""
+"""Output folders that are really folders, and files written so that a killed run never leaves a half-written one."""
 
 from __future__ import annotations
 
@@ -6,6 +6,34 @@ import json
 import os
 import tempfile
 from pathlib import Path
+
+from slakevqa.errors import UserError
+
+
+def check_output_dir(path: str | Path, flag: str) -> Path:
+    """``path`` as a Path, or a UserError naming ``flag`` when it, or a folder above it, is a file.
+
+    Nothing is created: configs call this before any data or model is loaded.
+    Without it, ``mkdir(parents=True, exist_ok=True)`` ends in a FileExistsError traceback.
+
+    >>> check_output_dir("runs/new-run", "--output_dir")
+    PosixPath('runs/new-run')
+    """
+    path = Path(path)
+    for folder in (path, *path.parents):  # the nearest existing one decides
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == path else f": {folder}"
+                raise UserError(f"{flag} {path}{where} is a file, not a folder; give a folder path")
+            break
+    return path
+
+
+def make_output_dir(path: str | Path, flag: str) -> Path:
+    """:func:`check_output_dir`, then create the folder (and its parents)."""
+    path = check_output_dir(path, flag)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

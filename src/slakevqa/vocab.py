@@ -121,12 +121,13 @@ def load_closed_vocab(path: str | Path) -> ClosedVocab:
         raise DataError(path, "each answer must be {\"answer\": str, \"count\": int}", field="answers") from None
 
 
-def load_or_build_vocab(path: str | Path | None, slake_root: str | Path | None, allow_build: bool) -> ClosedVocab:
+def load_or_build_vocab(path: str | Path | None, slake_root: str | Path | None, allow_build: bool,
+                        missing_images: str = "error") -> ClosedVocab:
     """The vocabulary from ``path`` if it exists; else built from ``slake_root``'s train split.
 
     Building needs ``allow_build`` (``--allow_build_vocab``) so that a missing
     file is never papered over silently; a built vocabulary is saved to ``path``
-    when one is given.
+    when one is given. ``missing_images`` is :func:`load_split`'s policy (``--missing_images``).
     """
     if path is not None and Path(path).is_file():
         return load_closed_vocab(path)
@@ -138,7 +139,7 @@ def load_or_build_vocab(path: str | Path | None, slake_root: str | Path | None, 
     if slake_root is None:
         raise UserError("--allow_build_vocab needs --slake_root (or SLAKE_ROOT) to read the train split from")
     sha = hashlib.sha256(find_layout(slake_root).split_file("train").read_bytes()).hexdigest()
-    vocab = build_closed_vocab(load_split(slake_root, "train"), sha)
+    vocab = build_closed_vocab(load_split(slake_root, "train", missing_images=missing_images), sha)
     if path is not None:
         save_closed_vocab(vocab, path)
     return vocab

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from slakevqa.errors import UserError
+from slakevqa.files import check_output_dir
 
 # Measured in benchmarks/RESULTS.md ("learning on CPU"): full fine-tuning with initializer_range 0.1,
 # lr 1e-3, beta2 0.98, 50 warmup steps then linear decay to 0, batch 16, the plain prompt (LLaVA-Med's
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     began = time.perf_counter()
     root = dataset(args, out)
     model_dir = tiny_model(out / "tiny")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from pathlib import Path
 
 from slakevqa.errors import UserError
+from slakevqa.files import check_output_dir
 
 FORMATS = ("hf", "llava_med")
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from slakevqa.models.tiny import build_tiny_llava, resolve_tokenizer_kind, save_llava
     from slakevqa.models.tiny_original import save_llava_med_original
 
-    folder = Path(args.dir)
+    folder = check_output_dir(args.dir, "DIR")
     if folder.exists() and any(folder.iterdir()):
         if not args.overwrite:
             raise UserError(f"{folder} exists and is not empty; pass --overwrite to replace it")

@@ -31,12 +31,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{layout.root}: no KG/ folder, so there is no knowledge graph to read")
     graphs = {}
     if args.coverage:
-        samples = [s for s in load_split(root, args.split, args.language) if s.is_kvqa]
+        samples = [s for s in load_split(root, args.split, args.language, args.missing_images) if s.is_kvqa]
         return print_coverage(samples, graphs, layout.kg_dir, args.max_facts)
     if not args.qid:
         raise UserError("pass --qid N (repeatable) or --coverage")
     wanted = set(args.qid)
-    samples = [s for split in SPLITS for s in load_split(root, split, "all") if s.qid in wanted]
+    samples = [s for split in SPLITS for s in load_split(root, split, "all", args.missing_images) if s.qid in wanted]
     missing = wanted - {s.qid for s in samples}
     if missing:
         raise UserError(f"{layout.root}: no record with qid {', '.join(map(str, sorted(missing)))}")

@@ -17,25 +17,25 @@ were conditioned, empty or missing, per modality.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from slakevqa.commands.dataset_args import add_dataset_arguments, resolve_dataset_root
 from slakevqa.data.masks import MaskResult, MaskStats, apply_mask, check_mode, overlay, region_mask
 from slakevqa.data.slake import SPLITS, SlakeLayout, find_layout, load_split
 from slakevqa.errors import UserError
+from slakevqa.files import make_output_dir
 from slakevqa.records import VQASample
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--slake_root", default=os.environ.get("SLAKE_ROOT"),
-                        help="SLAKE folder (default: $SLAKE_ROOT)")
+    add_dataset_arguments(parser)
     parser.add_argument("--qid", action="append", default=[],
                         help="question id; repeat the flag or give a comma list (12904,12905)")
     parser.add_argument("--all", action="store_true",
-                        help="condition every English record of the three splits in both modes and print the "
+                        help="condition every record of --language in the three splits in both modes and print the "
                              "counts (applied / empty / missing per modality)")
     parser.add_argument("--out", type=Path, help="folder for the PNGs of --qid")
     parser.add_argument("--mask_mode", choices=("crop", "masked"), default="crop")
@@ -45,19 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.slake_root:
-        raise UserError("no dataset: pass --slake_root DIR or set SLAKE_ROOT")
     if not args.qid and not args.all:
         raise UserError("nothing to do: pass --qid N (repeatable, or a comma list) or --all")
     check_mode(args.mask_mode, args.mask_pad_ratio)
-    layout = find_layout(args.slake_root)
+    root = resolve_dataset_root(args)
+    layout = find_layout(root)
     if args.qid:
         if args.out is None:
             raise UserError("--qid writes PNGs: pass --out DIR")
-        for sample in find_samples(args.slake_root, parse_qids(args.qid), args.split):
-            write_example(sample, layout, args.out, args.mask_mode, args.mask_pad_ratio)
+        out = make_output_dir(args.out, "--out")
+        for sample in find_samples(root, parse_qids(args.qid), args.split, args.missing_images):
+            write_example(sample, layout, out, args.mask_mode, args.mask_pad_ratio)
     if args.all:
-        stats = count_all(args.slake_root, layout, args.mask_pad_ratio)
+        stats = count_all(root, layout, args.mask_pad_ratio, args.language, args.missing_images)
         print(format_stats(stats))
     return 0
 
@@ -70,11 +70,12 @@ def parse_qids(values: list[str]) -> list[int]:
     return [int(p) for p in parts]
 
 
-def find_samples(root: str | Path, qids: list[int], split: str | None) -> list[VQASample]:
-    """The records of ``qids`` (either language) from ``split``, or from any split."""
+def find_samples(root: str | Path, qids: list[int], split: str | None,
+                 missing_images: str = "error") -> list[VQASample]:
+    """The records of ``qids`` (either language: a qid names one record) from ``split``, or from any split."""
     by_qid: dict[int, VQASample] = {}
     for name in [split] if split else SPLITS:
-        by_qid.update((s.qid, s) for s in load_split(root, name, language="all", missing_images="skip"))
+        by_qid.update((s.qid, s) for s in load_split(root, name, "all", missing_images))
     missing = [q for q in qids if q not in by_qid]
     if missing:
         where = f"the {split} split" if split else "train, validation or test"
@@ -114,11 +115,12 @@ def write_example(sample: VQASample, layout: SlakeLayout, out: Path, mode: str, 
     return paths
 
 
-def count_all(root: str | Path, layout: SlakeLayout, pad_ratio: float) -> MaskStats:
-    """Condition every English record in both modes; each image is decoded once."""
+def count_all(root: str | Path, layout: SlakeLayout, pad_ratio: float, language: str = "en",
+              missing_images: str = "error") -> MaskStats:
+    """Condition every record of ``language`` in both modes; each image is decoded once."""
     from tqdm import tqdm  # the progress bar is only needed here
 
-    samples = [s for split in SPLITS for s in load_split(root, split, language="en")]
+    samples = [s for split in SPLITS for s in load_split(root, split, language, missing_images)]
     samples.sort(key=lambda s: (str(s.image_path), s.qid))  # questions of one image together
     stats, image, image_path = MaskStats(), None, None
     for sample in tqdm(samples, desc="masks", unit="question"):

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from slakevqa.errors import UserError
+from slakevqa.files import check_output_dir
 
 COPIED = ("closed_vocab.json", "run_config.json")  # training outputs that travel with the weights
 
@@ -39,7 +40,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
     from slakevqa.models.loading import load_model
     from slakevqa.models.tiny import save_llava
 
-    adapter, out = Path(adapter), Path(out)
+    adapter, out = Path(adapter), check_output_dir(out, "OUT")
     if not (adapter / "adapter_config.json").is_file():
         raise UserError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json); "
                         "a full fine-tune is already a plain Hugging Face folder")

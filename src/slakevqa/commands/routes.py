@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     root = resolve_dataset_root(args)
-    vocab = load_or_build_vocab(args.closed_vocab_path, root, args.allow_build_vocab)
+    vocab = load_or_build_vocab(args.closed_vocab_path, root, args.allow_build_vocab, args.missing_images)
     warn_if_other_source(vocab, root)
     samples = load_split(root, args.split, args.language, args.missing_images)
     table = route_table([s for s in samples if s.is_closed], vocab)

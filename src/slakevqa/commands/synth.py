@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from slakevqa.data.synth import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES, write_synthetic_slake
+from slakevqa.files import check_output_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "--out")
     summary = write_synthetic_slake(args.out, seed=args.seed, images=args.images,
                                     image_size=args.image_size, overwrite=args.overwrite)
     print("\n".join(summary.lines()))

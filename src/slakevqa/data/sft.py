@@ -50,16 +50,17 @@ def sft_record(sample: VQASample, image_dir: Path, mm_use_im_start_end: bool = F
 
 
 def export_sft(root: str | Path, output_dir: str | Path, language: str = "en",
-               splits: tuple[str, ...] = SPLITS, mm_use_im_start_end: bool = False) -> dict[str, Path]:
+               splits: tuple[str, ...] = SPLITS, mm_use_im_start_end: bool = False,
+               missing_images: str = "error") -> dict[str, Path]:
     """Write ``slake_{split}_llava_sft.json`` for each split; returns the written paths.
 
     Records with an empty answer (SLAKE train qid 1622) are dropped with a logged count:
-    an empty target teaches nothing.
+    an empty target teaches nothing. ``missing_images`` is :func:`load_split`'s policy.
     """
     layout = find_layout(root)
     written = {}
     for split in splits:
-        samples = drop_empty_answers(load_split(layout.root, split, language))
+        samples = drop_empty_answers(load_split(layout.root, split, language, missing_images))
         records = [sft_record(s, layout.image_dir, mm_use_im_start_end) for s in samples]
         written[split] = write_json_atomic(Path(output_dir) / f"slake_{split}_llava_sft.json", records)
         log.info("wrote %d %s records to %s", len(records), split, written[split])

@@ -43,6 +43,7 @@ SPLIT_FILES: dict[str, tuple[str, ...]] = {"train": ("train.json",),
 IMAGE_DIRS: tuple[str, ...] = ("imgs", "img", "images")
 LANGUAGE_FILTERS: tuple[str, ...] = ("en", "zh", "all")
 MISSING_IMAGE_POLICIES: tuple[str, ...] = ("error", "skip")
+MISSING_IMAGES_HELP = "stop at a missing/unreadable image (error) or skip such records with a count"
 _STRING_FIELDS = ("img_name", "question", "q_lang", "location", "modality", "base_type", "content_type")
 
 

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+from slakevqa.data.slake import MISSING_IMAGE_POLICIES, MISSING_IMAGES_HELP
 
 
 def _help(text: str, **extra: object) -> dict:
@@ -23,11 +25,13 @@ CANDIDATE_MODES = ("auto", "yesno", "parse_options", "vocab", "generate")
 class EvalConfig:
     model_id_or_ckpt: str | None = field(default=None, metadata=_help(
         "HF folder or hub id, original LLaVA-Med checkpoint, training output dir or LoRA adapter"))
-    model_base: str | None = field(default=None, metadata=_help("base model for a LoRA adapter"))
+    model_base: str | None = field(default=None, metadata=_help(
+        "base model for a LoRA adapter (default: the adapter's base_model_name_or_path)", aliases=("base",)))
     merge_adapter: bool = field(default=True, metadata=_help("merge a LoRA adapter into the weights (faster)"))
     data_source: str = field(default="local", metadata=_help("local folder or the HF hub", choices=("local", "hf")))
     slake_root: str | None = field(default=None, metadata=_help("SLAKE folder (default: $SLAKE_ROOT)"))
     language: str = field(default="en", metadata=_help("question language", choices=("en", "zh", "all")))
+    missing_images: str = field(default="error", metadata=_help(MISSING_IMAGES_HELP, choices=MISSING_IMAGE_POLICIES))
     split: str = field(default="test", metadata=_help("split to evaluate"))
     limit: int = field(default=0, metadata=_help("evaluate only the first N questions (0: all)"))
     output_dir: str = field(default="work_slake_llava_med_eval", metadata=_help("run folder"))
@@ -75,7 +79,13 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         from slakevqa.errors import UserError
+        from slakevqa.files import check_output_dir
 
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "choices" in f.metadata and value not in f.metadata["choices"]:  # YAML bypasses argparse's choices
+                raise UserError(f"--{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
+        check_output_dir(self.output_dir, "--output_dir")  # a file there fails now, not after loading the model
         if self.batch_size < 1:
             raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
         if self.do_sample and self.temperature <= 0:

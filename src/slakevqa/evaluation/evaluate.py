@@ -23,7 +23,7 @@ from slakevqa.errors import UserError
 from slakevqa.evaluation.config import EvalConfig
 from slakevqa.evaluation.engine import Engine, GenerationSettings
 from slakevqa.evaluation.store import PredictionWriter, recover_predictions
-from slakevqa.files import write_json_atomic
+from slakevqa.files import make_output_dir, write_json_atomic
 from slakevqa.inputs import InputBuilder
 from slakevqa.records import Prediction, VQASample
 from slakevqa.results import PREDICTIONS_NAME, RESULTS_NAME, build_results, make_provenance, write_predictions
@@ -39,12 +39,11 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
 
     rank, world = init_process_group()  # under a launcher the shards need a process group for the barrier
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_output_dir(cfg.output_dir, "--output_dir")
 
     root = dataset_root(cfg)
     layout = find_layout(root)
-    samples = load_split(root, cfg.split, cfg.language)
+    samples = load_split(root, cfg.split, cfg.language, cfg.missing_images)
     samples = samples[: cfg.limit] if cfg.limit > 0 else samples
     vocab = resolve_vocab(cfg, root)
     builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, cfg.route, cfg.mask_mode,
@@ -79,7 +78,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
     provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
                                  split_file=layout.split_file(cfg.split), route_source=cfg.route,
                                  batch_size=cfg.batch_size, device=device_name(model))
-    provenance.update({"world_size": world, "model": loaded.describe() if loaded else "given in process",
+    provenance.update({"world_size": world, **model_provenance(cfg, loaded),
                        "closed_candidate_mode": cfg.closed_candidate_mode,
                        "closed_vocab": {"version": vocab.version, "answers": len(vocab.answers),
                                         "source_sha256": vocab.source_sha256},
@@ -183,7 +182,27 @@ def resolve_vocab(cfg: EvalConfig, root: Path) -> ClosedVocab:
         path = str(beside_model)
     if path is None and not cfg.allow_build_vocab:
         return ClosedVocab.empty()
-    return load_or_build_vocab(path, root, cfg.allow_build_vocab)
+    return load_or_build_vocab(path, root, cfg.allow_build_vocab, cfg.missing_images)
+
+
+def model_provenance(cfg: EvalConfig, loaded) -> dict:
+    """``model`` (one line) and ``model_fingerprint`` (see :mod:`slakevqa.models.fingerprint`) of the run.
+
+    A model given in process (training's final evaluation) was saved to
+    ``cfg.model_id_or_ckpt`` first, so that folder is what gets fingerprinted.
+    """
+    from slakevqa.models.fingerprint import model_fingerprint
+
+    if loaded is not None:
+        folders = [loaded.folder, loaded.adapter]
+        if loaded.converted_from:  # the converted folder is ours; the original may name a hub commit
+            folders.insert(0, loaded.converted_from)
+        return {"model": loaded.describe(), "model_fingerprint": model_fingerprint(*folders)}
+    saved = Path(cfg.model_id_or_ckpt or "")
+    if cfg.model_id_or_ckpt and saved.is_dir():
+        return {"model": f"given in process; fingerprint of its saved folder {saved}",
+                "model_fingerprint": model_fingerprint(saved)}
+    return {"model": "given in process (not saved: no fingerprint)", "model_fingerprint": None}
 
 
 def load_for_eval(cfg: EvalConfig, rank: int):

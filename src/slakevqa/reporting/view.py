@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from slakevqa.models.fingerprint import describe_fingerprint
 from slakevqa.records import SLICE_FIELDS, Prediction
 from slakevqa.reporting import analysis
 from slakevqa.results import build_results, read_predictions, read_results, run_files
@@ -75,9 +76,12 @@ def paper_comparability(rows: Sequence[Prediction], text_field: str | None = "pr
 def provenance_lines(results: dict) -> list[tuple[str, str]]:
     """The provenance items worth a glance, as (name, value) pairs."""
     prov = results.get("provenance", {})
+    lines = [("model", str(prov["model"]))] if prov.get("model") else []
+    if prov.get("model_fingerprint"):  # which weights: the model line alone names a folder, not its contents
+        lines.append(("model_fingerprint", describe_fingerprint(prov["model_fingerprint"])))
     keys = ("package_version", "git_commit", "prompt_version", "route_source", "batch_size",
             "device", "split_file", "split_sha256", "text_field", "predictions_sha256", "scored_utc", "note")
-    lines = [(key, str(prov.get(key))) for key in keys if prov.get(key) is not None]
+    lines += [(key, str(prov.get(key))) for key in keys if prov.get(key) is not None]
     versions = prov.get("scorer_versions") or {k: v["version"] for k, v in results.get("scorers", {}).items()}
     lines.append(("scorer_versions", ", ".join(f"{k}={v}" for k, v in versions.items())))
     boot = prov.get("bootstrap")

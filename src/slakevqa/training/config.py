@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
+from slakevqa.data.slake import MISSING_IMAGE_POLICIES, MISSING_IMAGES_HELP
+
 
 def _help(text: str, **extra: object) -> dict:
     return {"help": text, **extra}
@@ -29,6 +31,7 @@ class TrainConfig:
     data_source: str = field(default="local", metadata=_help("local folder or the HF hub", choices=("local", "hf")))
     slake_root: str | None = field(default=None, metadata=_help("SLAKE folder (default: $SLAKE_ROOT)"))
     language: str = field(default="en", metadata=_help("question language", choices=("en", "zh", "all")))
+    missing_images: str = field(default="error", metadata=_help(MISSING_IMAGES_HELP, choices=MISSING_IMAGE_POLICIES))
     split: str = field(default="train", metadata=_help("split to train on"))
     eval_split: str = field(default="validation", metadata=_help("split for the evaluation loss"))
     output_dir: str = field(default="work_slake_llava_med_train", metadata=_help("where everything is written"))
@@ -107,6 +110,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Reject bad values and combinations here, before any data or model is loaded."""
         from slakevqa.errors import UserError
+        from slakevqa.files import check_output_dir
         from slakevqa.prompts import get_prompt_style
 
         for f in fields(self):
@@ -126,6 +130,7 @@ class TrainConfig:
 
             resolve_resume(self.resume_from_checkpoint, self.output_dir)  # a wrong folder fails now, not after loading
         get_prompt_style(self.prompt_style)  # an unknown style raises with the nearest names
+        check_output_dir(self.output_dir, "--output_dir")  # a file there fails now, not after loading the model
 
 
 # (field, test, what the flag must be): ranges that no combination makes valid.

@@ -72,10 +72,10 @@ def balanced_subset(samples: list[VQASample], size: int, seed: int) -> list[VQAS
     return picked
 
 
-def held_out_samples(root: Path, split: str, language: str) -> list[VQASample]:
+def held_out_samples(root: Path, split: str, language: str, missing_images: str = "error") -> list[VQASample]:
     """The eval split's samples, or ``[]`` (with a warning) when it is absent or unreadable."""
     try:
-        return load_split(root, split, language)
+        return load_split(root, split, language, missing_images)
     except UserError as error:
         log.warning("split '%s' not usable (%s): the probe uses training questions, no eval loss", split, error)
         return []
@@ -160,7 +160,7 @@ def build_probe(cfg: TrainConfig, root: Path, train_samples: list[VQASample], bu
     """
     if not (cfg.tb or cfg.eval_steps) or not runs_alone(accelerator):
         return None
-    held_out = held_out_samples(root, cfg.eval_split, cfg.language)
+    held_out = held_out_samples(root, cfg.eval_split, cfg.language, cfg.missing_images)
     source = cfg.eval_split if held_out else f"{cfg.split} ({cfg.eval_split} unavailable)"
     pool = held_out or train_samples
     # A builder of its own: probe images must not count in the training run's mask statistics.
