@@ -55,8 +55,12 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     """Run training as ``cfg`` says. ``model``/``processor`` skip loading (tests, notebooks)."""
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
+    # Accelerate keeps one precision per process: a second train() (a notebook, a test) may ask for another.
+    # Only the accelerator-level state goes; the process group (PartialState) stays.
+    AcceleratorState._reset_state()
     # cpu=: without CUDA, join torchrun's group over gloo (see slakevqa.distributed.use_cpu).
     accelerator = Accelerator(cpu=use_cpu(), mixed_precision=autocast_precision(cfg, training_device_type()))
     if is_fsdp(accelerator):
