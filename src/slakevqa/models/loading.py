@@ -50,13 +50,15 @@ class LoadedModel:
     converted_from: str | None = None
     adapter: str | None = None
     merged: bool = False
+    four_bit: bool = False  # the language model's linear layers in NF4 (QLoRA)
 
     def __iter__(self):
         return iter((self.model, self.processor))
 
     def describe(self) -> str:
         """One line: ``hf model from /x (bfloat16 on cuda, sdpa)``, plus conversion/adapter notes."""
-        text = f"{self.kind} model from {self.folder} ({self.dtype} on {self.device}, sdpa)"
+        dtype = f"NF4 language model computing in {self.dtype}" if self.four_bit else self.dtype
+        text = f"{self.kind} model from {self.folder} ({dtype} on {self.device}, sdpa)"
         if self.converted_from:
             text += f"; converted from original LLaVA-Med checkpoint {self.converted_from}"
         if self.adapter:
@@ -246,7 +248,7 @@ def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "au
         model = attach_adapter(model, Path(adapter), merge_adapter)
     kind = "lora" if adapter else ("llava_med" if converted_from else "hf")
     return LoadedModel(model, processor, kind, str(folder), dtype, device, converted_from,
-                       str(adapter) if adapter else None, bool(adapter and merge_adapter))
+                       str(adapter) if adapter else None, bool(adapter and merge_adapter), load_in_4bit)
 
 
 def hf_folder(folder: Path, vision_from: str | None, log: Log) -> tuple[Path, str | None]:

@@ -94,8 +94,9 @@ def adapters_under_autocast(layers: list) -> Iterator[None]:
 def precision_layout(model: torch.nn.Module, autocast: str) -> dict[str, str]:
     """What a run computed in, for run_config.json: ``{"weights", "adapters", "autocast"}`` dtypes.
 
-    ``weights`` is the dtype of the base model's weights (``mixed`` if several, e.g.
-    QLoRA's ``nf4`` layers beside fp32 norms), ``adapters`` that of the LoRA weights
+    ``weights`` is the dtype of the base model's weights, several joined by ``+`` (QLoRA:
+    ``float32+nf4``, NF4 linear layers beside the fp32 norms, embeddings, tower and
+    projector that kbit preparation leaves); ``adapters`` that of the LoRA weights
     (``none`` without LoRA).
     """
     base, adapters = set(), set()
@@ -108,4 +109,4 @@ def precision_layout(model: torch.nn.Module, autocast: str) -> dict[str, str]:
 
 
 def _one(dtypes: set[str]) -> str:
-    return dtypes.pop() if len(dtypes) == 1 else "mixed" if dtypes else "none"
+    return "+".join(sorted(dtypes)) or "none"
