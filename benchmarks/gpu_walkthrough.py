@@ -24,6 +24,11 @@ spends ~15-25 s importing and loading the 7B weights; the work itself is a few s
 The device tool allows 10 minutes per command: ``--budget`` (560 s) stops starting steps
 once spent and kills a step still running then, so the table always comes back.
 
+``--part extra`` runs the README's other GPU lines in a second call: zero-shot evaluation of
+the original-format folder (converted once into the cache, reused by training), ``score``,
+full fine-tuning, the hybrid CLOSED objective and ``--mode diagnose`` (rehearsed with
+``--tiny``; not yet run on a GPU as of 2026-12-01).
+
 Disk: the original checkpoint is deleted once converted, so at most two 15 GB folders
 (converted + merged) exist at once.
 """
@@ -93,8 +98,9 @@ def step_check(walk: Walk, log: Path) -> str:
     return last_line(output)
 
 
-def train_command(walk: Walk, output_dir: str, max_steps: int, save_steps: int, *extra: str) -> list[str]:
-    return walk.cli("train", "--config", CONFIG, "--model_id", HF, "--slake_root", walk.slake,
+def train_command(walk: Walk, output_dir: str, max_steps: int, save_steps: int, *extra: str,
+                  model: str = HF) -> list[str]:
+    return walk.cli("train", "--config", CONFIG, "--model_id", model, "--slake_root", walk.slake,
                     "--output_dir", output_dir, "--max_steps", str(max_steps), "--save_steps", str(save_steps),
                     *TB_FLAGS, *extra)
 
@@ -191,15 +197,17 @@ def step_report(walk: Walk, log: Path) -> str:
     return "report.md + report.html"
 
 
-def step_train(output_dir: str, *extra: str) -> Callable[[Walk, Path], str]:
-    """A short training run (4 steps, probes and final evaluation on) that must write its adapter."""
+def step_train(output_dir: str, *extra: str, model: str = HF) -> Callable[[Walk, Path], str]:
+    """A short training run (4 steps, probes and final evaluation on) that must write its adapter or model."""
     def run(walk: Walk, log: Path) -> str:
-        walk.run(train_command(walk, output_dir, 4, 4, *extra), log)
-        if not (walk.work / output_dir / "adapter_config.json").is_file():
-            raise StepFailed("no adapter written")
+        walk.run(train_command(walk, output_dir, 4, 4, *extra, model=model), log)
+        written = "config.json" if "--no-use_lora" in extra else "adapter_config.json"
+        if not (walk.work / output_dir / written).is_file():
+            raise StepFailed(f"no {written} written")
         if not (walk.work / output_dir / "eval_test" / "results.json").is_file():
             raise StepFailed("no eval_test/results.json")
-        note = f"adapter + eval_test/results.json; {precision(walk, output_dir)}"
+        note = f"{'model' if written == 'config.json' else 'adapter'} + eval_test/results.json; " \
+               f"{precision(walk, output_dir)}"
         return note + (f"; {four_bit_evidence(walk, output_dir)}" if "--qlora" in extra else "")
     return run
 
@@ -265,6 +273,37 @@ def plan(walk: Walk) -> list[tuple[str, list[str], Callable[[Walk, Path], str] |
     ]
 
 
+def step_score(walk: Walk, log: Path) -> str:
+    output = walk.run(walk.cli("score", "runs/zero_shot/predictions.jsonl", "--out", "runs/zero_shot/rescored.json"),
+                      log)
+    if not (walk.work / "runs/zero_shot/rescored.json").is_file():
+        raise StepFailed("no rescored results")
+    return last_line(output)
+
+
+def step_diagnose(walk: Walk, log: Path) -> str:
+    note = step_eval("runs/hybrid", "runs/hybrid/diagnose", "--mode", "diagnose")(walk, log)
+    written = sorted(p.name for p in (walk.work / "runs/hybrid/diagnose/diagnose").glob("*"))
+    if not written:
+        raise StepFailed("no diagnose/ files")
+    return f"{note}; diagnose/: {len(written)} files"
+
+
+def plan_extra(walk: Walk) -> list[tuple[str, list[str], Callable[[Walk, Path], str] | None]]:
+    """The README's GPU lines that part ``readme`` leaves out, from the original-format folder itself:
+    zero-shot evaluation of it (converted once into the cache, which training then reuses), full
+    fine-tuning, the hybrid CLOSED objective, diagnose mode and rescoring from the file alone."""
+    original = f"{ORIG}/config.json"
+    return [
+        ("0_build_original", [], step_build),
+        ("e1_eval_original_zero_shot", [original], step_eval(ORIG, "runs/zero_shot")),
+        ("e2_score", ["runs/zero_shot/predictions.jsonl"], step_score),
+        ("e3_train_full", [original], step_train("runs/full", "--no-use_lora", model=ORIG)),
+        ("e4_train_hybrid", [original], step_train("runs/hybrid", "--closed_train_objective", "hybrid", model=ORIG)),
+        ("e5_eval_diagnose", ["runs/hybrid/adapter_config.json"], step_diagnose),
+    ]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (a rehearsal of the script)")
@@ -276,6 +315,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=560.0,
                         help="seconds for all steps; later steps are skipped once spent")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--part", choices=("readme", "extra"), default="readme",
+                        help="readme: the README's main GPU path (~510 s on an H200); extra: zero-shot eval of "
+                             "the original folder, score, full fine-tuning, hybrid objective, diagnose")
     args = parser.parse_args(argv)
     args.work = args.work or ("/tmp/walk-tiny" if args.tiny else "/tmp/walk")
     return args
@@ -291,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(walk)
     print(" | ".join(f"{k} {v}" for k, v in env.items()), f"| work {walk.work}", flush=True)
     began = time.monotonic()
-    for name, needs, work in plan(walk):
+    for name, needs, work in (plan_extra(walk) if walk.part == "extra" else plan(walk)):
         if work is None:
             walk.record(Outcome(name, "SKIP", 0.0, None, NOT_IN_TINY))
         else:

@@ -29,6 +29,13 @@
 # fp16 and fp32. Each prints "PASS|FAIL|SKIP  step  seconds  peak GPU"; the table goes to
 # $OUT/walkthrough.md and walkthrough.json, step logs to $OUT/logs.tar.gz. Exit code 1 if
 # a step did not pass. Extra arguments go to gpu_walkthrough.py (--keep, --work, --budget).
+#
+# A second device call covers the README's other GPU lines (~6 min estimated; rehearsed with --tiny):
+#
+#     SLAKEVQA_MISTRAL_TOKENIZER=bench_data/tokenizer.model PYTHONPATH=src bash benchmarks/gpu_walkthrough.sh --part extra
+#
+# zero-shot eval of the original-format folder itself (converted once into the cache), score,
+# full fine-tuning (--no-use_lora), the hybrid CLOSED objective, --mode diagnose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
