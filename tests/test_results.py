@@ -13,7 +13,7 @@ from slakevqa.errors import DataError, UserError
 from slakevqa.records import Prediction, VQASample
 from slakevqa.results import (build_results, make_provenance, read_predictions, read_results,
                               write_predictions, write_results)
-from slakevqa.scoring import SCORERS
+from slakevqa.scoring import DEFAULT_SCORERS
 
 
 def test_prediction_round_trips_through_json() -> None:
@@ -77,7 +77,7 @@ def test_results_schema_and_provenance(tmp_path: Path) -> None:
     results = build_results(rows, provenance, predictions_file=tmp_path / "predictions.jsonl")
     n_open = sum(row.answer_type == "OPEN" for row in rows)
     counts = {"OPEN": n_open, "CLOSED": 120 - n_open, "overall": 120}
-    for scorer in SCORERS:
+    for scorer in DEFAULT_SCORERS:
         # `choice` covers CLOSED questions only.
         expected = {**counts, "OPEN": 0, "overall": 120 - n_open} if scorer == "choice" else counts
         for group, n in expected.items():
@@ -94,6 +94,15 @@ def test_results_schema_and_provenance(tmp_path: Path) -> None:
     assert prov["bootstrap"] == {"resamples": 1000, "seed": 0, "confidence": 0.95, "method": "percentile"}
     assert results["counts"] == {"total": 120, "OPEN": n_open, "CLOSED": 120 - n_open,
                                  "routes": {"open": n_open, "yesno": 120 - n_open}}
+    assert {peer: list(numbers) for peer, numbers in results["peers"].items()} == {
+        "llava_med": ["exact match score", "f1 score", "precision", "recall", "open accuracy", "yes/no accuracy",
+                      "recall_closed"],
+        "lmms_eval": ["slake_accuracy", "slake_open_accuracy", "slake_closed_accuracy"],
+        "multimedeval": ["bleu", "F1", "recall", "closedQuestionsAccuracy", "openQuestionsRecall",
+                         "openQuestionsAccuracy"],
+        "reference": ["open/token_f1", "open/exact_match", "closed/accuracy", "overall/score"]}
+    assert all(0.0 <= v <= 1.0 for numbers in results["peers"].values() for v in numbers.values())
+    assert set(prov["peer_versions"]) == set(results["peers"])
     write_results(tmp_path / "results.json", results)
     assert read_results(tmp_path / "results.json") == results
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl", "results.json", "test.json"]

@@ -16,14 +16,26 @@ import slakevqa.scoring.llava_med
 import slakevqa.scoring.normalize
 from slakevqa.errors import UserError
 from slakevqa.records import Prediction
-from slakevqa.scoring import SCORERS, score_one, scored_text, scorer_versions
+from slakevqa.scoring import DEFAULT_SCORERS, SCORERS, score_one, scored_text, scorer_versions
 from slakevqa.scoring.normalize import normalize_answer
 
 
 def test_registry_names_and_versions() -> None:
-    assert list(SCORERS) == ["llava_med", "exact", "token_f1", "choice"]
-    assert scorer_versions() == {"llava_med": "llava_med-v1.0.0/1", "exact": "normalize/1",
-                                 "token_f1": "normalize/1", "choice": "normalize/1"}
+    assert list(DEFAULT_SCORERS) == ["llava_med", "exact", "token_f1", "choice"]
+    assert scorer_versions(DEFAULT_SCORERS) == {"llava_med": "llava_med-v1.0.0/1", "exact": "normalize/1",
+                                                "token_f1": "normalize/1", "choice": "normalize/1"}
+    peers = {"lmms_eval", "multimedeval_recall", "multimedeval_f1", "multimedeval_bleu1",
+             "multimedeval_closed_accuracy", "multimedeval_open_accuracy", "reference_exact", "reference_token_f1",
+             "reference_closed_accuracy", "llava_med_f1", "llava_med_precision", "llava_med_open_hit"}
+    assert set(SCORERS) == set(DEFAULT_SCORERS) | peers
+    assert all("-" in SCORERS[name].version and "/" in SCORERS[name].version for name in peers)  # commit/rev
+
+
+def test_peer_scorers_say_none_outside_their_group() -> None:
+    # MultiMedEval's groups follow the gold (yes/no or not), not SLAKE's answer_type.
+    assert score_one("multimedeval_closed_accuracy", "Left", "Left", "CLOSED") is None
+    assert score_one("multimedeval_open_accuracy", "Left", "Left", "CLOSED") == 1.0
+    assert score_one("multimedeval_open_accuracy", "yes", "Yes", "CLOSED") is None
 
 
 def test_unknown_scorer_suggests_close_names() -> None:

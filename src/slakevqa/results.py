@@ -10,13 +10,18 @@ per line) and ``results.json``::
      "slices":   {"exact": {"modality": {"CT": {"OPEN": {...}, "CLOSED": {...}, "overall": {...}}}}},
      "scorers":  {"llava_med": {"version": "llava_med-v1.0.0/1", "description": "..."}, ...},
      "counts":   {"total": 1061, "OPEN": 645, "CLOSED": 416, "routes": {"yesno": 355, ...}},
+     "peers":    {"lmms_eval": {"slake_accuracy": 0.79, "slake_open_accuracy": 0.74, ...},
+                  "multimedeval": {...}, "reference": {...}, "llava_med": {"recall": 0.83, ...}},
      "provenance": {"package_version": "0.1.0", "git_commit": "3c19dcc...", "config": {...},
                     "prompt_version": "...", "split_file": ".../test.json", "split_sha256": "...",
                     "route_source": "answer_type", "batch_size": 8, "device": "cuda:0 (NVIDIA H100)",
                     "scorer_versions": {...}, "bootstrap": {"resamples": 1000, "seed": 0, ...},
-                    "text_field": "prediction", "predictions_sha256": "...", "scored_utc": "..."}}
+                    "text_field": "prediction", "predictions_sha256": "...", "scored_utc": "...",
+                    "peer_versions": {"lmms_eval": "lmms_eval-75571cf/1", ...}}}
 
 Values are fractions in [0, 1]; a cell with ``n == 0`` (``choice`` on OPEN) holds ``None``.
+``peers`` holds each other pipeline's own headline numbers for the same answers, under its own
+key names, grouping and aggregation (:mod:`slakevqa.scoring.peers`, docs/metrics.md).
 This module never imports torch.
 """
 
@@ -35,7 +40,8 @@ from slakevqa import __version__
 from slakevqa.errors import DataError, UserError
 from slakevqa.files import write_text_atomic
 from slakevqa.records import SLICE_FIELDS, Prediction
-from slakevqa.scoring import SCORERS, get_scorer, scorer_versions
+from slakevqa.scoring import DEFAULT_SCORERS, get_scorer, scorer_versions
+from slakevqa.scoring.peers import peer_headlines, peer_versions
 from slakevqa.scoring.aggregate import CONFIDENCE, RESAMPLES, SEED, score_rows, summarize
 
 SCHEMA_VERSION = 1
@@ -141,7 +147,7 @@ def make_provenance(config: dict | None = None, prompt_version: str | None = Non
 
 
 def build_results(rows: Sequence[Prediction], provenance: dict,
-                  scorers: Sequence[str] = tuple(SCORERS), slice_fields: Sequence[str] = SLICE_FIELDS,
+                  scorers: Sequence[str] = DEFAULT_SCORERS, slice_fields: Sequence[str] = SLICE_FIELDS,
                   resamples: int = RESAMPLES, seed: int = SEED, text_field: str = "prediction",
                   predictions_file: str | Path | None = None) -> dict:
     """Score ``rows`` with every scorer and assemble results.json (see the module docstring)."""
@@ -162,7 +168,8 @@ def build_results(rows: Sequence[Prediction], provenance: dict,
         "scorers": {name: {"version": get_scorer(name).version,
                            "description": get_scorer(name).description} for name in scorers},
         "counts": count_rows(rows),
-        "provenance": {**provenance, **scoring},
+        "peers": peer_headlines(rows, text_field),
+        "provenance": {**provenance, **scoring, "peer_versions": peer_versions()},
     }
 
 

@@ -3,8 +3,9 @@
     slakevqa compare runs/baseline runs/lora [--out compare.json] [--all_slices]
 
 Each run is a run directory or a predictions.jsonl. Prints B - A per scorer and
-group with a 95% interval and a two-sided p-value (``*`` marks p < 0.05); the
-JSON written by ``--out`` holds every slice as well.
+group with a 95% interval and a two-sided p-value (``*`` marks p < 0.05), then
+every other pipeline's own headline for both runs side by side; the JSON written
+by ``--out`` holds every slice as well.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import json
 from pathlib import Path
 
 from slakevqa.commands.scoring_args import add_scoring_arguments, check_scoring_arguments
-from slakevqa.reporting.tables import comparison_table
+from slakevqa.reporting.tables import comparison_table, peers_comparison_table
 from slakevqa.files import write_text_atomic
 from slakevqa.results import read_predictions, run_files
 from slakevqa.scoring import scorer_versions
 from slakevqa.scoring.aggregate import score_rows
 from slakevqa.scoring.paired import align, compare
+from slakevqa.scoring.peers import peer_headlines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
     comparison = {"a": str(path_a), "b": str(path_b), "n": len(rows_a),
                   "scorer_versions": scorer_versions(args.scorers), "text_field": args.text_field,
                   "bootstrap": {"resamples": args.resamples, "seed": args.seed, "method": "paired percentile"},
-                  **table}
+                  **table, "peers": {"a": peer_headlines(rows_a, args.text_field),
+                                     "b": peer_headlines(rows_b, args.text_field)}}
     print(f"A = {path_a}\nB = {path_b}\n{len(rows_a)} paired questions; B - A in percent points")
     print(comparison_table(comparison, slices=args.all_slices))
+    print("\nOther pipelines' own numbers for the same answers (percent):")
+    print(peers_comparison_table(comparison["peers"]["a"], comparison["peers"]["b"]))
     if args.out:
         write_text_atomic(Path(args.out), json.dumps(comparison, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {args.out}")

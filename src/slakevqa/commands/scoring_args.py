@@ -6,15 +6,17 @@ import argparse
 
 from slakevqa.errors import UserError
 from slakevqa.records import SLICE_FIELDS
-from slakevqa.scoring import SCORERS, TEXT_FIELDS, get_scorer
+from slakevqa.scoring import DEFAULT_SCORERS, SCORERS, TEXT_FIELDS, get_scorer
 from slakevqa.scoring.aggregate import RESAMPLES, SEED
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--scorers``, ``--slices``, ``--resamples``, ``--seed``, ``--text_field``."""
     group = parser.add_argument_group("scoring")
-    group.add_argument("--scorers", nargs="+", default=list(SCORERS), metavar="NAME",
-                       help=f"scorers to report (default: all: {' '.join(SCORERS)})")
+    group.add_argument("--scorers", nargs="+", default=list(DEFAULT_SCORERS), metavar="NAME",
+                       help=f"scorers to tabulate with intervals (default: {' '.join(DEFAULT_SCORERS)}; also: "
+                            f"{' '.join(n for n in SCORERS if n not in DEFAULT_SCORERS)}); every peer's "
+                            "own headline is in results.json either way")
     group.add_argument("--slices", nargs="*", default=list(SLICE_FIELDS), metavar="FIELD",
                        help=f"fields to slice by (default: {' '.join(SLICE_FIELDS)}; none: --slices)")
     group.add_argument("--resamples", type=int, default=RESAMPLES,

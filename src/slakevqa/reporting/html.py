@@ -12,8 +12,8 @@ from pathlib import Path
 
 from slakevqa.records import Prediction
 from slakevqa.reporting import analysis, plots
-from slakevqa.reporting.tables import format_cell
-from slakevqa.reporting.view import BAR_SCORERS, RunView, provenance_lines, slice_fields
+from slakevqa.reporting.tables import format_cell, peer_rows
+from slakevqa.reporting.view import BAR_SCORERS, PEERS_NOTE, RunView, provenance_lines, slice_fields
 from slakevqa.scoring.aggregate import GROUPS
 
 THUMBNAIL_PX = 160
@@ -40,7 +40,7 @@ def render_html(view: RunView) -> str:
             f"<p>Results: {escape(view.results_source)}. {len(view.rows)} predictions.</p>",
             _table(["item", "value"], provenance_lines(view.results)),
             "<h2>Headline</h2><p>Percent, 95% bootstrap interval, count.</p>", _headline(view.results),
-            f'<p class="note">{escape(view.comparability)}</p>',
+            f'<p class="note">{escape(view.comparability)}</p>', _peers(view.results),
             _slices(view.results), _confusion(view.rows), _margins(view.rows), _gallery(view)]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>SLAKE report {escape(view.run_dir.name)}</title><style>{_CSS}</style></head>"
@@ -57,6 +57,13 @@ def _headline(results: dict) -> str:
     rows = [[scorer] + [format_cell(groups.get(group, {})) for group in GROUPS]
             for scorer, groups in results["metrics"].items()]
     return _table(["scorer"] + list(GROUPS), rows)
+
+
+def _peers(results: dict) -> str:
+    if not results.get("peers"):
+        return ""
+    return (f"<h2>Other pipelines' numbers</h2><p>Percent. {escape(PEERS_NOTE)}</p>"
+            + _table(["pipeline", "its number", "value"], peer_rows(results["peers"])))
 
 
 def _slices(results: dict) -> str:

@@ -17,8 +17,8 @@ import numpy as np
 from slakevqa.records import Prediction
 from slakevqa.reporting import analysis
 from slakevqa.reporting.html import render_html
-from slakevqa.reporting.tables import headline_table, markdown_table, slice_table
-from slakevqa.reporting.view import BAR_SCORERS, RunView, load_run, provenance_lines, slice_fields
+from slakevqa.reporting.tables import headline_table, markdown_table, peers_table, slice_table
+from slakevqa.reporting.view import BAR_SCORERS, PEERS_NOTE, RunView, load_run, provenance_lines, slice_fields
 from slakevqa.files import write_text_atomic
 
 
@@ -29,6 +29,8 @@ def render_markdown(view: RunView) -> str:
            markdown_table(["item", "value"], provenance_lines(view.results)), "",
            "## Headline (percent, 95% bootstrap interval, count)", "",
            headline_table(view.results), "", view.comparability, ""]
+    if view.results.get("peers"):
+        out += ["## Other pipelines' numbers (percent)", "", PEERS_NOTE, "", peers_table(view.results), ""]
     for scorer in [s for s in BAR_SCORERS if s in view.results.get("slices", {})]:
         out += [f"## Slices under `{scorer}`", ""]
         for field in slice_fields(view.results):

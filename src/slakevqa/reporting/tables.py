@@ -38,6 +38,27 @@ def headline_table(results: dict) -> str:
     return markdown_table(["scorer"] + list(GROUPS), rows)
 
 
+def peer_rows(peers: dict) -> list[list[str]]:
+    """``[peer, its key, value in percent]`` rows of results.json's ``peers``."""
+    return [[peer, key, percent(value)] for peer, numbers in peers.items() for key, value in numbers.items()]
+
+
+def peers_table(results: dict) -> str:
+    """Each other pipeline's own headline for these answers (its key names, grouping, aggregation).
+
+    >>> print(peers_table({"peers": {"lmms_eval": {"slake_accuracy": 0.5}}}).splitlines()[2])
+    | lmms_eval | slake_accuracy | 50.00 |
+    """
+    return markdown_table(["pipeline", "its number", "value"], peer_rows(results.get("peers", {})))
+
+
+def peers_comparison_table(peers_a: dict, peers_b: dict) -> str:
+    """Both runs' peer headlines side by side (no intervals: each peer's own aggregate)."""
+    rows = [[peer, key, percent(value), percent(peers_b.get(peer, {}).get(key))]
+            for peer, numbers in peers_a.items() for key, value in numbers.items()]
+    return markdown_table(["pipeline", "its number", "A", "B"], rows)
+
+
 def slice_table(results: dict, scorer: str, field: str) -> str:
     """One row per value of ``field`` under ``scorer``, one column per group."""
     values = results.get("slices", {}).get(scorer, {}).get(field, {})

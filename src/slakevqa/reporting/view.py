@@ -15,6 +15,8 @@ from slakevqa.results import build_results, read_predictions, read_results, run_
 from slakevqa.scoring.aggregate import score_rows
 
 BAR_SCORERS: tuple[str, ...] = ("llava_med", "exact")
+PEERS_NOTE = ("The same answers as each other pipeline's own code scores them (its key names, its OPEN/CLOSED "
+              "grouping and averaging; docs/metrics.md says which of our numbers compares with which).")
 # The LLaVA-Med paper's SLAKE test split: English test questions of Slake1.0.
 PAPER_SPLIT = {"total": 1061, "OPEN": 645, "CLOSED": 416}
 PAPER_NUMBERS = "83.08 OPEN recall / 85.34 CLOSED accuracy (LLaVA-Med 7B, SLAKE-fine-tuned 15 epochs)"

@@ -20,13 +20,14 @@ from typing import Callable
 from slakevqa.errors import UserError
 from slakevqa.records import ANSWER_TYPES, Prediction
 from slakevqa.scoring import llava_med, normalize
+from slakevqa.scoring.peers import llava_med_v1, lmms_eval, multimedeval, reference
 
-ScoreFn = Callable[[str, str, str], float]
+ScoreFn = Callable[[str, str, str], "float | None"]  # None: the metric defines no value for that question
 
 
 @dataclass(frozen=True)
 class Scorer:
-    """A metric: ``fn(prediction, answer, answer_type) -> float`` in [0, 1]."""
+    """A metric: ``fn(prediction, answer, answer_type) -> float`` in [0, 1], or None where it has no value."""
 
     name: str
     version: str
@@ -45,8 +46,34 @@ SCORERS: dict[str, Scorer] = {
                "F1 of normalised word multisets"),
         Scorer("choice", normalize.VERSION, normalize.choice, ("CLOSED",),
                "CLOSED accuracy of the best-scored candidate (exact match)"),
+        # Other pipelines' per-question metrics, each equal to that pipeline's code (scoring/peers/).
+        Scorer("lmms_eval", lmms_eval.VERSION, lmms_eval.score, ANSWER_TYPES,
+               "lmms-eval SLAKE: reasoning tags stripped, its normalised exact match"),
+        Scorer("multimedeval_recall", multimedeval.VERSION, multimedeval.recall, ANSWER_TYPES,
+               "MultiMedEval: token recall after its clean_str"),
+        Scorer("multimedeval_f1", multimedeval.VERSION, multimedeval.f1, ANSWER_TYPES, "MultiMedEval: token F1"),
+        Scorer("multimedeval_bleu1", multimedeval.VERSION, multimedeval.bleu1, ANSWER_TYPES, "MultiMedEval: BLEU-1"),
+        Scorer("multimedeval_closed_accuracy", multimedeval.VERSION, multimedeval.closed_accuracy, ANSWER_TYPES,
+               "MultiMedEval: questions whose gold is yes/no, recall >= 0.4"),
+        Scorer("multimedeval_open_accuracy", multimedeval.VERSION, multimedeval.open_accuracy, ANSWER_TYPES,
+               "MultiMedEval: questions whose gold is not yes/no, recall >= 0.75"),
+        Scorer("reference_exact", reference.VERSION, reference.exact, ANSWER_TYPES,
+               "reference toolkit: exact match after its text_norm"),
+        Scorer("reference_token_f1", reference.VERSION, reference.token_f1, ("OPEN",),
+               "reference toolkit: OPEN whitespace-token F1"),
+        Scorer("reference_closed_accuracy", reference.VERSION, reference.closed_accuracy, ("CLOSED",),
+               "reference toolkit: CLOSED accuracy"),
+        Scorer("llava_med_f1", llava_med_v1.VERSION, llava_med_v1.f1, ("OPEN",),
+               "LLaVA-Med v1.0 run_eval_batch: OPEN token F1"),
+        Scorer("llava_med_precision", llava_med_v1.VERSION, llava_med_v1.precision, ("OPEN",),
+               "LLaVA-Med v1.0 run_eval_batch: OPEN token precision"),
+        Scorer("llava_med_open_hit", llava_med_v1.VERSION, llava_med_v1.open_hit, ("OPEN",),
+               "LLaVA-Med v1.0 run_eval_batch: OPEN normalised substring hit ('open accuracy')"),
     )
 }
+# What results.json and reports tabulate by default: ours. Peers' numbers come with their own grouping
+# and aggregation in results.json's "peers" (scoring/peers); their per-question scorers on request.
+DEFAULT_SCORERS: tuple[str, ...] = ("llava_med", "exact", "token_f1", "choice")
 TEXT_FIELDS: tuple[str, ...] = ("prediction", "raw_output")
 
 
@@ -59,11 +86,12 @@ def get_scorer(name: str) -> Scorer:
     return SCORERS[name]
 
 
-def score_one(scorer: str, prediction: str, answer: str, answer_type: str) -> float:
+def score_one(scorer: str, prediction: str, answer: str, answer_type: str) -> float | None:
     """One question's score under the named scorer.
 
     1.0 or 0.0 for a hit or a miss; for ``llava_med`` on OPEN questions the unigram
-    recall; for ``token_f1`` the F1. Raises ``ValueError`` for an answer type the
+    recall; for ``token_f1`` the F1; None where the scorer defines no value for the
+    question (a peer's group it is not in). Raises ``ValueError`` for an answer type the
     scorer does not cover (``choice`` on OPEN) or that is not OPEN/CLOSED.
     """
     spec = get_scorer(scorer)
@@ -71,7 +99,8 @@ def score_one(scorer: str, prediction: str, answer: str, answer_type: str) -> fl
         raise ValueError(f"answer_type must be one of {ANSWER_TYPES}, got {answer_type!r}")
     if answer_type not in spec.answer_types:
         raise ValueError(f"scorer '{scorer}' does not score {answer_type} questions")
-    return float(spec.fn(prediction, answer, answer_type))
+    value = spec.fn(prediction, answer, answer_type)
+    return None if value is None else float(value)
 
 
 def scored_text(scorer: str, row: Prediction, text_field: str = "prediction") -> str:
@@ -92,5 +121,5 @@ def scorer_versions(names: list[str] | tuple[str, ...] | None = None) -> dict[st
     return {name: get_scorer(name).version for name in (names or SCORERS)}
 
 
-__all__ = ["SCORERS", "Scorer", "TEXT_FIELDS", "get_scorer", "score_one", "scored_text",
+__all__ = ["DEFAULT_SCORERS", "SCORERS", "Scorer", "TEXT_FIELDS", "get_scorer", "score_one", "scored_text",
            "scorer_versions"]

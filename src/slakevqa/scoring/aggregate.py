@@ -31,7 +31,7 @@ CellPath = tuple[str, ...]
 
 def score_rows(rows: Sequence[Prediction], scorers: Sequence[str],
                text_field: str = "prediction") -> dict[str, np.ndarray]:
-    """One float per row and scorer; NaN where the scorer does not cover the row.
+    """One float per row and scorer; NaN where the scorer does not cover the row or defines no value.
 
     >>> rows = [Prediction(qid=1, question="q", answer="No", answer_type="CLOSED", prediction="nodule")]
     >>> score_rows(rows, ["llava_med", "exact"])["llava_med"].tolist()
@@ -40,10 +40,9 @@ def score_rows(rows: Sequence[Prediction], scorers: Sequence[str],
     table = {}
     for name in scorers:
         spec = get_scorer(name)
-        table[name] = np.array([
-            spec.fn(scored_text(name, row, text_field), row.answer, row.answer_type)
-            if row.answer_type in spec.answer_types else np.nan
-            for row in rows], dtype=np.float64)
+        values = [spec.fn(scored_text(name, row, text_field), row.answer, row.answer_type)
+                  if row.answer_type in spec.answer_types else None for row in rows]
+        table[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
     return table
 
 
