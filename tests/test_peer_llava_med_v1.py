@@ -114,7 +114,7 @@ def test_read_answers(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad_line, message", [
     (json.dumps({"question_id": 3}), "line 2: field 'text'"),
     (_answer_line("q3", "Yes"), "line 2: field 'question_id'"),
-    ('{"question_id": 3, "text": ', "line 2: not valid JSON"),
+    ('{"question_id": 3, "text": ', "line 2: not JSON"),
 ])
 def test_read_answers_rejects_malformed_lines(tmp_path: Path, bad_line: str, message: str) -> None:
     path = tmp_path / "answers.jsonl"

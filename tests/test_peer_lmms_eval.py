@@ -128,7 +128,6 @@ def test_read_log_samples(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("line, field", [
-    ("{not json", "<line>"),
     ("[1, 2]", "<line>"),
     (_log_line("slake_3", "CT"), "slake_accuracy.id"),
     (_log_line("11934", "CT").replace('s": "CT"', 's": ["CT"]'), "filtered_resps"),  # a list, not text
@@ -140,6 +139,13 @@ def test_read_log_samples_malformed(tmp_path: Path, line: str, field: str) -> No
         read_log_samples(path)
     message = str(error.value)
     assert "\n" not in message and f"{path}: line 2: field '{field}'" in message
+
+
+def test_read_log_samples_not_json(tmp_path: Path) -> None:
+    path = tmp_path / "samples.jsonl"
+    path.write_text(_log_line("1", "CT") + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"samples.jsonl: line 2: not JSON"):
+        read_log_samples(path)
 
 
 def test_every_real_answer_matches_itself(slake_root: Path) -> None:

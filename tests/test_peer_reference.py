@@ -152,7 +152,7 @@ def test_read_preds(tmp_path: Path) -> None:
     (json.dumps({k: v for k, v in _OPEN_ROW.items() if k != "raw_generation"}),
      "field 'raw_generation'"),
     (json.dumps({**_CLOSED_ROW, "answer_type": "BOTH"}), "field 'answer_type'"),
-    ('{"qid": 14, ', "not a JSON object"),
+    ('{"qid": 14, ', "not JSON"),
     ("[1, 2]", "not a JSON object"),
 ])
 def test_read_preds_rejects_malformed_lines(tmp_path: Path, bad_line: str, field: str) -> None:
@@ -160,7 +160,8 @@ def test_read_preds_rejects_malformed_lines(tmp_path: Path, bad_line: str, field
     with pytest.raises(UserError) as error:
         read_preds(path)
     message = str(error.value)
-    assert f"{path}:2:" in message and field in message and "\n" not in message
+    located = f"{path}:2:" in message or f"{path}: line 2:" in message
+    assert located and field in message and "\n" not in message
 
 
 def test_docstring_examples() -> None:

@@ -1,4 +1,5 @@
-"""Output folders that are really folders, and files written so that a killed run never leaves a half-written one."""
+"""Output folders that are really folders, files written so that a killed run never leaves a half-written one,
+and JSON-lines files read with every bad line located."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
-from slakevqa.errors import UserError
+from slakevqa.errors import DataError, UserError
 
 
 def check_output_dir(path: str | Path, flag: str) -> Path:
@@ -63,3 +65,24 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def json_lines(path: str | Path) -> Iterator[tuple[int, object]]:
+    """``(line number, record)`` for each non-blank line of a JSON-lines file.
+
+    Only newlines end a line (not U+2028, which ``str.splitlines`` would split at). A line
+    that is not JSON, or a file that cannot be read as UTF-8, raises a DataError naming
+    the file and the line.
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(path, f"not JSON ({error.msg})", record=f"line {number}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(path, f"cannot read the file ({error})") from None

@@ -38,7 +38,7 @@ from typing import Sequence
 
 from slakevqa import __version__
 from slakevqa.errors import DataError, UserError
-from slakevqa.files import write_text_atomic
+from slakevqa.files import json_lines, write_text_atomic
 from slakevqa.records import SLICE_FIELDS, Prediction
 from slakevqa.scoring import DEFAULT_SCORERS, get_scorer, scorer_versions
 from slakevqa.scoring.peers import peer_headlines, peer_versions
@@ -55,21 +55,14 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     if not path.is_file():
         raise UserError(f"{path}: no such predictions file")
     rows, seen = [], set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(path, f"not JSON ({error.msg})", record=f"line {number}") from None
-            if not isinstance(row, dict):
-                raise DataError(path, "expected a JSON object", record=f"line {number}")
-            prediction = Prediction.from_json(row, str(path), f"line {number}")
-            if prediction.qid in seen:
-                raise DataError(path, "duplicate qid", record=f"line {number}", field="qid")
-            seen.add(prediction.qid)
-            rows.append(prediction)
+    for number, row in json_lines(path):
+        if not isinstance(row, dict):
+            raise DataError(path, "expected a JSON object", record=f"line {number}")
+        prediction = Prediction.from_json(row, str(path), f"line {number}")
+        if prediction.qid in seen:
+            raise DataError(path, "duplicate qid", record=f"line {number}", field="qid")
+        seen.add(prediction.qid)
+        rows.append(prediction)
     if not rows:
         raise DataError(path, "no predictions in the file")
     return rows

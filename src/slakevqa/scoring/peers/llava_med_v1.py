@@ -38,12 +38,12 @@ headline on 301 runs agrees within 2e-16 (after their × 100).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 from slakevqa.errors import DataError
+from slakevqa.files import json_lines
 from slakevqa.scoring.llava_med import normalize_word, open_recall
 
 # Bump the suffix when anything below changes a number.
@@ -194,22 +194,7 @@ def read_answers(path: Path) -> list[tuple[int, str]]:
     duplicates kept: upstream pairs answers with questions by position, after asserting
     that the id lists are equal; the caller joins by id.
     """
-    path = Path(path)
-    try:
-        # Like upstream's ``for line in reader``: only newlines end a line (not U+2028).
-        with path.open(encoding="utf-8") as handle:
-            lines = list(handle)
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(path, f"cannot read answer file: {error}") from error
-    rows = []
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(path, f"not valid JSON ({error.msg})", record=f"line {line_no}") from error
-        rows.append(_answer_row(record, path, line_no))
-    return rows
+    return [_answer_row(record, Path(path), number) for number, record in json_lines(path)]
+
 
 __all__ = ["HEADLINE_KEYS", "VERSION", "f1", "headline", "open_hit", "precision", "read_answers"]

@@ -48,13 +48,13 @@ Quirks (each moves a number; examples are ``score(prediction, answer)``):
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from pathlib import Path
 from typing import Any, Sequence
 
 from slakevqa.errors import UserError
+from slakevqa.files import json_lines
 
 # Bump when anything below changes a number.
 VERSION = "lmms_eval-75571cf/1"
@@ -187,14 +187,4 @@ def read_log_samples(path: Path) -> list[tuple[int, str]]:
     ``doc_id`` indexes the English-filtered test split of BoKelvin/SLAKE; the question id is
     the SLAKE ``qid`` that ``process_results`` logs as ``slake_accuracy.id``.
     """
-    samples = []
-    with Path(path).open(encoding="utf-8") as lines:
-        for line_no, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}: line {line_no}: field '<line>': not JSON ({error.msg})") from None
-            samples.append(_sample_fields(record, path, line_no))
-    return samples
+    return [_sample_fields(record, Path(path), number) for number, record in json_lines(path)]

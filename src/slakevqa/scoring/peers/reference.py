@@ -40,13 +40,13 @@ Quirks (each moves a number):
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 from slakevqa.errors import UserError
+from slakevqa.files import json_lines
 
 # Bump the suffix when anything below changes a number.
 VERSION = "reference-efe35e1/1"
@@ -218,20 +218,13 @@ def read_preds(path: Path) -> list[tuple[int, str]]:
     ...}`` gives ``(12, "yes")``.
     """
     pairs: list[tuple[int, str]] = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}:{line_no}: not a JSON object ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{line_no}: not a JSON object")
-            if row.get("invalid_image") is True:
-                continue
-            qid = int(_field(path, line_no, row, "qid", int))  # type: ignore[arg-type]
-            pairs.append((qid, _pred_text(path, line_no, row)))
+    for line_no, row in json_lines(path):
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{line_no}: not a JSON object")
+        if row.get("invalid_image") is True:
+            continue
+        qid = int(_field(path, line_no, row, "qid", int))  # type: ignore[arg-type]
+        pairs.append((qid, _pred_text(path, line_no, row)))
     return pairs
 
 
