@@ -53,6 +53,18 @@ def test_candidate_scores_equal_one_forward_per_candidate(synth_root: Path, tiny
         assert scores == pytest.approx(naive_scores(engine, item), abs=1e-5)
 
 
+def test_nan_candidate_scores_are_a_named_error_not_an_answer(synth_root: Path, tiny_model) -> None:
+    from slakevqa.errors import UserError
+
+    model, processor = tiny_model
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))  # what an fp16 overflow leaves in the logits
+    engine = engine_for(synth_root, model, processor)
+    closed = [s for s in load_split(synth_root, "test") if s.is_closed][:2]
+    with pytest.raises(UserError, match=rf"qid {closed[0].qid}: the model's candidate scores are NaN"):
+        engine.answer(closed)
+
+
 def test_batched_answers_equal_one_at_a_time(synth_root: Path, tiny_model) -> None:
     engine = engine_for(synth_root, *tiny_model)
     samples = load_split(synth_root, "test")[:12]

@@ -20,10 +20,12 @@ answer whatever batch it is in (``--check_batch_invariance``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from slakevqa.attention import attention_kernels
 from slakevqa.encoding import encode_answer, encode_prompt, image_token_count
+from slakevqa.errors import UserError
 from slakevqa.evaluation.extract import extract_answer, match_candidate
 from slakevqa.inputs import InputBuilder, SampleView
 from slakevqa.prompts import IMAGE_TOKEN
@@ -113,6 +115,9 @@ class Engine:
 
     def closed_prediction(self, item: Prepared, scores: list[float]) -> Prediction:
         candidates = item.view.route.candidates
+        if any(math.isnan(score) for score in scores):  # sorting NaNs would still "pick" one, silently
+            raise UserError(f"qid {item.sample.qid}: the model's candidate scores are NaN ({', '.join(candidates)}): "
+                            "its logits overflowed or the weights hold NaN; evaluate with --dtype bf16 or fp32")
         ranked = sorted(scores, reverse=True)
         best = scores.index(ranked[0])
         margin = ranked[0] - ranked[1] if len(ranked) > 1 else None
@@ -189,7 +194,9 @@ class Engine:
             tails = self.candidate_tail_logprobs(pairs, rows, mask, positions, cache)
         scores = [[float("-inf")] * len(item.view.route.candidates) for item in items]
         for (q, c), (_, variant), tail in zip(owners, pairs, tails):
-            scores[q][c] = max(scores[q][c], (float(first[q, variant[0]]) + tail) / len(variant))
+            value = (float(first[q, variant[0]]) + tail) / len(variant)
+            # max() would drop a NaN against -inf and answer anyway: keep it, closed_prediction refuses it
+            scores[q][c] = value if math.isnan(value) or value > scores[q][c] else scores[q][c]
         return scores
 
     # ---------------------------------------------------------------- one encoding per image
