@@ -11,10 +11,8 @@ The real Mistral-7B tokenizer is used when ``mistral-common`` is installed
 from __future__ import annotations
 
 import argparse
-import shutil
 
-from slakevqa.errors import UserError
-from slakevqa.files import check_output_dir
+from slakevqa.files import atomic_folder, check_replaceable
 
 FORMATS = ("hf", "llava_med")
 
@@ -28,25 +26,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image_size", "--image-size", type=int, default=32, help="input side in pixels")
     parser.add_argument("--patch_size", "--patch-size", type=int, default=8, help="CLIP patch size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DIR")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty DIR (the old one is kept until the new one is whole)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from slakevqa.models.tiny import build_tiny_llava, resolve_tokenizer_kind, save_llava
+    from slakevqa.models.tiny import build_tiny_llava, resolve_tokenizer_kind, write_llava
     from slakevqa.models.tiny_original import save_llava_med_original
 
-    folder = check_output_dir(args.dir, "DIR")
-    if folder.exists() and any(folder.iterdir()):
-        if not args.overwrite:
-            raise UserError(f"{folder} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(folder)
+    folder = check_replaceable(args.dir, args.overwrite, "DIR")
     kind = resolve_tokenizer_kind(args.tokenizer)
     model, processor = build_tiny_llava(kind, image_size=args.image_size, patch_size=args.patch_size,
                                         seed=args.seed)
-    if args.format == "hf":
-        save_llava(model, processor, folder)
-    else:
-        save_llava_med_original(model, processor, folder)
+    with atomic_folder(folder) as partial:  # the old DIR stays whole until this one is
+        if args.format == "hf":
+            write_llava(model, processor, partial)
+        else:
+            save_llava_med_original(model, processor, partial)
     n_params = sum(p.numel() for p in model.parameters())
     n_image = (args.image_size // args.patch_size) ** 2
     print(f"wrote a tiny LLaVA ({args.format} format, {kind} tokenizer of {len(processor.tokenizer)} tokens, "

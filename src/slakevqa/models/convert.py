@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from slakevqa.errors import UserError
+from slakevqa.files import atomic_folder, check_replaceable, refuse_overlap
 from slakevqa.models import original
 from slakevqa.models.processor import build_processor, save_processor
 from slakevqa.models.tiny import padded_vocab_size
@@ -286,33 +286,28 @@ def convert_checkpoint(source: str | Path, destination: str | Path, vision_from:
     start, source, destination = time.perf_counter(), Path(source), Path(destination)
     config = original.read_llava_med_config(source)
     files = original.weight_files(source)
-    if destination.exists() and any(destination.iterdir()) and not overwrite:
-        raise UserError(f"{destination} exists and is not empty; pass --overwrite to replace it")
+    refuse_overlap(destination, source, "DST", "SRC")
+    check_replaceable(destination, overwrite, "DST")
     clip_folder = Path(vision_from) if vision_from else None
     tokenizer = source_tokenizer(source, Path(tokenizer_folder) if tokenizer_folder else None)
     vocab = padded_vocab_size(max(len(tokenizer), config.get("vocab_size", 0)))
     dtype = dtype or config.get("torch_dtype") or "float32"
     hf = hf_config(config, original.vision_config_for(config, source, clip_folder), vocab, tokenizer, dtype)
     clip = checked_sources(files, hf, source, clip_folder)
-    partial = destination.parent / f".{destination.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     log(f"converting {source} -> {destination} ({len(files)} weight files, {dtype})")
-    n, diff = write_weights(files, partial, vocab, getattr(torch, dtype), clip, log)
-    write_side_files(partial, hf, tokenizer, pad_to_square=config.get("image_aspect_ratio", "pad") == "pad")
-    report = ConversionReport(str(source), str(destination), n, (config.get("vocab_size", 0), vocab), dtype,
-                              str(clip_folder) if clip_folder else "checkpoint", diff,
-                              time.perf_counter() - start)
-    (partial / "slakevqa_conversion.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
-    if destination.exists():
-        shutil.rmtree(destination)
-    partial.rename(destination)
+    with atomic_folder(destination) as partial:  # an old destination stays whole until this one is
+        n, diff = write_weights(files, partial, vocab, getattr(torch, dtype), clip, log)
+        write_side_files(partial, hf, tokenizer, pad_to_square=config.get("image_aspect_ratio", "pad") == "pad")
+        report = ConversionReport(str(source), str(destination), n, (config.get("vocab_size", 0), vocab), dtype,
+                                  str(clip_folder) if clip_folder else "checkpoint", diff,
+                                  time.perf_counter() - start)
+        (partial / "slakevqa_conversion.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
     return report
 
 
 def checked_sources(files: list[Path], hf: LlavaConfig, source: Path, clip_folder: Path | None) -> dict | None:
     """Check every tensor name and shape before writing; return the CLIP tensors, if any."""
-    shapes = {k: v for path in files for k, v in original.tensor_shapes(path).items()}
+    shapes = {k: v for path in files for k, v in file_shapes(path).items()}
     expected = expected_shapes(hf)
     check_keys(shapes, expected, source, vision_elsewhere=clip_folder is not None)
     if clip_folder is None:
@@ -320,6 +315,25 @@ def checked_sources(files: list[Path], hf: LlavaConfig, source: Path, clip_folde
     clip = {"vision_tower." + k: v for k, v in original.clip_vision_tensors(clip_folder).items()}
     check_keys_clip(clip, expected, clip_folder)
     return clip
+
+
+def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """:func:`original.tensor_shapes`, with a damaged or refused weight file as a one-line UserError naming it."""
+    import pickle
+
+    from slakevqa.models.loading import safetensors_problem, unreadable_weights
+
+    problem = safetensors_problem(path) if path.suffix == ".safetensors" else None
+    if problem:
+        raise UserError(f"{path}: damaged weights file ({problem}); an interrupted download or copy? "
+                        "fetch or write it again")
+    try:
+        return original.tensor_shapes(path)
+    except (pickle.UnpicklingError, RuntimeError) as error:
+        clear = unreadable_weights(path, error)
+        if clear is None:
+            raise
+        raise clear from error
 
 
 def check_keys_clip(clip: dict, expected: dict[str, tuple[int, ...]], folder: Path) -> None:

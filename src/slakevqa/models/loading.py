@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -32,6 +33,11 @@ if TYPE_CHECKING:  # annotations only: importing transformers at module load wou
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "fp32": "float32", "float32": "float32"}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]  # no code, no pickles
+HUB_PREFIX = "hf://"  # asks for the hub explicitly, whatever exists locally
+HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+MODEL_HELP = ("a local folder, or a hub id: owner/name is read as the hub only when nothing named "
+              "'owner' exists in the working directory (so a mistyped runs/lora is an error, not a download); "
+              "hf://owner/name always means the hub")
 
 
 @dataclass
@@ -91,21 +97,57 @@ def pick_dtype(dtype: str, device: str) -> str:
 
 
 def resolve_folder(id_or_path: str | Path, revision: str | None = None) -> Path:
-    """A local folder as is; a hub id (``owner/name``) downloaded, safetensors only if present."""
-    path = Path(id_or_path).expanduser()
+    """A local folder as is; a hub id downloaded (safetensors only if present).
+
+    How a model argument reads (the ``--help`` of every model flag says the same, :data:`MODEL_HELP`):
+
+    * ``hf://owner/name``: always the hub (the explicit spelling; ``hf://name`` for old unowned repos);
+    * an existing folder: that folder (``runs/lora``, ``./runs/lora``, ``models/llava-med-hf``);
+    * ``owner/name`` that exists nowhere here: the hub, when both parts use the hub's characters
+      (letters, digits, ``-``, ``_``, ``.``) and no file or folder named ``owner`` exists in the
+      working directory: ``microsoft/llava-med-v1.5-mistral-7b`` as the README writes it;
+    * anything else is a missing local folder and a UserError naming it: ``runs/lora`` when
+      ``runs/`` exists (a typo never fetches someone else's weights), ``./x/y``, ``/abs/path``,
+      ``a/b/c``. A ``Path`` object is always local.
+
+    >>> resolve_folder("runs/lorra")   # doctest: +SKIP
+    UserError: runs/lorra: no such model folder ('runs' exists here, so this is read as a local path; ...)
+    """
+    text = str(id_or_path)
+    if isinstance(id_or_path, str) and text.startswith(HUB_PREFIX):
+        repo = text[len(HUB_PREFIX):]
+        if not HUB_ID.fullmatch(repo) or "--" in repo or ".." in repo:
+            raise UserError(f"{text}: not a hub id; write hf://owner/name")
+        return download(repo, revision)
+    path = Path(text).expanduser()
     if path.is_dir():
         return path
-    text = str(id_or_path)
-    if path.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise UserError(f"{id_or_path}: no such model folder (and not a hub id like owner/name)")
+    if path.exists():
+        raise UserError(f"{text}: a file, not a model folder")
+    owner = text.split("/", 1)[0]
+    if isinstance(id_or_path, Path) or not is_hub_id(text):
+        raise UserError(f"{text}: no such model folder (and not a hub id like owner/name)")
+    if Path(owner).exists():
+        raise UserError(f"{text}: no such model folder ('{owner}' exists here, so this is read as a local "
+                        f"path; for the hub repo of that name write hf://{text})")
+    return download(text, revision)
+
+
+def is_hub_id(text: str) -> bool:
+    """``owner/name`` in the hub's characters: ``microsoft/llava-med-v1.5-mistral-7b`` yes, ``./a/b`` no."""
+    return "/" in text and bool(HUB_ID.fullmatch(text)) and "--" not in text and ".." not in text
+
+
+def download(repo: str, revision: str | None) -> Path:
+    """A hub snapshot: configs, tokenizer and safetensors; ``.bin`` only for repos without safetensors."""
     from huggingface_hub import snapshot_download
 
     try:
-        folder = Path(snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS))
+        folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_PATTERNS))
         if not list(folder.glob("*.safetensors")):  # old repos ship only .bin (read weights_only)
-            folder = Path(snapshot_download(text, revision=revision, allow_patterns=HUB_PATTERNS + ["*.bin"]))
+            folder = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_PATTERNS + ["*.bin"]))
     except Exception as error:  # hub errors vary by version; all mean "not available here"
-        raise UserError(f"{text}: not a local folder and the hub download failed "
+        raise UserError(f"{repo}: not a local folder and the hub download failed "
                         f"({type(error).__name__}); pass a local folder or check the network") from error
     return folder
 
@@ -166,11 +208,64 @@ def four_bit_config(dtype: str):
                                                      "model.multi_modal_projector", "lm_head"])
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's layout (cut short, bad header), or None; reads the header only."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little")
+        if len(head) < 8 or 8 + length > size:
+            return f"cut short: {size} bytes, too few for its own header"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return "its header is not a safetensors header"
+    if 8 + length + end != size:
+        return f"{'cut short' if 8 + length + end > size else 'longer than its header says'}: {size} bytes, " \
+               f"its header describes {8 + length + end}"
+    return None
+
+
+def check_weight_files(folder: Path) -> None:
+    """A one-line UserError naming the first damaged ``*.safetensors`` file of ``folder`` (headers only, cheap).
+
+    Without it, safetensors raises a traceback that names no file.
+    """
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            raise UserError(f"{path}: damaged weights file ({problem}); an interrupted download or copy? "
+                            "fetch or write it again")
+
+
+def unreadable_weights(folder: Path, error: Exception) -> UserError | None:
+    """The one-line UserError for a ``.bin`` that ``torch.load(weights_only=True)`` refused or could not read.
+
+    ``folder`` is the weight file itself when known, else the folder (its ``*.bin`` files are named).
+    None when ``error`` is something else.
+    """
+    import pickle
+
+    bins = [Path(folder)] if Path(folder).is_file() else sorted(Path(folder).glob("*.bin"))
+    where = str(bins[0]) if len(bins) == 1 else f"{folder}/*.bin ({len(bins)} files)"
+    if isinstance(error, pickle.UnpicklingError):
+        return UserError(f"{where}: refused: this pickle holds more than tensors, and .bin weights are only read "
+                         "with torch.load(weights_only=True) (safe); use safetensors weights, or convert the file "
+                         "yourself only if you trust its source")
+    if isinstance(error, RuntimeError) and "PytorchStreamReader" in str(error):
+        return UserError(f"{where}: damaged weights file ({str(error).splitlines()[0]}); fetch or write it again")
+    return None
+
+
 def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool, load_in_4bit: bool = False):
     """``AutoModelForImageTextToText`` in ``dtype`` on ``device`` with sdpa attention (4-bit LM for QLoRA)."""
+    import pickle
+
     import torch
     from transformers import AutoModelForImageTextToText
 
+    check_weight_files(folder)
     has_safetensors = any(folder.glob("*.safetensors"))
     if load_in_4bit and not device.startswith("cuda"):
         raise UserError("4-bit loading (--qlora) needs a CUDA GPU; on CPU use --use_lora without --qlora")
@@ -187,14 +282,28 @@ def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool
         raise UserError(f"{folder}: cannot load the model ({str(error).splitlines()[0]})") from error
     except OSError as error:
         raise UserError(f"{folder}: cannot load the model ({str(error).splitlines()[0]})") from error
+    except (pickle.UnpicklingError, RuntimeError) as error:
+        clear = unreadable_weights(folder, error)
+        if clear is None:
+            raise
+        raise clear from error
     return model.eval()
 
 
 def attach_adapter(model: PreTrainedModel, adapter: Path, merge: bool) -> PreTrainedModel:
     """Wrap ``model`` with a peft LoRA adapter; ``merge`` folds it into the weights."""
+    import pickle
+
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(model, str(adapter))
+    check_weight_files(adapter)
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    except (pickle.UnpicklingError, RuntimeError) as error:
+        clear = unreadable_weights(adapter, error)
+        if clear is None:
+            raise
+        raise clear from error
     return (model.merge_and_unload() if merge else model).eval()
 
 
@@ -257,5 +366,6 @@ def hf_folder(folder: Path, vision_from: str | None, log: Log) -> tuple[Path, st
     if kind == "lora":
         raise UserError(f"{folder}: an adapter's base is itself an adapter; merge it first")
     if kind == "llava_med":
+        check_weight_files(folder)
         return ensure_converted(folder, vision_from, log), str(folder)
     return folder, None

@@ -131,11 +131,24 @@ def build_tiny_llava(tokenizer_kind: str = "auto", image_size: int = 32, patch_s
 
 
 def save_llava(model: PreTrainedModel, processor: ProcessorMixin, folder: str | Path) -> Path:
-    """Write a model and its processor as a Hugging Face folder (safetensors).
+    """Write a model and its processor as a Hugging Face folder (safetensors), atomically.
 
+    The folder is written beside ``folder`` and renamed into place
+    (:func:`slakevqa.files.atomic_folder`): an existing ``folder`` is replaced only once the
+    new one is whole, and a kill never leaves half a model under its name.
     ``AutoModelForImageTextToText.from_pretrained(folder)`` and
     :func:`slakevqa.models.loading.load_model` read it back.
     """
+    from slakevqa.files import atomic_folder
+
+    folder = Path(folder)
+    with atomic_folder(folder) as partial:
+        write_llava(model, processor, partial)
+    return folder
+
+
+def write_llava(model: PreTrainedModel, processor: ProcessorMixin, folder: str | Path) -> Path:
+    """:func:`save_llava` in place, into an existing (temporary) folder: the step inside an atomic write."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)

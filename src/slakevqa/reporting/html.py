@@ -1,6 +1,8 @@
 """The self-contained HTML report: inline CSS, inline SVG, images as data URIs.
 
-Nothing is fetched when the page is opened, so it can be mailed or archived.
+Nothing is fetched when the page is opened, so it can be mailed or archived. Thumbnails
+are made only of images inside the dataset folder (``--image_root`` or the folder of the
+run's ``split_file``): an ``image_path`` elsewhere is counted and said, not embedded.
 """
 
 from __future__ import annotations
@@ -99,16 +101,28 @@ def _margins(rows: list[Prediction]) -> str:
 
 
 def _gallery(view: RunView) -> str:
-    cards = [_card(view, i) for i in view.worst]
+    roots = dataset_roots(view)
+    found = [image_file(view.rows[i], view.image_root, roots) for i in view.worst]
+    cards = [_card(view, i, path, refused) for i, (path, refused) in zip(view.worst, found)]
+    outside = sum(refused for _, refused in found)
+    if roots is None:
+        note = ("<p class=\"note\">Image paths unchecked: the run records no dataset folder (no split_file in "
+                "results.json); pass --image_root to embed only images inside the dataset.</p>")
+    elif outside:
+        note = (f"<p class=\"note\">{outside} image path(s) outside the dataset folder "
+                f"({escape(', '.join(str(r) for r in roots))}) not embedded.</p>")
+    else:
+        note = ""
     return (f"<h2>Worst errors ({len(cards)} shown)</h2><p>Exact-match misses, least word overlap "
-            f"first, then the most confident.</p><div class=\"gallery\">{''.join(cards)}</div>")
+            f"first, then the most confident.</p>{note}<div class=\"gallery\">{''.join(cards)}</div>")
 
 
-def _card(view: RunView, i: int) -> str:
+def _card(view: RunView, i: int, path: Path | None, refused: bool) -> str:
     row = view.rows[i]
-    uri = thumbnail_uri(image_file(row, view.image_root))
+    uri = thumbnail_uri(path)
+    missing = "image outside the dataset folder" if refused else "image not found"
     image = (f'<img src="{uri}" alt="{escape(row.img_name)}">' if uri
-             else f'<div class="noimg">image not found<br>{escape(row.img_name)}</div>')
+             else f'<div class="noimg">{missing}<br>{escape(row.img_name)}</div>')
     margin = "-" if row.margin is None else f"{row.margin:.3f}"
     raw = (f"<div>raw: {escape(row.raw_output[:300])}</div>"
            if row.raw_output and row.raw_output != row.prediction else "")
@@ -120,15 +134,35 @@ def _card(view: RunView, i: int) -> str:
             f"<pre>{escape(row.prompt or '(no prompt)')}</pre></div>")
 
 
-def image_file(row: Prediction, image_root: Path | None) -> Path | None:
-    """The image on disk: ``image_path`` if it exists, else ``image_root / "imgs"|"" / img_name``."""
-    if row.image_path and Path(row.image_path).is_file():
-        return Path(row.image_path)
+def dataset_roots(view: RunView) -> list[Path] | None:
+    """Folders images may come from: ``--image_root`` and the run's split file's folder; None if neither is known."""
+    split_file = view.results.get("provenance", {}).get("split_file")
+    roots = [Path(p).expanduser().resolve() for p in (view.image_root, split_file and Path(split_file).parent) if p]
+    return roots or None
+
+
+def image_file(row: Prediction, image_root: Path | None,
+               roots: list[Path] | None = None) -> tuple[Path | None, bool]:
+    """``(image on disk or None, refused)``: ``image_path`` if it exists, else ``image_root / "imgs"|"" / img_name``.
+
+    With ``roots``, only files inside one of them (symlinks resolved) count; one outside is
+    refused (the report would otherwise embed any image a predictions file names).
+    """
+    candidates = [Path(row.image_path)] if row.image_path else []
     if image_root is not None and row.img_name:
-        for candidate in (image_root / "imgs" / row.img_name, image_root / row.img_name):
-            if candidate.is_file():
-                return candidate
-    return None
+        candidates += [image_root / "imgs" / row.img_name, image_root / row.img_name]
+    refused = False
+    for candidate in candidates:
+        try:
+            if not candidate.is_file():
+                continue
+            real = candidate.resolve()
+        except (OSError, ValueError):  # symlink loops, NUL bytes
+            continue
+        if roots is None or any(real.is_relative_to(root) for root in roots):
+            return candidate, False
+        refused = True
+    return None, refused
 
 
 def thumbnail_uri(path: Path | None, size: int = THUMBNAIL_PX) -> str | None:
