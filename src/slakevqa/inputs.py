@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from slakevqa.data.images import load_rgb
 from slakevqa.data.kg import KnowledgeGraph, kg_facts_for, load_kg
 from slakevqa.data.masks import MaskStats, check_mode, condition_image
 from slakevqa.data.slake import SlakeLayout
@@ -106,9 +107,9 @@ class InputBuilder:
         return SampleView(build_user_text(sample.question, route, self.style, facts), route, facts)
 
     def image(self, sample: VQASample) -> Image.Image:
-        """The RGB source image after mask conditioning (unchanged for ``mask_mode=none``)."""
-        with Image.open(sample.image_path) as opened:
-            image = opened.convert("RGB")
+        """The 8-bit RGB source image (:func:`~slakevqa.data.images.load_rgb`: 16-bit and float scaled,
+        alpha on black) after mask conditioning (unchanged for ``mask_mode=none``)."""
+        image = load_rgb(sample.image_path)
         if self.blank_images:
             return Image.new("RGB", image.size)
         if self.mask_mode == "none":

@@ -15,10 +15,11 @@ repeats once per connected region::
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from slakevqa.data.reading import read_json, read_utf8
 from slakevqa.errors import DataError
 
 DETECTION_FILE = "detection.json"
@@ -49,25 +50,27 @@ def load_class_map(path: str | Path) -> dict[int, str]:
     """
     path = Path(path)
     classes: dict[int, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_utf8(path).splitlines(), start=1):
         if not line.strip():
             continue
         value, sep, name = line.partition(":")
-        if not sep or not value.strip().isdigit() or not name.strip():
+        value = value.strip()
+        if not sep or not (value.isascii() and value.isdigit()) or not name.strip():  # '７０'.isdigit() is True
             raise DataError(path, f"expected 'value:Name', found {line!r}", record=f"line {number}")
         classes[int(value)] = name.strip()
     return classes
 
 
 def load_detections(path: str | Path) -> list[Box]:
-    """Parse one ``detection.json``; a missing file means no boxes."""
+    """Parse one ``detection.json``; a missing file means no boxes.
+
+    Coordinates must be finite numbers with a width and height >= 0: JSON's ``NaN`` and
+    ``Infinity`` (which Python's parser accepts) are refused, naming the box and its label.
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(path, f"invalid JSON ({error})") from None
+    items = read_json(path)
     if not isinstance(items, list):
         raise DataError(path, "expected a JSON list of {label: [x, y, w, h]} objects")
     return [_parse_box(item, index, path) for index, item in enumerate(items)]
@@ -77,8 +80,14 @@ def _parse_box(item: object, index: int, path: Path) -> Box:
     if not (isinstance(item, dict) and len(item) == 1):
         raise DataError(path, f"expected one {{label: [x, y, w, h]}} object, found {item!r}", record=f"box #{index}")
     (label, coords), = item.items()
-    if not (isinstance(coords, list) and len(coords) == 4 and all(isinstance(c, (int, float)) for c in coords)):
+    if not (isinstance(coords, list) and len(coords) == 4
+            and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in coords)):
         raise DataError(path, f"expected [x, y, w, h] numbers, found {coords!r}", record=f"box #{index}", field=label)
+    if not all(math.isfinite(c) for c in coords):
+        raise DataError(path, f"expected finite [x, y, w, h] numbers, found {coords!r}", record=f"box #{index}",
+                        field=label)
+    if coords[2] < 0 or coords[3] < 0:
+        raise DataError(path, f"width and height must be >= 0, found {coords!r}", record=f"box #{index}", field=label)
     return Box(label, *(float(c) for c in coords))
 
 

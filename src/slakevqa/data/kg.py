@@ -20,11 +20,13 @@ annotations (``detection.json``), never from the answer.
 from __future__ import annotations
 
 import csv
+import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from slakevqa.data.annotations import image_labels
+from slakevqa.data.reading import read_utf8
 from slakevqa.errors import DataError
 from slakevqa.records import VQASample
 
@@ -123,8 +125,13 @@ def english_aliases(kg_dir: Path) -> dict[str, str]:
 
 
 def read_kg_file(path: Path, separator: str) -> list[KGFact]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        rows = list(csv.reader(handle, delimiter=separator))
+    """The facts of one KG file; bad UTF-8, csv syntax or a row of other than 3 fields names its line."""
+    reader = csv.reader(io.StringIO(read_utf8(path), newline=""), delimiter=separator)
+    try:
+        rows = list(reader)
+    except csv.Error as error:  # e.g. a field over csv's size limit, an unterminated quote
+        raise DataError(path, f"not a '{separator}'-separated file ({error})",
+                        record=f"line {reader.line_num}") from None
     facts = []
     for line, row in enumerate(rows[1:], start=2):  # line 1 is the header
         if not row:

@@ -38,9 +38,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, ImageDraw
 
 from slakevqa.data.annotations import DETECTION_FILE, Box, load_class_map, load_detections
+from slakevqa.data.images import describe_error, open_image, to_rgb
 from slakevqa.data.mask_classes import choose_region, region_classes  # noqa: F401 - re-exported
 from slakevqa.data.slake import IMAGE_DIRS, SlakeLayout
 from slakevqa.errors import DataError, UserError
@@ -144,11 +145,13 @@ def read_mask(path: Path, known_values: frozenset[int] = frozenset()) -> MaskFil
     Colour (SLAKE's X-ray drawings) or photographic content gives None.
     """
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:  # the pixel limit of source images holds for masks too
             image = image.getchannel(0) if image.mode in ("LA", "PA", "La") else image
             array = np.asarray(image.convert("L") if image.mode == "1" else image)
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(path, f"mask image unreadable ({type(error).__name__})") from None
+    except DataError as error:
+        raise DataError(path, f"mask {error.problem}") from None
+    except Exception as error:  # truncated or corrupt data: PIL raises OSError, ValueError, SyntaxError, ...
+        raise DataError(path, f"mask image unreadable ({describe_error(error)})") from None
     if array.ndim == 3:
         color = array[..., :3]
         if not (color == color[..., :1]).all():
@@ -170,7 +173,7 @@ def _class_map(path: Path | None) -> dict[int, str]:
 
 @lru_cache(maxsize=1024)
 def _image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
+    with open_image(path) as image:
         return image.size
 
 
@@ -371,7 +374,7 @@ def condition_image(sample: VQASample, image: Image.Image, mode: str, pad_ratio:
     Example::
 
         stats = MaskStats()
-        image = condition_image(sample, Image.open(sample.image_path).convert("RGB"), "crop", 0.1, layout, stats)
+        image = condition_image(sample, images.load_rgb(sample.image_path), "crop", 0.1, layout, stats)
         print(stats.as_dict())   # {"applied": 1, "empty": 0, "missing": 0, ...}
     """
     check_mode(mode, pad_ratio)
@@ -385,7 +388,7 @@ def condition_image(sample: VQASample, image: Image.Image, mode: str, pad_ratio:
 
 def overlay(image: Image.Image, result: MaskResult, pad_ratio: float) -> Image.Image:
     """The image with the region tinted red (alpha 0.4) and the crop box outlined in yellow."""
-    shown = image.convert("RGB")
+    shown = to_rgb(image)
     if result.status != "applied":
         return shown
     red = Image.new("RGB", shown.size, (255, 0, 0))

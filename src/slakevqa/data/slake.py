@@ -16,20 +16,27 @@ Each split file is a JSON array of flat objects with 12 keys, e.g.::
 
 Every defect is reported as one :class:`DataError` naming the file, the record
 and the field; nothing is dropped silently.
+
+Every distinct image is decoded completely when a split is loaded
+(:func:`slakevqa.data.images.image_problem`; about a second for SLAKE's 642
+images, cached per file version within a process), so a truncated file, or one
+above the pixel limit :data:`slakevqa.data.images.MAX_IMAGE_PIXELS` (PIL's
+default, 89,478,485 pixels), stops the load, or is a counted skip under
+``--missing_images skip``, before any training or evaluation step.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
-
+from slakevqa.data.images import image_problem, image_problems  # noqa: F401 - image_problem re-exported
+from slakevqa.data.reading import read_json
 from slakevqa.errors import DataError, UserError
-from slakevqa.records import ANSWER_TYPES, SLAKE_FIELDS, VQASample
+from slakevqa.records import ANSWER_TYPES, LANGUAGES, SLAKE_FIELDS, VQASample
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +107,9 @@ def load_split(root: str | Path, split: str, language: str = "en",
         root: the dataset folder (any layout in the module docstring).
         split: ``train``, ``validation`` (or ``validate``) or ``test``.
         language: ``en`` (default, the split every published number uses), ``zh`` or ``all``.
-        missing_images: ``error`` (default) stops at the first missing or unreadable image;
+        missing_images: ``error`` (default) stops at the first image that is missing, does not
+            decode completely (truncated, corrupt, a symlink loop) or is larger than
+            :data:`~slakevqa.data.images.MAX_IMAGE_PIXELS` (89,478,485 pixels, PIL's default);
             ``skip`` drops those records and logs how many.
 
     Example:
@@ -123,15 +132,8 @@ def load_split(root: str | Path, split: str, language: str = "en",
 
 
 def read_split_file(path: Path) -> list:
-    """The JSON array of a split file; invalid JSON names the line and column."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(path, f"cannot read the file ({error})") from None
-    try:
-        rows = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(path, f"invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
+    """The JSON array of a split file; invalid JSON names the line and column, bad UTF-8 its line."""
+    rows = read_json(path)
     if not isinstance(rows, list):
         raise DataError(path, f"expected a JSON array of records, found a JSON {type(rows).__name__}")
     return rows
@@ -156,11 +158,12 @@ def parse_record(row: object, index: int, path: Path, layout: SlakeLayout, split
         if not isinstance(row[name], str):
             raise DataError(path, f"expected a string, found {type(row[name]).__name__}", record=where, field=name)
     answer = _as_answer(row["answer"], path, where)
+    q_lang = _as_language(row["q_lang"], path, where)
     answer_type = _as_answer_type(row["answer_type"], path, where)
     triple = _as_triple(row["triple"], path, where)
     image_path = resolve_image(layout, row["img_name"], path, where)
     return VQASample(qid=qid, img_id=img_id, img_name=row["img_name"], question=row["question"].strip(),
-                     answer=answer, q_lang=row["q_lang"], location=row["location"], modality=row["modality"],
+                     answer=answer, q_lang=q_lang, location=row["location"], modality=row["modality"],
                      answer_type=answer_type, base_type=row["base_type"], content_type=row["content_type"],
                      triple=triple, image_path=image_path, split=split)
 
@@ -171,10 +174,11 @@ def _record_label(row: dict, index: int) -> str:
 
 
 def _as_int(value: object, path: Path, where: str, name: str) -> int:
-    # Digit strings are accepted: CSV- and pandas-derived copies store ids as text.
+    # Digit strings are accepted: CSV- and pandas-derived copies store ids as text. ASCII digits
+    # only: str.isdigit() also accepts '²' and '١', which int() then refuses or reads as another id.
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         return int(value)
     raise DataError(path, f"expected an integer, found {value!r}", record=where, field=name)
 
@@ -183,11 +187,29 @@ def _as_answer(value: object, path: Path, where: str) -> str:
     # SLAKE's files hold strings ("2"), derived copies hold ints: coerce numbers, refuse the rest.
     # Runs of spaces collapse to one: 91 English answers read "Transverse  Plane", which the
     # tokenizer would split differently from "Transverse Plane" and so train a rare spelling.
+    # A missing value (null, NaN, or its pandas spelling "nan") is refused: it would become the gold answer "nan".
+    if value is None:
+        raise DataError(path, "missing value (null); give the answer as a string", record=where, field="answer")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(path, f"not a finite number ({value!r}; NaN is how exports write a missing value); "
+                              "give the answer as a string", record=where, field="answer")
     if isinstance(value, str):
+        if value.strip().lower() == "nan":
+            raise DataError(path, "reads 'nan', a missing value written by a table export; give the real answer",
+                            record=where, field="answer")
         return " ".join(value.split())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(int(value)) if float(value).is_integer() else str(value)
     raise DataError(path, f"expected a string or number, found {type(value).__name__}", record=where, field="answer")
+
+
+def _as_language(value: object, path: Path, where: str) -> str:
+    # SLAKE has only "en" and "zh"; any other value would vanish from every language filter.
+    text = value.strip().lower() if isinstance(value, str) else value
+    if text not in LANGUAGES:
+        raise DataError(path, f"unknown value {value!r} (expected {' or '.join(LANGUAGES)})", record=where,
+                        field="q_lang")
+    return text
 
 
 def _as_answer_type(value: object, path: Path, where: str) -> str:
@@ -204,12 +226,21 @@ def _as_triple(value: object, path: Path, where: str) -> tuple[str, str, str]:
 
 
 def resolve_image(layout: SlakeLayout, img_name: str, path: Path, where: str) -> Path:
-    """``image_dir / img_name``, refused when it would leave the dataset root."""
+    """``image_dir / img_name``, refused when it would leave the dataset root or holds a NUL byte.
+
+    A symlink loop resolves to its lexical path (inside the root), which the image
+    check then reports as an unreadable image.
+    """
     candidate = Path(img_name)
+    if "\0" in img_name:
+        raise DataError(path, f"contains a NUL byte: {img_name!r}", record=where, field="img_name")
     if candidate.is_absolute() or not img_name:
         raise DataError(path, f"must be a relative path inside the dataset, found {img_name!r}",
                         record=where, field="img_name")
-    resolved = (layout.image_dir / candidate).resolve()
+    try:
+        resolved = (layout.image_dir / candidate).resolve()
+    except (RuntimeError, OSError):  # a symlink loop (RuntimeError up to Python 3.12, OSError after)
+        resolved = Path(os.path.normpath(layout.image_dir / candidate))
     if not resolved.is_relative_to(layout.root):
         raise DataError(path, f"{img_name!r} points outside the dataset root {layout.root}",
                         record=where, field="img_name")
@@ -226,12 +257,14 @@ def check_unique_qids(samples: list[VQASample], path: Path) -> None:
 
 
 def check_images(samples: list[VQASample], path: Path, policy: str) -> list[VQASample]:
-    """Keep samples whose image exists and decodes; raise or drop the others per ``policy``."""
-    problems: dict[Path, str | None] = {}
+    """Keep samples whose image exists and decodes completely; raise or drop the others per ``policy``.
+
+    Each distinct image is decoded once (:func:`slakevqa.data.images.image_problem`).
+    """
+    distinct = list(dict.fromkeys(s.image_path for s in samples))
+    problems = image_problems(distinct, desc=f"checking images of {path.name}")
     kept = []
-    for sample in tqdm(samples, desc=f"checking images of {path.name}", unit="record", delay=1.0, leave=False):
-        if sample.image_path not in problems:
-            problems[sample.image_path] = image_problem(sample.image_path)
+    for sample in samples:
         problem = problems[sample.image_path]
         if problem is None:
             kept.append(sample)
@@ -239,20 +272,10 @@ def check_images(samples: list[VQASample], path: Path, policy: str) -> list[VQAS
             raise DataError(path, f"{problem}: {sample.image_path} (use --missing_images skip to drop such records)",
                             record=f"qid {sample.qid}", field="img_name")
     if len(kept) < len(samples):
-        log.warning("%s: skipped %d records whose image is missing or unreadable", path.name, len(samples) - len(kept))
+        bad = {s.image_path for s in samples if problems[s.image_path] is not None}
+        log.warning("%s: skipped %d records on %d images that are missing, unreadable or too large",
+                    path.name, len(samples) - len(kept), len(bad))
     return kept
-
-
-def image_problem(image_path: Path) -> str | None:
-    """None when the image header decodes; else why not (reads the header only, fast)."""
-    if not image_path.is_file():
-        return "image file not found"
-    try:
-        with Image.open(image_path) as image:
-            image.size  # noqa: B018 - the header is parsed lazily; touch it
-    except (UnidentifiedImageError, OSError) as error:
-        return f"image unreadable ({type(error).__name__})"
-    return None
 
 
 def drop_empty_answers(samples: list[VQASample]) -> list[VQASample]:
