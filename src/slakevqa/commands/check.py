@@ -94,15 +94,14 @@ def print_chat_template(processor: ProcessorMixin) -> None:
 
 
 def load_image(path: str | None):
-    from PIL import Image
-
+    from slakevqa.data.images import load_rgb
     from slakevqa.models.inspect import synthetic_image
 
     if path is None:
         return synthetic_image(), "synthetic 336 px image"
     if not Path(path).is_file():
         raise UserError(f"--image {path}: no such file")
-    return Image.open(path).convert("RGB"), path
+    return load_rgb(path), path
 
 
 def run(args: argparse.Namespace) -> int:

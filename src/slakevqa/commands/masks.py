@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from slakevqa.commands.dataset_args import add_dataset_arguments, resolve_dataset_root
+from slakevqa.data.images import load_rgb
 from slakevqa.data.masks import MaskResult, MaskStats, apply_mask, check_mode, overlay, region_mask
 from slakevqa.data.slake import SPLITS, SlakeLayout, find_layout, load_split
 from slakevqa.errors import UserError
@@ -99,8 +100,7 @@ def describe(sample: VQASample, result: MaskResult) -> str:
 def write_example(sample: VQASample, layout: SlakeLayout, out: Path, mode: str, pad_ratio: float) -> list[Path]:
     """Write the four PNGs of one question under ``out``; print what was chosen."""
     out.mkdir(parents=True, exist_ok=True)
-    with Image.open(sample.image_path) as source:
-        image = source.convert("RGB")
+    image = load_rgb(sample.image_path)
     result = region_mask(sample, layout)
     region = result.region if result.region is not None else np.zeros((image.height, image.width), bool)
     mask = Image.fromarray(region.astype(np.uint8) * 255)
@@ -125,8 +125,7 @@ def count_all(root: str | Path, layout: SlakeLayout, pad_ratio: float, language:
     stats, image, image_path = MaskStats(), None, None
     for sample in tqdm(samples, desc="masks", unit="question"):
         if sample.image_path != image_path:
-            with Image.open(sample.image_path) as source:
-                image, image_path = source.convert("RGB"), sample.image_path
+            image, image_path = load_rgb(sample.image_path), sample.image_path
         result = region_mask(sample, layout)
         stats.record(result, sample.modality)
         for mode in ("crop", "masked"):

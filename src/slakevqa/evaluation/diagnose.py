@@ -22,8 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from PIL import Image
 
+from slakevqa.data.images import load_rgb
 from slakevqa.data.masks import MaskStats, apply_mask, region_mask
 from slakevqa.encoding import encode_prompt
 from slakevqa.evaluation.diagnose_analysis import (MARGIN_EDGES, TINY_MARGINS, distribution, errors_by_slice,
@@ -163,8 +163,7 @@ def write_mask_example(builder: InputBuilder, sample: VQASample, folder: Path) -
     """
     from slakevqa.data.masks import overlay  # the same picture `slakevqa masks` draws
 
-    with Image.open(sample.image_path) as source:
-        image = source.convert("RGB")
+    image = load_rgb(sample.image_path)  # the pixels the model sees (16-bit scans scaled, not clipped)
     result = region_mask(sample, builder.layout)
     conditioned = apply_mask(image, result.region, builder.mask_mode, builder.mask_pad_ratio)
     pictures = {"original": image, "overlay": overlay(image, result, builder.mask_pad_ratio),

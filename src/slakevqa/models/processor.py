@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from slakevqa.data.images import to_rgb
 from slakevqa.errors import UserError
 from slakevqa.models.tokenizer import IMAGE_TOKEN, save_tokenizer
 from slakevqa.prompts import LLAVA_MED_CHAT_TEMPLATE
@@ -40,7 +41,7 @@ def expand_to_square(image: Image.Image, colour: tuple[int, int, int] = PAD_COLO
 
     Example: a 300x200 RGB image becomes 300x300 with 50 rows of (122, 116, 104) above.
     """
-    image = image.convert("RGB")
+    image = to_rgb(image)  # 16-bit and float scans scaled to 8 bit, not clipped to white
     width, height = image.size
     if width == height:
         return image

@@ -137,14 +137,12 @@ class Probe:
 
     def thumbnails(self, predictions: list[Prediction]) -> list[Thumbnail]:
         """The first ``GRID_SIZE`` probe questions with their image, answers and (mask modes) region."""
-        from PIL import Image
-
+        from slakevqa.data.images import load_rgb
         from slakevqa.scoring import score_one
 
         items = []
         for sample, prediction in list(zip(self.questions, predictions))[:GRID_SIZE]:
-            with Image.open(sample.image_path) as opened:
-                image = opened.convert("RGB")
+            image = load_rgb(sample.image_path)
             region = region_mask(sample, self.builder.layout).region if self.builder.mask_mode != "none" else None
             correct = score_one("exact", prediction.prediction, sample.answer, sample.answer_type) == 1.0
             items.append(Thumbnail(image, sample.question, sample.answer, prediction.prediction, correct, region))
