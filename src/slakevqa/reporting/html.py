@@ -169,14 +169,14 @@ def thumbnail_uri(path: Path | None, size: int = THUMBNAIL_PX) -> str | None:
     """A ``data:image/jpeg;base64,...`` thumbnail, or None when the image cannot be read."""
     if path is None:
         return None
-    from PIL import Image, UnidentifiedImageError
+    from slakevqa.data.images import load_rgb  # 16-bit scans scaled, bombs refused
+    from slakevqa.errors import DataError
 
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((size, size))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-    except (OSError, UnidentifiedImageError):
+        image = load_rgb(path)
+    except DataError:
         return None
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
