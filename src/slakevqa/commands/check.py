@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slakevqa.errors import UserError
+from slakevqa.models.loading import MODEL_HELP
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, ProcessorMixin
@@ -28,7 +29,7 @@ DEFAULT_QUESTION = "Describe the key finding in this medical image."
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, metavar="ID_OR_PATH",
-                        help="HF folder or hub id, original LLaVA-Med folder, or LoRA adapter folder")
+                        help="HF folder or hub id, original LLaVA-Med folder, or LoRA adapter folder: " + MODEL_HELP)
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder to put on top of --model")
     parser.add_argument("--base", default=None, help="base model of an adapter folder (overrides its config)")
     parser.add_argument("--merge_adapter", "--merge-adapter", action="store_true", help="merge the LoRA weights")

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 
 from slakevqa.files import check_output_dir
+from slakevqa.models.loading import MODEL_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="original checkpoint: a folder (config.json with model_type llava_mistral) "
-                                    "or a hub id such as microsoft/llava-med-v1.5-mistral-7b")
+                                    "or a hub id such as microsoft/llava-med-v1.5-mistral-7b: " + MODEL_HELP)
     parser.add_argument("dst", help="output folder (Hugging Face format, safetensors)")
     parser.add_argument("--vision_from", "--vision-from", default=None, metavar="CLIP_FOLDER",
                         help="take the vision tower weights from this CLIP folder")
