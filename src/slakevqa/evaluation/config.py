@@ -76,6 +76,9 @@ class EvalConfig:
                                                       "fp16, fp32"))
     report: bool = field(default=True, metadata=_help("write report.md and report.html at the end"))
     trust_remote_code: bool = field(default=False, metadata=_help("allow model code from the checkpoint"))
+    overwrite: bool = field(default=False, metadata=_help(
+        "discard the answers and results already in --output_dir (only those files) and answer afresh; "
+        "without it a rerun resumes only a run with the same model, data and answer-changing settings"))
 
     def __post_init__(self) -> None:
         from slakevqa.errors import UserError
@@ -90,3 +93,32 @@ class EvalConfig:
             raise UserError(f"--batch_size must be at least 1, got {self.batch_size}")
         if self.do_sample and self.temperature <= 0:
             raise UserError("--do_sample needs --temperature > 0")
+
+
+# The run fingerprint (slakevqa.run_fingerprint): the fields whose change changes an answer. A rerun
+# into a used --output_dir resumes only when these, the model's weights, the split file's sha256,
+# the prompt version and the closed vocabulary all match. tests/test_run_fingerprints.py checks that
+# every field is in exactly one of the two lists, so a new field needs a decision here.
+RESULT_FIELDS: tuple[str, ...] = (
+    "model_base", "merge_adapter", "language", "missing_images", "split", "limit", "prompt_style", "route",
+    "closed_candidate_mode", "max_prompt_len", "mask_mode", "mask_pad_ratio", "blank_images", "triples_mode",
+    "max_new_tokens_open_default", "max_new_tokens_open_abnormality", "temperature", "do_sample", "seed",
+    "dtype")
+# Fields that do not change an answer, and why.
+NEUTRAL_FIELDS: dict[str, str] = {
+    "model_id_or_ckpt": "recorded as the model: its weights fingerprint (a folder) or its name (a hub id)",
+    "data_source": "the data is identified by the split file's sha256, wherever it lies",
+    "slake_root": "the data is identified by the split file's sha256, wherever it lies",
+    "closed_vocab_path": "the vocabulary actually used is recorded by content (closed_vocab_sha256)",
+    "allow_build_vocab": "the vocabulary actually used is recorded by content (closed_vocab_sha256)",
+    "output_dir": "where the files go",
+    "mode": "diagnose writes extra files; the answers are the same",
+    "batch_size": "answers do not depend on the batch (check_batch_invariance measures it)",
+    "share_prefix": "the same answers, computed once per image (engine tests assert equality)",
+    "cudnn_attention": "an attention kernel choice, like the device",
+    "check_batch_invariance": "an extra check after answering; the answers are not changed",
+    "device": "where it runs; dtype is recorded",
+    "report": "report.md/html are written from the results",
+    "trust_remote_code": "a permission: without it a model that needs remote code fails to load",
+    "overwrite": "how to treat the folder, not what is answered",
+}

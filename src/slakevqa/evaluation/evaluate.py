@@ -33,10 +33,16 @@ from slakevqa.vocab import ClosedVocab, load_or_build_vocab
 log = logging.getLogger(__name__)
 
 
-def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
-    """Run the evaluation ``cfg`` describes; returns the results dict (also in ``results.json``)."""
+def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool = False) -> dict:
+    """Run the evaluation ``cfg`` describes; returns the results dict (also in ``results.json``).
+
+    A folder that already holds answers is resumed only when its run fingerprint (model weights,
+    split file, answer-changing settings) matches; ``cfg.overwrite`` starts afresh, and
+    ``replace_changed`` (training's final evaluation) starts afresh only when the fingerprint differs.
+    """
     import torch
 
+    check_not_half_saved(cfg.model_id_or_ckpt)
     rank, world = init_process_group()  # under a launcher the shards need a process group for the barrier
     torch.manual_seed(cfg.seed)
     out = make_output_dir(cfg.output_dir, "--output_dir")
@@ -49,6 +55,8 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
     builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, cfg.route, cfg.mask_mode,
                                   cfg.mask_pad_ratio, cfg.closed_candidate_mode)
     builder.blank_images = cfg.blank_images
+    claim_eval_folder(cfg, out, layout.split_file(cfg.split), builder.style.tag, vocab, rank, world,
+                      replace_changed)  # before the model loads: a refusal costs nothing
     loaded = None
     if model is None:
         model, processor, loaded = load_for_eval(cfg, rank)
@@ -97,6 +105,50 @@ def evaluate(cfg: EvalConfig, model=None, processor=None) -> dict:
 
         write_report(out)
     return results
+
+
+def claim_eval_folder(cfg: EvalConfig, out: Path, split_file: Path, prompt_version: str, vocab: ClosedVocab,
+                      rank: int, world: int, replace_changed: bool) -> None:
+    """Record this run's fingerprint in ``out``, or refuse a folder that holds another run's answers."""
+    from slakevqa.evaluation.config import RESULT_FIELDS
+    from slakevqa.results import sha256_file
+    from slakevqa.run_fingerprint import claim_folder, config_values, make_fingerprint, model_values, vocab_sha256
+
+    values = {**model_values(cfg.model_id_or_ckpt, cfg.model_base), "split_file": split_file.name,
+              "split_sha256": sha256_file(split_file), "prompt_version": prompt_version,
+              "closed_vocab_sha256": vocab_sha256(vocab.answers), **config_values(cfg, RESULT_FIELDS)}
+    claim_folder(out, make_fingerprint("eval", values), lambda: has_eval_results(out), lambda: clear_eval_outputs(out),
+                 overwrite=cfg.overwrite, replace_changed=replace_changed, write=rank == 0)
+    if world > 1:
+        barrier()  # the main process may have cleared the folder: nobody reads it before that is done
+
+
+def check_not_half_saved(spec: str | None) -> None:
+    """A training output whose save was interrupted (``.trained.ready`` left) is not a whole model yet."""
+    from slakevqa.training.checkpoint import READY_NAME
+
+    if spec and (Path(spec) / READY_NAME).exists():
+        raise UserError(f"{spec}: its last save was interrupted before all files were in place; run the same "
+                        "training command again to finish it")
+
+
+# What an evaluation writes into its folder; --overwrite deletes these and nothing else.
+EVAL_OUTPUTS = (PREDICTIONS_NAME, RESULTS_NAME, "report.md", "report.html", "batch_invariance.json")
+
+
+def has_eval_results(out: Path) -> bool:
+    files = [out / PREDICTIONS_NAME, *out.glob("predictions.rank*.jsonl")]
+    return any(f.is_file() and f.stat().st_size > 0 for f in files) or (out / RESULTS_NAME).is_file()
+
+
+def clear_eval_outputs(out: Path) -> None:
+    import shutil
+
+    for name in EVAL_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    for shard in out.glob("predictions.rank*.jsonl"):
+        shard.unlink()
+    shutil.rmtree(out / "diagnose", ignore_errors=True)
 
 
 def answer_order(samples: list[VQASample], settings: GenerationSettings) -> list[VQASample]:

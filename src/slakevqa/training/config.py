@@ -106,6 +106,9 @@ class TrainConfig:
     final_eval: bool = field(default=True, metadata=_help("evaluate on final_eval_split after training"))
     final_eval_split: str = field(default="test", metadata=_help("split of the final evaluation"))
     trust_remote_code: bool = field(default=False, metadata=_help("allow model code from the checkpoint"))
+    overwrite: bool = field(default=False, metadata=_help(
+        "discard the checkpoints and TensorBoard logs already in --output_dir and train afresh (the saved model "
+        "there is replaced only once the new one is whole); without it a rerun resumes only the same run"))
 
     def __post_init__(self) -> None:
         """Reject bad values and combinations here, before any data or model is loaded."""
@@ -165,3 +168,39 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 
 # Reference spellings that differ from the field names.
 FLAG_ALIASES: dict[str, list[str]] = {"final_eval": ["--run_final_eval"]}
+
+
+# The run fingerprint (slakevqa.run_fingerprint): the fields whose change changes the trained weights.
+# A rerun into a used --output_dir continues from its checkpoint only when these, the base model's
+# weights, the split file's sha256, the prompt version and the closed vocabulary all match.
+# tests/test_run_fingerprints.py checks that every field is in exactly one of the two lists.
+RESULT_FIELDS: tuple[str, ...] = (
+    "language", "missing_images", "split", "seed", "batch_size", "grad_accum", "lr", "weight_decay",
+    "warmup_ratio", "warmup_steps", "adam_beta2", "lr_scheduler", "max_grad_norm", "precision", "pack_images",
+    "prompt_style", "max_prompt_len", "max_answer_len", "mask_mode", "mask_pad_ratio", "blank_images",
+    "triples_mode", "closed_train_objective", "closed_mc_weight", "freeze_vision_tower", "tune_mm_projector",
+    "use_lora", "qlora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_scope",
+    "unfreeze_last_llm_layers", "dry_run")
+# Fields that do not change the trained weights, and why. batch_size and grad_accum are NOT here:
+# in training they decide which questions make each step (the data order is a function of them).
+NEUTRAL_FIELDS: dict[str, str] = {
+    "model_id": "recorded as the model: its weights fingerprint (a folder) or its name (a hub id)",
+    "data_source": "the data is identified by the split file's sha256, wherever it lies",
+    "slake_root": "the data is identified by the split file's sha256, wherever it lies",
+    "eval_split": "the held-out loss is logged, never trained on",
+    "output_dir": "where the files go",
+    "num_epochs": "a longer run legitimately continues from its checkpoint (the final evaluation is redone: "
+                  "its own fingerprint names the trained weights)",
+    "max_steps": "as num_epochs",
+    "gradient_checkpointing": "recomputes activations (RNG state preserved): the same step, less memory",
+    "cudnn_attention": "an attention kernel choice, like the device",
+    "cache_image_features": "reuses the frozen tower's own outputs: the same features",
+    "logging_steps": "logging cadence", "save_steps": "checkpoint cadence", "eval_steps": "logging cadence",
+    "save_total_limit": "how many checkpoints are kept", "resume_from_checkpoint": "a resume flag",
+    "tb": "logging", "tb_logdir": "logging", "tb_log_images_every": "logging", "tb_log_text_every": "logging",
+    "tb_probe_size": "logging", "tb_eval_generate_size": "logging", "tb_hist_every": "logging",
+    "final_eval": "the final evaluation has its own fingerprint in its own folder",
+    "final_eval_split": "the final evaluation has its own fingerprint in its own folder",
+    "trust_remote_code": "a permission: without it a model that needs remote code fails to load",
+    "overwrite": "how to treat the folder, not what is trained",
+}

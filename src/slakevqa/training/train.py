@@ -16,6 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from slakevqa.attention import attention_kernels
 from slakevqa.config import config_to_dict
@@ -26,7 +27,8 @@ from slakevqa.files import write_json_atomic
 from slakevqa.results import sha256_file
 from slakevqa.inputs import InputBuilder
 from slakevqa.vocab import build_closed_vocab, save_closed_vocab
-from slakevqa.training.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from slakevqa.training.checkpoint import (MODEL_FILE_PATTERNS, finish_publish, list_checkpoints, load_checkpoint,
+                                          publish, resolve_resume, save_checkpoint, start_publish)
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.image_features import ImageFeatureCache
@@ -77,11 +79,12 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         samples = samples[:DRY_RUN_RECORDS]
     vocab = build_closed_vocab(load_split(root, "train", cfg.language, cfg.missing_images),
                                sha256_file(layout.split_file("train")))
-    if accelerator.is_main_process:
-        save_closed_vocab(vocab, out / "closed_vocab.json")
     builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, "answer_type",
                                   cfg.mask_mode, cfg.mask_pad_ratio)
     builder.blank_images = cfg.blank_images
+    claim_train_folder(cfg, out, layout.split_file(cfg.split), builder, accelerator)  # before the model loads
+    if accelerator.is_main_process:
+        save_closed_vocab(vocab, out / "closed_vocab.json")
 
     # ---- model and what trains
     if model is None:
@@ -119,6 +122,9 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
         log.info("resumed from %s at step %d of %d", checkpoint, state["step"], n_steps)
     start = state.get("step", 0)
+    if start > n_steps:  # max_steps/num_epochs may grow between reruns (not fingerprinted), never shrink
+        raise UserError(f"{checkpoint}: this run already took {start} optimiser steps, more than the {n_steps} asked "
+                        "for; ask for at least as many (--max_steps/--num_epochs), or pass --overwrite")
 
     # ---- the loop
     logger = TrainLogger(cfg, out, enabled=cfg.tb and accelerator.is_main_process, main=accelerator.is_main_process)
@@ -166,14 +172,52 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     # Under FSDP each rank holds shards: gathering the full state dict is a collective, so every rank calls it.
     full_state = accelerator.get_state_dict(model) if is_fsdp(accelerator) else None
     if accelerator.is_main_process:
-        save_trained(accelerator.unwrap_model(model), processor, out, cfg.model_id, full_state)
         layout = precision_layout(accelerator.unwrap_model(model), accelerator.mixed_precision)
-        write_run_config(cfg, out, n_steps, state["losses"], counts, builder, accelerator, layout)
+        save_trained(accelerator.unwrap_model(model), processor, out, cfg.model_id, full_state,
+                     lambda stage: write_run_config(cfg, stage, n_steps, state["losses"], counts, builder,
+                                                    accelerator, layout))
     logger.close(encoder.stats(), n_steps, accelerator.unwrap_model(model))  # with a final probe
     results = None
     if cfg.final_eval and not is_fsdp(accelerator):
+        accelerator.wait_for_everyone()  # the main process has published the saved model the evaluation names
         results = final_evaluation(cfg, root, accelerator.unwrap_model(model), processor, out)
     return TrainResult(out, n_steps, state["losses"], counts, results)
+
+
+def claim_train_folder(cfg: TrainConfig, out: Path, split_file: Path, builder: InputBuilder, accelerator) -> None:
+    """Record this run's fingerprint in ``out``, or refuse a folder that holds another run's checkpoints/model.
+
+    An interrupted save is finished first (its files are whole: see ``checkpoint.publish``).
+    """
+    from slakevqa.run_fingerprint import claim_folder, config_values, make_fingerprint, model_values, vocab_sha256
+    from slakevqa.training.config import RESULT_FIELDS
+
+    if accelerator.is_main_process:
+        finish_publish(out)
+    values = {**model_values(cfg.model_id), "split_file": split_file.name, "split_sha256": sha256_file(split_file),
+              "prompt_version": builder.style.tag, "closed_vocab_sha256": vocab_sha256(builder.vocab.answers),
+              "world_size": accelerator.num_processes,  # with batch_size, it decides which questions make a step
+              **config_values(cfg, RESULT_FIELDS)}
+    claim_folder(out, make_fingerprint("train", values), lambda: has_train_results(out),
+                 lambda: clear_train_outputs(cfg, out), overwrite=cfg.overwrite, write=accelerator.is_main_process)
+    accelerator.wait_for_everyone()  # nobody looks for a checkpoint before the main process cleared them
+
+
+def has_train_results(out: Path) -> bool:
+    """Checkpoints or a saved model: what a rerun would continue from or replace."""
+    saved = any(any(out.glob(pattern)) for pattern in MODEL_FILE_PATTERNS)
+    return bool(list_checkpoints(out)) or saved or (out / "run_config.json").is_file()
+
+
+def clear_train_outputs(cfg: TrainConfig, out: Path) -> None:
+    """``--overwrite``: the checkpoints and the TensorBoard logs go; the saved model is replaced when the new one is
+    whole, and evaluation folders keep their own fingerprints."""
+    import shutil
+
+    for folder in [*out.glob("checkpoint-*"), *out.glob(".checkpoint-*.tmp")]:
+        shutil.rmtree(folder, ignore_errors=True)
+    if cfg.tb_logdir is None:
+        shutil.rmtree(out / "tb", ignore_errors=True)
 
 
 def uses_feature_cache(cfg: TrainConfig, accelerator) -> bool:
@@ -203,7 +247,7 @@ def final_evaluation(cfg: TrainConfig, root: Path, model, processor, out: Path) 
                           mask_pad_ratio=cfg.mask_pad_ratio, triples_mode=cfg.triples_mode, seed=cfg.seed,
                           blank_images=cfg.blank_images, missing_images=cfg.missing_images,
                           limit=DRY_RUN_RECORDS if cfg.dry_run else 0)
-    return evaluate(eval_cfg, model, processor)
+    return evaluate(eval_cfg, model, processor, replace_changed=True)  # a longer run's model: answered afresh
 
 
 def fused_adamw_supported(device) -> bool:
@@ -233,8 +277,13 @@ def load_for_training(cfg: TrainConfig, device):
     return loaded.model, loaded.processor
 
 
-def save_trained(model, processor, out: Path, base: str = "", state_dict: dict | None = None) -> None:
+def save_trained(model, processor, out: Path, base: str = "", state_dict: dict | None = None,
+                 extra: Callable[[Path], None] | None = None) -> None:
     """The adapter (peft format) under LoRA, else the full model; the processor beside it.
+
+    Written into a staging folder beside ``out`` with ``extra(stage)`` (``run_config.json``), then
+    moved into place (:func:`~slakevqa.training.checkpoint.publish`): a kill leaves either the old
+    output or the new one, never half a model, and the old output stays until the new one is whole.
 
     An adapter names ``base`` (``--model_id``; an absolute path when it is a local
     folder) as its base model, so ``load_model(out)`` and ``slakevqa merge`` find it
@@ -245,14 +294,18 @@ def save_trained(model, processor, out: Path, base: str = "", state_dict: dict |
 
     from slakevqa.models.processor import save_processor
 
+    stage = start_publish(out)
     # state_dict: the gathered one under FSDP (peft keeps only the adapter's keys of it).
-    model.save_pretrained(str(out), safe_serialization=True, state_dict=state_dict)
-    save_processor(processor, out)
-    adapter_config = out / "adapter_config.json"
+    model.save_pretrained(str(stage), safe_serialization=True, state_dict=state_dict)
+    save_processor(processor, stage)
+    adapter_config = stage / "adapter_config.json"
     if base and hasattr(model, "peft_config"):  # set after saving: set before, peft looks the name up on the hub
         config = json.loads(adapter_config.read_text(encoding="utf-8"))
         config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).is_dir() else base
         write_json_atomic(adapter_config, config)
+    if extra is not None:
+        extra(stage)
+    publish(stage, out)
 
 
 def check_fsdp_settings(cfg: TrainConfig, main_process: bool = True) -> None:
