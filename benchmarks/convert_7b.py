@@ -4,9 +4,10 @@
     python benchmarks/convert_7b.py --tiny          # CPU: same code path at toy size, seconds
 
 Builds ``model_type: llava_mistral`` shards as microsoft/llava-med-v1.5-mistral-7b
-ships them (Mistral-7B text 4096/14336/32 layers/32 heads/8 kv/vocab 32000/rope_theta
-1e6; CLIP ViT-L/14-336 vision; projector 1024->4096->4096; 4 bf16 safetensors shards +
-index + config.json + tokenizer.model), then:
+ships them (the shape ``slakevqa.models.shapes.LLAVA_MED_7B``: Mistral-7B text
+4096/14336/32 layers/32 heads/8 kv/vocab 32000/rope_theta 1e6; CLIP ViT-L/14-336 vision;
+projector 1024->4096->4096; 4 bf16 safetensors shards + index + config.json +
+tokenizer.model; ``--tiny``: the shape ``TINY``), then:
 
 1. converts it with ``slakevqa.models.convert.convert_checkpoint`` (streaming, one shard
    in memory) and, as the baseline, the naive way (every tensor in memory at once);
@@ -28,33 +29,29 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+if TYPE_CHECKING:  # annotations only: torch and transformers are imported when a phase runs
+    import torch
+    from transformers import LlavaConfig
+
+    from slakevqa.models.shapes import LlavaShape
+
 SHARD_BYTES = 4_950_000_000  # upstream's shards are ~4.9-5.0 GB
 
-# microsoft/llava-med-v1.5-mistral-7b config.json (reference §2.1), leftover keys included.
-LLAVA_MED_CONFIG = {
-    "_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2", "architectures": ["LlavaMistralForCausalLM"],
-    "model_type": "llava_mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-    "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_act": "silu", "rms_norm_eps": 1e-05,
-    "rope_theta": 1000000.0, "sliding_window": None, "max_position_embeddings": 32768, "vocab_size": 32000,
-    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "attention_dropout": 0.0,
-    "initializer_range": 0.02, "torch_dtype": "bfloat16", "transformers_version": "4.36.2", "use_cache": True,
-    "mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_hidden_size": 1024,
-    "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
-    "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
-    "mm_projector_lr": None, "use_mm_proj": True, "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False,
-    "tokenizer_model_max_length": 2048, "tokenizer_padding_side": "right", "feature_outs": "encoder+decoder",
+# What microsoft/llava-med-v1.5-mistral-7b's config.json (reference §2.1) holds besides the fields
+# slakevqa.models.tiny_original.original_config derives from the model: its dtype, its CLIP tower's
+# hub name and the leftover keys of LLaVA-Med's training code.
+UPSTREAM_KEYS = {
+    "torch_dtype": "bfloat16", "mm_vision_tower": "openai/clip-vit-large-patch14-336", "mm_projector_lr": None,
+    "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False, "feature_outs": "encoder+decoder",
     "img_size": 640, "vision_backbone": "convnextlarge", "segtok_posembed": "sincos",
     "proj_vis_to_txt_tokens": False, "prompt_segtok_w_instruct": False, "tune_vision_tokenizer": "none",
     "vision_tokenizer_lr": None,
 }
-TINY_TEXT = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2}
-TINY_VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 2,
-               "image_size": 56, "patch_size": 14, "projection_dim": 64}
+CLIP_FOLDER = "clip-vision"  # --tiny: its CLIP config is no hub tower, so it lives beside the checkpoint
 
 
 class PeakRSS:
@@ -95,30 +92,42 @@ def gpu_peak() -> int:
     return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
 
 
-def original_config(tiny: bool, clip_folder: str | None) -> dict:
-    """The upstream config, shrunk for ``--tiny`` (its CLIP config then lives in a local folder)."""
-    config = dict(LLAVA_MED_CONFIG)
+def shape_of(tiny: bool) -> LlavaShape:
+    """The model shape this benchmark writes: LLaVA-Med-7B, or the tests' tiny one for ``--tiny``."""
+    from slakevqa.models.shapes import LLAVA_MED_7B, TINY
+
+    return TINY if tiny else LLAVA_MED_7B
+
+
+def original_config(llava: LlavaConfig, shape: LlavaShape, tiny: bool) -> dict:
+    """The upstream ``llava_mistral`` config.json of ``llava`` (for ``--tiny`` its CLIP tower is a local folder)."""
+    from slakevqa.models.tiny_original import original_config as derived_config
+
+    config = {**derived_config(llava, base_vocab=shape.vocab_size), **UPSTREAM_KEYS}
     if tiny:
-        config.update(TINY_TEXT, mm_hidden_size=TINY_VISION["hidden_size"], mm_vision_tower=clip_folder)
+        config["mm_vision_tower"] = CLIP_FOLDER
     return config
 
 
-def original_shapes(config: dict, vision_config: "CLIPVisionConfig") -> dict[str, tuple[int, ...]]:
-    """Original tensor names and shapes, from the HF model built on ``meta`` and the reverse key map."""
+def original_shapes(llava: LlavaConfig, base_vocab: int) -> dict[str, tuple[int, ...]]:
+    """Original tensor names and shapes: the HF model of ``llava`` on ``meta``, names reverse-mapped,
+    vocabulary rows cut to ``base_vocab`` (as ``tiny_original.original_tensors`` cuts them)."""
     import torch
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, MistralConfig
+    from transformers import LlavaForConditionalGeneration
 
-    from slakevqa.models.convert import TEXT_FIELDS
     from slakevqa.models.tiny_original import original_name
 
-    text = MistralConfig(**{k: config[k] for k in TEXT_FIELDS if k in config}, vocab_size=config["vocab_size"])
-    llava = LlavaConfig(vision_config=vision_config, text_config=text, projector_hidden_act="gelu")
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(llava)
-    return {original_name(name): tuple(p.shape) for name, p in model.named_parameters()}
+    shapes = {}
+    for name, parameter in model.named_parameters():
+        target = original_name(name)
+        rows = base_vocab if target in ("model.embed_tokens.weight", "lm_head.weight") else parameter.shape[0]
+        shapes[target] = (rows, *parameter.shape[1:])
+    return shapes
 
 
-def random_tensor(name: str, shape: tuple[int, ...], device: str) -> "torch.Tensor":
+def random_tensor(name: str, shape: tuple[int, ...], device: str) -> torch.Tensor:
     """Norm weights 1, biases 0, everything else N(0, 0.02) in bf16."""
     import torch
 
@@ -132,22 +141,21 @@ def random_tensor(name: str, shape: tuple[int, ...], device: str) -> "torch.Tens
 def write_original(folder: Path, tiny: bool, device: str) -> float:
     """Write the random original checkpoint; returns its size in GB."""
     from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig
 
-    from slakevqa.models.original import KNOWN_CLIP_TOWERS
+    from slakevqa.models.shapes import llava_config
     from slakevqa.models.tiny_original import write_tokenizer
     from slakevqa.models.tokenizer import build_mistral_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
-    vision = CLIPVisionConfig(hidden_act="quick_gelu",
-                              **(TINY_VISION if tiny else KNOWN_CLIP_TOWERS["openai/clip-vit-large-patch14-336"]))
+    shape = shape_of(tiny)
+    llava = llava_config(shape)
     if tiny:
-        vision.save_pretrained(str(folder / "clip-vision"))
-    config = original_config(tiny, "clip-vision")
+        llava.vision_config.save_pretrained(str(folder / CLIP_FOLDER))
+    config = original_config(llava, shape, tiny)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     write_tokenizer(build_mistral_tokenizer(folder / ".tok"), folder)
     shutil.rmtree(folder / ".tok")
-    shapes = original_shapes(config, vision)
+    shapes = original_shapes(llava, shape.vocab_size)
     shards, current, size = [], [], 0
     for name in shapes:  # module order, as upstream's shards are
         nbytes = 2 * _numel(shapes[name])
@@ -262,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         for name in ("original", "hf"):
             shutil.rmtree(out / name, ignore_errors=True)
-    del loaded
+    loaded = None  # drop the model before emptying the CUDA cache (the lambdas above hold the name)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return 0
 

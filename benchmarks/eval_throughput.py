@@ -40,7 +40,7 @@ def build_model(tiny: bool, device: str):
 
         model, processor = build_tiny_llava("mistral")
         return model.to(device), processor
-    from slakevqa.models.shapes import build_random_llava_med_7b
+    from slakevqa.models.random_llava import build_random_llava_med_7b
 
     return build_random_llava_med_7b(device=device, dtype="bf16")
 
@@ -106,7 +106,7 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     # grouped by image, as evaluate() batches them, so batches share image prefixes
     samples = sorted(load_split(args.slake_root, args.split), key=lambda s: (s.image_key, s.qid))
-    builder = InputBuilder.create(find_layout(args.slake_root), "short", ClosedVocab.empty())
+    builder = InputBuilder.create(find_layout(args.slake_root), ClosedVocab.empty())
     (model, processor), build_s = timed(lambda: build_model(args.tiny, device), device)
     engine = Engine(model, processor, builder, share_prefix=True)
     engine.answer(samples[:4])  # warm-up: kernels, caches, allocator

@@ -48,7 +48,7 @@ def build(tiny: bool, device: str):
 
         model, processor = build_tiny_llava("mistral")
         return model.to(device), processor
-    from slakevqa.models.shapes import build_random_llava_med_7b
+    from slakevqa.models.random_llava import build_random_llava_med_7b
 
     model, processor = build_random_llava_med_7b(device=device, dtype="bf16")
     torch.manual_seed(0)
@@ -152,7 +152,7 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool,
     seconds, flops, rows, tokens = state["seconds"], state["flops"], state["rows"], state["tokens"]
     if args.profile and device.type == "cuda":
         print(f"profile of {2} steps, packed={packed} ckpt={ckpt}:\n" + profile_steps(lambda: one_step(False)))
-    del optimizer
+    optimizer = None  # free its state before the next mode (one_step above holds the name)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     mode = ("packed" if packed else "naive") + ("+ckpt" if ckpt else "") + ("+peftcast" if peft_cast and packed else "") \
         + ("+cudnn" if cudnn and packed else "")
@@ -204,7 +204,7 @@ def main() -> None:
 
     root = Path(args.slake_root)
     samples = load_split(root, args.split, "en")
-    builder = InputBuilder.create(find_layout(root), "short", ClosedVocab.empty())  # routes from questions alone
+    builder = InputBuilder.create(find_layout(root), ClosedVocab.empty())  # routes from questions alone
     model, processor = build(args.tiny, device)
     model = configure_trainable(model, use_lora=True, lora_r=64, lora_alpha=128, lora_dropout=args.lora_dropout,
                                 lora_target_modules="all-linear", tune_mm_projector=True, freeze_vision_tower=True)

@@ -8,17 +8,20 @@ What one step is, per process: a padded batch of ``--batch_size`` (16) questions
 SLAKE length (576 image tokens + 24..64 text tokens, ~620 in all, padded to the
 longest), one 336 px image each, forward + backward through slakevqa's
 ``answer_loss`` (logits only at answer positions), AdamW step. The model is
-Mistral-7B (4096 hidden, 14336 MLP, 32 layers, 32 heads / 8 KV, vocab 32064) +
-CLIP ViT-L/14-336 (1024 / 4096 / 24 layers / 16 heads) + GELU projector in bf16,
-LoRA r=64 on every linear layer of the language model and on the projector;
-the vision tower is frozen. DDP over processes (weak scaling: each GPU takes its
-own 16 questions), so scaling efficiency = per-GPU samples/s at 2 GPUs / at 1.
+``slakevqa.models.shapes.LLAVA_MED_7B`` (Mistral-7B: 4096 hidden, 14336 MLP, 32 layers,
+32 heads / 8 KV, vocab 32064; CLIP ViT-L/14-336: 1024 / 4096 / 24 layers / 16 heads;
+GELU projector) in bf16, what trains set by ``slakevqa.training.params.configure_trainable``
+as ``slakevqa train`` sets it: LoRA r=64 on every linear layer of the language model
+(``all-linear``), the projector trained fully, the vision tower frozen. DDP over
+processes (weak scaling: each GPU takes its own 16 questions), so scaling efficiency =
+per-GPU samples/s at 2 GPUs / at 1. ``--tiny`` is ``slakevqa.models.shapes.TINY``.
 
 MFU counts the FLOPs the step must do, not what it recomputes (gradient
 checkpointing's extra forward is excluded): per text token 2N forward + 2N for
 input gradients through the frozen language model (its weight gradients are not
-computed) + 6 N_lora, plus attention 4·L·s·d forward and 8·L·s·d backward; the
-frozen vision tower and projector forward only (2 N_vision per patch + attention).
+computed) + 6 N_lora, plus attention 4·L·s·d forward and 8·L·s·d backward; per image
+token 4 N_projector (forward + weight gradients; its input needs none); the frozen
+vision tower forward only (2 N_vision per patch + attention).
 Peak: 989 TFLOP/s dense bf16 for H100/H200 SXM (``--peak_tflops`` otherwise).
 """
 
@@ -26,85 +29,49 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+if TYPE_CHECKING:
+    from slakevqa.models.shapes import LlavaShape
+
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
-LORA_TARGETS = (r".*(language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-                r"|multi_modal_projector\.linear_[12])")
+TEXT_TOKENS = {"7b": (24, 64), "tiny": (8, 24)}  # prompt + answer tokens around the image, per question
 
 
-@dataclass(frozen=True)
-class Shape:
-    hidden: int = 4096
-    mlp: int = 14336
-    layers: int = 32
-    heads: int = 32
-    kv_heads: int = 8
-    vocab: int = 32064
-    vision_hidden: int = 1024
-    vision_mlp: int = 4096
-    vision_layers: int = 24
-    vision_heads: int = 16
-    image_size: int = 336
-    patch_size: int = 14
-    text_tokens: tuple[int, int] = (24, 64)  # prompt + answer tokens around the image, per question
+def build_model(shape: LlavaShape, dtype: torch.dtype, device: torch.device, lora_r: int):
+    """Random-weight LLaVA at ``shape`` on ``device`` in ``dtype`` (no CPU copy of 7B), trainable as training sets it."""
+    from slakevqa.models.random_llava import random_llava
+    from slakevqa.models.shapes import llava_config
+    from slakevqa.training.params import configure_trainable
 
-    @property
-    def image_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
+    model = random_llava(llava_config(shape), device=str(device), dtype=name, seed=0)
+    return configure_trainable(model, use_lora=True, lora_r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.05,
+                               lora_target_modules="all-linear", lora_scope="language_model",
+                               tune_mm_projector=True, freeze_vision_tower=True)
 
 
-TINY = Shape(hidden=64, mlp=128, layers=2, heads=4, kv_heads=2, vocab=512, vision_hidden=32, vision_mlp=64,
-             vision_layers=2, vision_heads=2, image_size=32, patch_size=8, text_tokens=(8, 24))
-
-
-def build_model(shape: Shape, dtype: torch.dtype, device: torch.device):
-    """Random-weight LLaVA at ``shape``, built directly on ``device`` in ``dtype`` (no CPU copy of 7B)."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, MistralConfig
-
-    vision = CLIPVisionConfig(hidden_size=shape.vision_hidden, intermediate_size=shape.vision_mlp,
-                              num_hidden_layers=shape.vision_layers, num_attention_heads=shape.vision_heads,
-                              image_size=shape.image_size, patch_size=shape.patch_size, hidden_act="quick_gelu",
-                              projection_dim=768)
-    text = MistralConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.mlp,
-                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                         num_key_value_heads=shape.kv_heads, max_position_embeddings=4096, rope_theta=1e6,
-                         sliding_window=None, tie_word_embeddings=False, pad_token_id=0)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=shape.vocab - 64,
-                         projector_hidden_act="gelu", vision_feature_layer=-2,
-                         vision_feature_select_strategy="default", image_seq_length=shape.image_tokens,
-                         multimodal_projector_bias=True, tie_word_embeddings=False)
-    config._attn_implementation = "sdpa"
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with device:
-            model = LlavaForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    return model
-
-
-def add_lora(model, r: int):
-    """LoRA r on every language-model linear layer and the projector; everything else frozen."""
-    from peft import LoraConfig, get_peft_model
-
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.05, target_modules=LORA_TARGETS))
-
-
-def make_batch(shape: Shape, batch_size: int, image_token: int, device: torch.device, dtype: torch.dtype,
-               generator: torch.Generator) -> dict:
+def make_batch(shape: LlavaShape, text_tokens: tuple[int, int], batch_size: int, device: torch.device,
+               dtype: torch.dtype, generator: torch.Generator) -> dict:
     """Right-padded rows ``[bos, image x 576, text...]``; the last 4 text tokens of each row are the answer."""
-    lengths = torch.randint(*shape.text_tokens, (batch_size,), generator=generator) + shape.image_tokens + 1
+    from slakevqa.models.shapes import token_ids
+
+    special = token_ids(shape)
+    lengths = torch.randint(*text_tokens, (batch_size,), generator=generator) + shape.image_tokens + 1
     width = int(lengths.max())
-    ids = torch.randint(100, image_token - 1, (batch_size, width), generator=generator)
-    ids[:, 0] = 1
-    ids[:, 1:1 + shape.image_tokens] = image_token
+    ids = torch.randint(100, special["image"] - 1, (batch_size, width), generator=generator)
+    ids[:, 0] = special["bos"]
+    ids[:, 1:1 + shape.image_tokens] = special["image"]
     mask = torch.arange(width)[None, :] < lengths[:, None]
-    ids[~mask] = 0
+    ids[~mask] = special["pad"]
     labels = torch.full_like(ids, -100)
     for row, length in enumerate(lengths.tolist()):
         labels[row, length - 4:length] = ids[row, length - 4:length]
@@ -113,17 +80,20 @@ def make_batch(shape: Shape, batch_size: int, image_token: int, device: torch.de
             "pixel_values": pixels.to(device, dtype)}
 
 
-def step_flops(model, shape: Shape, batch: dict) -> float:
+def step_flops(model, shape: LlavaShape, batch: dict) -> float:
     """Model FLOPs of one forward+backward (see the module docstring), for this process's batch."""
-    n_lm = sum(p.numel() for n, p in model.named_parameters() if "language_model" in n and "lora_" not in n)
-    n_lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    n_vision = sum(p.numel() for n, p in model.named_parameters() if "vision_tower" in n)
+    named = list(model.named_parameters())
+    n_lm = sum(p.numel() for n, p in named if "language_model" in n and "lora_" not in n)
+    n_lora = sum(p.numel() for n, p in named if "lora_" in n)
+    n_projector = sum(p.numel() for n, p in named if "multi_modal_projector" in n and p.requires_grad)
+    n_vision = sum(p.numel() for n, p in named if "vision_tower" in n)
     mask = batch["attention_mask"]
     tokens, rows, s = int(mask.sum()), mask.shape[0], mask.shape[1]
-    text = tokens * (4 * n_lm + 6 * n_lora + 12 * shape.layers * s * shape.hidden)
+    text = tokens * (4 * n_lm + 6 * n_lora + 12 * shape.text_layers * s * shape.text_hidden)
+    projector = rows * shape.image_tokens * 4 * n_projector
     patches = shape.image_tokens + 1
     vision = rows * patches * (2 * n_vision + 4 * shape.vision_layers * patches * shape.vision_hidden)
-    return float(text + vision)
+    return float(text + projector + vision)
 
 
 def peak_tflops(device: torch.device, override: float) -> float | None:
@@ -184,12 +154,13 @@ def run(args: argparse.Namespace) -> Report:
 
     from slakevqa.distributed import use_cpu
 
+    from slakevqa.models.shapes import LLAVA_MED_7B, TINY
+
     accelerator = Accelerator(cpu=use_cpu())
-    shape = TINY if args.tiny else Shape()
+    shape = TINY if args.tiny else LLAVA_MED_7B
     device = accelerator.device
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    model = add_lora(build_model(shape, dtype, device), args.lora_r)
+    model = build_model(shape, dtype, device, args.lora_r)
     if args.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -198,8 +169,8 @@ def run(args: argparse.Namespace) -> Report:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     model, optimizer = accelerator.prepare(model, optimizer)
     generator = torch.Generator().manual_seed(1000 + accelerator.process_index)  # each rank its own questions
-    image_token = shape.vocab - 64
-    batches = [make_batch(shape, args.batch_size, image_token, device, dtype, generator) for _ in range(4)]
+    text_tokens = TEXT_TOKENS["tiny" if args.tiny else "7b"]
+    batches = [make_batch(shape, text_tokens, args.batch_size, device, dtype, generator) for _ in range(4)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed_steps(model, optimizer, accelerator, batches, args.warmup, args.steps)

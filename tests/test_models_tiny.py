@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from PIL import Image
 
 from slakevqa.prompts import render_generation_prompt
-from slakevqa.models.tiny import TinySizes, build_tiny_llava, padded_vocab_size
+from slakevqa.models.shapes import TINY, padded_vocab_size
+from slakevqa.models.tiny import build_tiny_llava
 
 
 def test_tiny_config_follows_llava_med_and_learnability_defaults():
@@ -34,7 +37,7 @@ def test_tiny_forward_counts_16_image_tokens_and_is_seeded():
 
 
 def test_tiny_image_size_and_patch_size_set_the_token_count():
-    model, processor = build_tiny_llava("bpe", image_size=48, patch_size=16, sizes=TinySizes(text_layers=1))
+    model, processor = build_tiny_llava("bpe", image_size=48, patch_size=16, shape=replace(TINY, text_layers=1))
     batch = processor(images=[Image.new("RGB", (48, 48))], text=[render_generation_prompt("Q?")],
                       return_tensors="pt")
     assert (batch["input_ids"] == model.config.image_token_index).sum().item() == 9

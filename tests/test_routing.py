@@ -13,11 +13,12 @@ import pytest
 from conftest import slake_row, write_mini_slake
 
 from slakevqa import routing
+from slakevqa.answer_keys import match_key
 from slakevqa.cli import main
 from slakevqa.commands.routes import route_table
 from slakevqa.data.slake import load_split
 from slakevqa.errors import DataError, UserError
-from slakevqa.routing import Route, is_yes_no_question, match_key, parse_options, predict_answer_type, route_closed, route_question
+from slakevqa.routing import Route, is_yes_no_question, parse_options, predict_answer_type, route_closed, route_question
 from slakevqa.vocab import VOCAB_VERSION, ClosedVocab, build_closed_vocab, load_closed_vocab, load_or_build_vocab, save_closed_vocab
 
 VOCAB = ClosedVocab((("Lung", 3), ("T2", 2), ("Transverse Plane", 1)), "train", "0" * 64)
@@ -279,3 +280,17 @@ def test_real_routes_cli_json_schema(slake_root: Path, tmp_path: Path, capsys: p
     assert table["missing"] == [{"qid": 12130, "question": "Which is bigger in this image, kidney or spleen?",
                                  "answer": "Liver", "candidates": ["kidney", "spleen"]}]
     assert main(argv[:-1]) == 0  # the saved file is read back without --allow_build_vocab
+
+
+def test_answer_keys_is_a_leaf_and_vocab_does_not_import_routing():
+    import ast
+
+    from slakevqa import answer_keys
+
+    tree = ast.parse(Path(answer_keys.__file__).read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(name.startswith("slakevqa") for name in imported)
+    code = "import sys, slakevqa.vocab; print('slakevqa.routing' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"  # routing -> vocab only: no cycle

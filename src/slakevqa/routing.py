@@ -29,6 +29,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from slakevqa.answer_keys import match_key
 from slakevqa.errors import UserError
 
 if TYPE_CHECKING:
@@ -78,20 +79,6 @@ class Route:
     def to_json(self) -> dict:  # the fields a results file records per question
         return {"route": self.kind, "candidates": list(self.candidates),
                 "route_source": self.route_source, "route_source_text": self.source_text}
-
-
-def match_key(text: str) -> str:
-    """The form answers and candidates are compared in.
-
-    Lowercase; every character that is not a letter, digit or space removed
-    (so ``X-Ray`` == ``xray``); whitespace collapsed; ``y``/``true`` -> ``yes``,
-    ``n``/``false`` -> ``no``.
-
-    >>> match_key(" Small  Bowel. "), match_key("X-Ray"), match_key("True")
-    ('small bowel', 'xray', 'yes')
-    """
-    key = " ".join(re.sub(r"[^\w\s]|_", "", text.lower()).split())
-    return {"y": "yes", "true": "yes", "n": "no", "false": "no"}.get(key, key)
 
 
 def clean_question(question: str) -> str:

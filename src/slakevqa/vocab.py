@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from slakevqa.answer_keys import match_key
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.errors import DataError, UserError
 from slakevqa.files import write_json_atomic
 from slakevqa.records import VQASample
-from slakevqa.routing import match_key
 
 VOCAB_FORMAT = "slakevqa.closed_vocab"
 # Bump when the build rule changes (which answers count, how casing is chosen): it changes candidates.

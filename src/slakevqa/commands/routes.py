@@ -4,7 +4,7 @@
 
 Routing reads the question only (:mod:`slakevqa.routing`); this report is the one
 place that then looks at the gold answer, to count how often it is among the
-candidates. Answers and candidates are compared by :func:`slakevqa.routing.match_key`:
+candidates. Answers and candidates are compared by :func:`slakevqa.answer_keys.match_key`:
 lowercase, punctuation removed, whitespace collapsed, ``y``/``true`` = ``yes`` and
 ``n``/``false`` = ``no``. ``--json`` prints::
 
@@ -22,10 +22,11 @@ import statistics
 import sys
 from typing import Sequence
 
+from slakevqa.answer_keys import match_key
 from slakevqa.commands.dataset_args import add_dataset_arguments, resolve_dataset_root
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.records import VQASample
-from slakevqa.routing import Route, match_key, route_closed
+from slakevqa.routing import Route, route_closed
 from slakevqa.vocab import ClosedVocab, load_or_build_vocab
 
 CLOSED_ROUTES: tuple[str, ...] = ("yesno", "options", "vocab")

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slakevqa.answer_keys import match_key
 from slakevqa.encoding import IGNORE_INDEX, EncodedExample, encode_answer
-from slakevqa.routing import Route, match_key
+from slakevqa.routing import Route
 from slakevqa.training.packing import Row, segment_batch
 from slakevqa.vocab import ClosedVocab, candidate_variants
 
