@@ -13,6 +13,9 @@ One file per split, ``slake_{split}_llava_sft.json``, a JSON array of::
 its ground-truth file; the other extra keys are ignored by LLaVA's loader.
 With ``mm_use_im_start_end`` the image token is wrapped as ``<im_start><image><im_end>``
 (LLaVA-Med v1.5 keeps it off).
+
+``slakevqa convert-sft`` also describes these files for LLaMA-Factory in a ``dataset_info.json``
+beside them (:mod:`slakevqa.data.llama_factory`, which names the keys and roles written here).
 """
 
 from __future__ import annotations
