@@ -17,6 +17,12 @@ Evaluation. Process ``r`` answers questions ``r, r+2, ...``; the main process
 merges the shards in qid order. Predictions, routes, candidates and every
 metric equal the single-process run; candidate log-probabilities agree to 1e-5
 (batches are made of other questions, so padding and summation order differ).
+
+FSDP. ``configs/accelerate/fsdp.yaml`` (FSDP2, sharded checkpoints) runs here on two
+CPU processes over gloo: accelerate switches FSDP on for GPU process groups only, so
+the launched script (``FSDP_CPU``) declares its gloo group a GPU one before slakevqa
+starts; PyTorch's FSDP2 itself runs on CPU. A run killed with SIGKILL resumes from its
+sharded checkpoint and ends with the same losses, learning rates and adapter, bit for bit.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_CPU = REPO / "configs" / "accelerate" / "ddp_cpu.yaml"
+FSDP = REPO / "configs" / "accelerate" / "fsdp.yaml"
 LAUNCHERS = {
     "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CPU), "-m"],
     "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m"],
@@ -43,7 +50,14 @@ TRAIN_FLAGS = ["--max_steps", "4", "--save_steps", "2", "--lr", "5e-3", "--warmu
 def launch(args: list[str], launcher: str | None = None, timeout: float = 180) -> str:
     """Run ``slakevqa ARGS`` (under ``launcher`` if given); kill its whole process group on timeout."""
     command = [*LAUNCHERS[launcher], "slakevqa", *args] if launcher else [sys.executable, "-m", "slakevqa", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    returncode, output = run(command, timeout=timeout)
+    assert returncode == 0, f"{command} failed:\n{output[-3000:]}"
+    return output
+
+
+def run(command: list[str], timeout: float = 180, **env: str) -> tuple[int, str]:
+    """``command``'s exit status and output; on timeout its whole process group is killed and the test fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src"), **env}
     # A new session, so a hung worker can be killed with its launcher and no other process.
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
@@ -53,8 +67,7 @@ def launch(args: list[str], launcher: str | None = None, timeout: float = 180) -
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         pytest.fail(f"{command} timed out:\n{output[-3000:]}")
-    assert process.returncode == 0, f"{command} failed:\n{output[-3000:]}"
-    return output
+    return process.returncode, output
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +82,13 @@ def single_run(tiny_dir: Path, synth_root: Path, tmp_path_factory: pytest.TempPa
     """One process, batch 4: the reference for training, and the model the evaluations answer with."""
     out = tmp_path_factory.mktemp("single") / "run"
     launch(["train", "--model_id", str(tiny_dir), "--slake_root", str(synth_root), "--output_dir", str(out),
-            "--batch_size", "4", "--no_final_eval", *TRAIN_FLAGS])
+            "--batch_size", "4", "--no-final_eval", *TRAIN_FLAGS])
     return out
 
 
-def losses(out: Path) -> list[list[float]]:
-    return json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["losses"]
+def losses(out: Path, step: int = 4) -> list[list[float]]:
+    history = json.loads((out / f"checkpoint-{step}" / "trainer_state.json").read_text())["log_history"]
+    return [[entry["step"], entry["loss"]] for entry in history]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -133,3 +147,68 @@ def test_ddp_evaluation_equals_single_process(single_run: Path, synth_root: Path
     assert second["provenance"]["world_size"] == 2
     for key in ("metrics", "slices", "scorers", "counts"):
         assert first[key] == second[key], key
+
+
+# Run by `accelerate launch --config_file configs/accelerate/fsdp.yaml`: `slakevqa ARGV` with FSDP on the
+# gloo group, and, when SLAKEVQA_TEST_KILL_AT=N, a SIGKILL of rank 0 at its Nth loss computation.
+FSDP_CPU = """
+import os, signal, sys
+from accelerate import PartialState
+from accelerate.utils import DistributedType
+
+state = PartialState(cpu=True)
+PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU  # accelerate: FSDP needs a GPU group
+import slakevqa.training.train as T
+
+kill_at, calls, original = int(os.environ.get("SLAKEVQA_TEST_KILL_AT", 0)), [0], T.answer_loss
+
+def answer_loss(model, batch):
+    calls[0] += 1
+    if state.process_index == 0 and calls[0] == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(model, batch)
+
+T.answer_loss = answer_loss
+from slakevqa.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_run_killed_with_sigkill_resumes_exactly(tiny_dir: Path, synth_root: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    script = tmp_path / "fsdp_cpu.py"
+    script.write_text(FSDP_CPU)
+    # lora_dropout > 0: each process's dropout masks come from its own RNG, which must be restored too
+    flags = ["--model_id", str(tiny_dir), "--slake_root", str(synth_root), "--batch_size", "2", "--max_steps", "6",
+             "--save_steps", "2", "--lr", "5e-3", "--warmup_steps", "2", "--lora_dropout", "0.1", "--seed", "3",
+             "--no-tb", "--no-final_eval"]
+    fsdp = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP), str(script), "train"]
+
+    def train(out: Path, kill_at: int = 0) -> tuple[int, str]:
+        return run([*fsdp, *flags, "--output_dir", str(out)], timeout=300, SLAKEVQA_TEST_KILL_AT=str(kill_at))
+
+    code, output = train(tmp_path / "a")
+    assert code == 0, output[-3000:]
+    assert "Saving FSDP model" in output  # the sharded path, not DDP's
+    code, output = train(tmp_path / "b", kill_at=5)  # rank 0, during step 5: after checkpoint-4
+    assert code != 0, output[-3000:]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir() if "checkpoint" in p.name) == ["checkpoint-2",
+                                                                                          "checkpoint-4"]
+    assert not (tmp_path / "b" / "adapter_model.safetensors").exists()
+    assert {p.name for p in (tmp_path / "b" / "checkpoint-4").iterdir()} >= {
+        "pytorch_model_fsdp_0", "optimizer_0", "scheduler.bin", "random_states_0.pkl", "random_states_1.pkl",
+        "trainer_state.json"}
+
+    code, output = train(tmp_path / "b")
+    assert code == 0, output[-3000:]
+    assert "at step 4 of 6" in output
+    reference, resumed = (json.loads((tmp_path / run / "checkpoint-6" / "trainer_state.json").read_text())
+                          for run in ("a", "b"))
+    assert [e["step"] for e in resumed["log_history"]] == list(range(1, 7))
+    for key in ("loss", "learning_rate", "grad_norm"):
+        assert [e[key] for e in resumed["log_history"]] == [e[key] for e in reference["log_history"]], key
+    ours, expected = (load_file(tmp_path / run / "adapter_model.safetensors") for run in ("b", "a"))
+    assert ours.keys() == expected.keys() and all((ours[k] == expected[k]).all() for k in ours)

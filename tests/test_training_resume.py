@@ -19,6 +19,7 @@ CHILD = textwrap.dedent("""
     logging.basicConfig(level=logging.INFO)
     import slakevqa.training.train as T
     from slakevqa.models.tiny import build_tiny_llava
+    from slakevqa.config import make_config
     from slakevqa.training.config import TrainConfig
 
     root, out, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -33,8 +34,8 @@ CHILD = textwrap.dedent("""
 
     T.answer_loss = answer_loss
     model, processor = build_tiny_llava("bpe", seed=0)
-    cfg = TrainConfig(model_id="tiny", slake_root=root, output_dir=out, max_steps=24, save_steps=8, batch_size=4,
-                      grad_accum=2, lr=5e-3, warmup_ratio=0.1, lora_dropout=0.1, seed=3, final_eval=False,
+    cfg = make_config(TrainConfig, model_id="tiny", slake_root=root, output_dir=out, max_steps=24, save_steps=8,
+                      batch_size=4, grad_accum=2, lr=5e-3, warmup_ratio=0.1, lora_dropout=0.1, seed=3, final_eval=False,
                       tb=False, save_total_limit=3)
     result = T.train(cfg, model, processor)
     json.dump(result.losses, open(os.path.join(out, "losses.json"), "w"))

@@ -1,29 +1,38 @@
-"""Checkpoints that resume exactly: trainable weights, optimiser, scheduler, RNG and the step.
+"""Checkpoints that resume exactly, through accelerate's ``save_state`` / ``load_state``.
 
-Layout of ``OUTPUT_DIR/checkpoint-{step}/``::
+One layout for one process, DDP and FSDP, ``OUTPUT_DIR/checkpoint-{step}/``::
 
-    trainable.safetensors   every parameter with requires_grad (LoRA, projector copy, ...), by name
-    optimizer.pt            AdamW state        scheduler.pt   LambdaLR state
-    rng.pt                  torch / CUDA / python / numpy generator states
-    trainer_state.json      {"step": 40, "total_steps": 120, "losses": [[1, 2.31], ...]}
+    trainable.safetensors     one process / DDP: every parameter with requires_grad, by name (LoRA,
+                              projector, ...); the frozen rest is the model the run starts from
+    pytorch_model_fsdp_0/     FSDP: the whole model, one shard per process (fsdp_state_dict_type
+                              SHARDED_STATE_DICT; pytorch_model_fsdp.bin, gathered, with FULL_STATE_DICT)
+    optimizer.bin             AdamW state (FSDP sharded: optimizer_0/)
+    scheduler.bin             the learning-rate schedule's position (transformers.get_scheduler's LambdaLR)
+    scaler.pt                 the fp16 loss scaler, when there is one
+    random_states_{rank}.pkl  each process's python / numpy / torch / CUDA generators
+    trainer_state.json        Hugging Face's TrainerState: global_step, max_steps, log_history, ...
 
-A checkpoint is written into ``.checkpoint-{step}.tmp`` and renamed when
-complete, so the newest *complete* checkpoint is always the one resumed; a run
-killed mid-write leaves only a temp folder, which the next save removes.
-The data order is a pure function of (seed, step), so it needs no state.
+All but the first and the last are accelerate's own files. The data position is ``global_step``:
+the data order is a pure function of (seed, step) (:mod:`slakevqa.training.schedule`).
+Every process writes into ``.checkpoint-{step}.tmp``; when all have finished, the main process
+adds ``trainer_state.json``, syncs the files and renames the folder: a ``checkpoint-N`` folder is
+always whole, and a run killed mid-write leaves only a temp folder, which the next save removes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from slakevqa.errors import UserError
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+TRAINER_STATE_NAME, TRAINABLE_NAME = "trainer_state.json", "trainable.safetensors"
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -32,7 +41,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()
-             and (p / "trainer_state.json").is_file()]
+             and (p / TRAINER_STATE_NAME).is_file()]
     return [path for _, path in sorted(found)]
 
 
@@ -44,20 +53,38 @@ def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
         checkpoints = list_checkpoints(output_dir)
         return checkpoints[-1] if checkpoints else None
     path = Path(spec)
-    if not (path / "trainer_state.json").is_file():
-        raise UserError(f"{path}: not a slakevqa checkpoint (no trainer_state.json)")
+    if not (path / TRAINER_STATE_NAME).is_file():
+        raise UserError(f"{path}: not a slakevqa checkpoint (no {TRAINER_STATE_NAME})")
     return path
 
 
+def check_checkpoint(path: Path, processes: int, fsdp: bool) -> None:
+    """Refuse, in one line, a checkpoint this run cannot resume exactly (before accelerate half-loads it)."""
+    if (path / "rng.pt").is_file():
+        raise UserError(f"{path}: a checkpoint of an older slakevqa (its own single-file format), which this "
+                        "version cannot resume; pass --resume_from_checkpoint none, or --overwrite")
+    ranks = sorted(p.name for p in path.glob("random_states_*.pkl"))
+    if ranks != sorted(f"random_states_{rank}.pkl" for rank in range(processes)):
+        raise UserError(f"{path}: written by {len(ranks) or 'no'} process(es) (random_states_*.pkl), resumed by "
+                        f"{processes}; resume it with as many processes, or pass --resume_from_checkpoint none")
+    sharded = any(path.glob("pytorch_model_fsdp*"))
+    if fsdp != sharded:
+        raise UserError(f"{path}: written {'under' if sharded else 'without'} FSDP, resumed "
+                        f"{'under' if fsdp else 'without'} it; resume it with the accelerate config that wrote it")
+    if not fsdp and not (path / TRAINABLE_NAME).is_file():
+        raise UserError(f"{path}: no {TRAINABLE_NAME}; not a slakevqa checkpoint")
+
+
 def rng_state() -> dict:
+    """Every generator a checkpoint restores (python, numpy, torch, CUDA), for :func:`set_rng_state`.
+
+    Training's held-out diagnostics run between steps inside such a snapshot, so a run
+    with them draws the same dropout masks as one without (``probe.held_out_mode``).
+    """
     import numpy as np
     import torch
 
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    # Plain tensors, lists and numbers only, so torch.load(weights_only=True) can read it back.
-    state = {"torch": torch.get_rng_state(), "python": [version, list(internal), gauss],
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -68,10 +95,8 @@ def set_rng_state(state: dict) -> None:
     import torch
 
     torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -80,35 +105,12 @@ def trainable_state(model) -> dict:
     return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model, optimizer, scheduler, state: dict,
-                    keep: int = 2) -> Path:
-    """Write ``checkpoint-{step}`` atomically and keep only the newest ``keep`` checkpoints."""
-    import torch
-    from safetensors.torch import save_file
-
-    output_dir = Path(output_dir)
-    final = output_dir / f"checkpoint-{step}"
-    temp = output_dir / f".checkpoint-{step}.tmp"
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
-    save_file(trainable_state(model), str(temp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), temp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), temp / "scheduler.pt")
-    torch.save(rng_state(), temp / "rng.pt")
-    (temp / "trainer_state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    temp.rename(final)
-    for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore everything :func:`save_checkpoint` wrote; returns the trainer state."""
+def load_trainable(model, path: Path) -> None:
+    """Copy ``trainable.safetensors`` into ``model``'s trainable parameters, refusing any other set of names."""
     import torch
     from safetensors.torch import load_file
 
-    saved = load_file(str(path / "trainable.safetensors"))
+    saved = load_file(str(path / TRAINABLE_NAME))
     params = dict(model.named_parameters())
     expected = {name for name, p in params.items() if p.requires_grad}
     if set(saved) != expected:
@@ -118,10 +120,96 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for name, tensor in saved.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    return json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def register_checkpoint_hooks(accelerator) -> None:
+    """Checkpoints keep the trainable parameters only (one process / DDP).
+
+    ``save_state`` would copy the whole model, frozen base included (~15 GB at 7B), into
+    every checkpoint. Under FSDP accelerate saves and loads the sharded model itself
+    (the hooks then see no model): each process holds only its shard.
+    """
+    def save(models: list, weights: list, folder: str) -> None:
+        if not weights:  # FSDP: written by accelerate
+            return
+        from safetensors.torch import save_file
+
+        if accelerator.is_main_process:
+            save_file(trainable_state(accelerator.unwrap_model(models[0])), os.path.join(folder, TRAINABLE_NAME))
+        weights.clear()
+
+    def load(models: list, folder: str) -> None:
+        for model in models:
+            load_trainable(accelerator.unwrap_model(model), Path(folder))
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save)
+    accelerator.register_load_state_pre_hook(load)
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, write_state: Callable[[Path], None],
+                    keep: int = 2) -> Path:
+    """Write ``checkpoint-{step}`` with every process (a collective), atomically; keep the newest ``keep``.
+
+    ``write_state(folder)`` writes ``trainer_state.json`` on the main process.
+    """
+    output_dir = Path(output_dir)
+    final, temp = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        for stale in output_dir.glob(".checkpoint-*.tmp"):  # left by a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        temp.mkdir(parents=True)
+    accelerator.wait_for_everyone()  # the folder exists for every process
+    accelerator.save_state(str(temp))
+    accelerator.wait_for_everyone()  # every process's files are written
+    if accelerator.is_main_process:
+        write_state(temp)
+        sync_files(temp)
+        shutil.rmtree(final, ignore_errors=True)
+        temp.rename(final)
+        for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> dict:
+    """Restore what :func:`save_checkpoint` wrote (every process); returns the trainer state."""
+    from slakevqa.distributed import is_fsdp
+
+    check_checkpoint(path, accelerator.num_processes, is_fsdp(accelerator))
+    accelerator.load_state(str(path))
+    return read_trainer_state(path)
+
+
+def write_trainer_state(folder: Path, global_step: int, max_steps: int, log_history: list[dict], **fields) -> None:
+    """``trainer_state.json`` as Hugging Face's Trainer writes it (``transformers.TrainerState``).
+
+    ``log_history`` holds one entry per optimiser step, e.g.
+    ``{"step": 3, "epoch": 0.06, "loss": 2.31, "learning_rate": 1e-05, "grad_norm": 0.8}``;
+    ``fields``: other TrainerState fields (``save_steps``, ``train_batch_size``, ...).
+    """
+    from transformers.trainer_callback import TrainerState
+
+    epoch = log_history[-1].get("epoch", 0.0) if log_history else 0.0
+    TrainerState(epoch=epoch, global_step=global_step, max_steps=max_steps, log_history=list(log_history),
+                 **fields).save_to_json(str(folder / TRAINER_STATE_NAME))
+
+
+def read_trainer_state(path: Path) -> dict:
+    """``global_step`` and ``log_history`` (and the rest) of a checkpoint's ``trainer_state.json``."""
+    state = json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    if not isinstance(state.get("global_step"), int) or not isinstance(state.get("log_history"), list):
+        raise UserError(f"{path / TRAINER_STATE_NAME}: no global_step / log_history; not a slakevqa checkpoint")
+    return state
+
+
+def sync_files(folder: Path) -> None:
+    """fsync every file under ``folder``: renamed into place after this, it is on disk, not only in the cache."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
 
 
 # ---- the trained model's files, published whole
@@ -149,14 +237,9 @@ def start_publish(output_dir: str | Path) -> Path:
 
 def publish(stage: Path, output_dir: str | Path) -> None:
     """Commit the staged files (list, sync, rename the folder), then move them into ``output_dir``."""
-    import os
-
     files = sorted(path.name for path in stage.iterdir())
     (stage / MANIFEST_NAME).write_text(json.dumps(files), encoding="utf-8")
-    for path in stage.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
+    sync_files(stage)
     stage.rename(Path(output_dir) / READY_NAME)
     finish_publish(output_dir)
 
@@ -167,8 +250,6 @@ def finish_publish(output_dir: str | Path) -> None:
     Old model files the new save does not have (a full model replaced by an adapter, or the
     reverse) are removed first: left beside the new ones they would change what loads.
     """
-    import os
-
     out = Path(output_dir)
     ready = out / READY_NAME
     if not ready.is_dir():

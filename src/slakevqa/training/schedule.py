@@ -6,8 +6,31 @@ run sees exactly the batches the uninterrupted run would have seen.
 
 >>> steps_per_epoch(4919, batch_size=2, grad_accum=8, world_size=1)
 308
->>> [round(lr_factor(s, 100, 10, "cosine"), 3) for s in (0, 9, 10, 99)]
-[0.1, 1.0, 1.0, 0.0]
+
+The learning rate is ``transformers.get_scheduler``'s (Hugging Face semantics, the
+same numbers as a ``Trainer`` run with the same settings): ``--lr_scheduler`` names
+map to Hugging Face's in :data:`HF_SCHEDULERS`, and warmup is
+``ceil(warmup_ratio * steps)`` unless ``--warmup_steps`` is given. Optimiser step
+``s`` (0-based) uses ``lr * factor(s)``. Warmup rises linearly from 0 (the first step
+of a run with warmup has learning rate 0: Adam's moments update, the weights do not)
+and decay ends at 0 one step after the last:
+
+>>> import torch
+>>> def rates(kind, total, warmup):
+...     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+...     scheduler = build_scheduler(optimizer, kind, total, warmup)
+...     out = []
+...     for _ in range(total):
+...         out.append(round(optimizer.param_groups[0]["lr"], 3))
+...         optimizer.step()
+...         scheduler.step()
+...     return out
+>>> rates("linear", 6, warmup_steps(6, -1, 0.3))   # ceil(0.3 * 6) = 2 warmup steps
+[0.0, 0.5, 1.0, 0.75, 0.5, 0.25]
+>>> rates("cosine", 6, 2)
+[0.0, 0.5, 1.0, 0.854, 0.5, 0.146]
+>>> rates("constant", 4, 2)                       # Hugging Face's constant_with_warmup
+[0.0, 0.5, 1.0, 1.0]
 """
 
 from __future__ import annotations
@@ -65,12 +88,26 @@ def micro_batch_indices(micro_batch: int, n_examples: int, batch_size: int, seed
     return [order[(start + i) % n_examples] for i in range(batch_size)]
 
 
-def lr_factor(step: int, total: int, warmup: int, kind: str = "cosine") -> float:
-    """Multiplier of the peak learning rate at optimiser step ``step`` (0-based)."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if kind == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup - 1)
-    progress = min(1.0, max(0.0, progress))
-    return 0.5 * (1.0 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
+# --lr_scheduler -> the name transformers.get_scheduler knows. Our "constant" keeps its warmup, so it is
+# Hugging Face's constant_with_warmup (HF's own "constant" ignores warmup); HF's name is accepted too.
+HF_SCHEDULERS: dict[str, str] = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup",
+                                 "constant_with_warmup": "constant_with_warmup"}
+# Recorded in the run fingerprint: a checkpoint written under another schedule definition is not resumed.
+# v1 (before): hand-written, warmup from 1/warmup, decay reaching 0 one step early, warmup round(ratio * steps).
+SCHEDULE_VERSION = "hf-get_scheduler@v2"
+
+
+def warmup_steps(total: int, steps: int, ratio: float) -> int:
+    """Warmup optimiser steps: ``steps`` when >= 0, else ``ceil(ratio * total)`` (Hugging Face Trainer's rule).
+
+    >>> warmup_steps(308, -1, 0.03), warmup_steps(308, 50, 0.03), warmup_steps(308, -1, 0.0)
+    (10, 50, 0)
+    """
+    return steps if steps >= 0 else math.ceil(total * ratio)
+
+
+def build_scheduler(optimizer, kind: str, total: int, warmup: int):
+    """``transformers.get_scheduler`` for our ``--lr_scheduler`` name: a ``LambdaLR`` stepped once per optimiser step."""
+    from transformers import get_scheduler
+
+    return get_scheduler(HF_SCHEDULERS[kind], optimizer, num_warmup_steps=warmup, num_training_steps=total)
