@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device_map or args.use_flash_attention or args.no_codex_wrapper:
         print("note: --device_map/--use_flash_attention/--no_codex_wrapper are ignored (sdpa, one device)")
     checked = argparse.Namespace(model=args.model_id, adapter=None, base=None, merge_adapter=False,
-                                 vision_from=None, device=args.device, dtype=args.dtype, image=args.image,
+                                 vision_from=None, device=args.device, precision=args.dtype, image=args.image,
                                  question=args.question, max_new_tokens=args.max_new_tokens,
                                  skip_generate=args.skip_generate, trust_remote_code=args.trust_remote_code,
                                  debug=args.debug)

@@ -27,6 +27,7 @@ import json
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -60,7 +61,8 @@ def timing(engine, name: str, times: dict) -> None:
 
 def run(engine, samples, batch_size: int, share: bool, cudnn: bool = False) -> dict:
     times: dict[str, float] = defaultdict(float)
-    engine.share_prefix, engine.cudnn_attention = share, cudnn
+    engine.share_prefix = share
+    engine.builder = replace(engine.builder, settings=replace(engine.builder.settings, cudnn_attention=cudnn))
     for name in STAGES:
         timing(engine, name, times)
     synchronise()
@@ -99,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     samples = answer_order(load_split(args.slake_root, args.split), GenerationSettings())  # as slakevqa eval does
-    builder = InputBuilder.create(find_layout(args.slake_root), "short", ClosedVocab.empty())
+    builder = InputBuilder.create(find_layout(args.slake_root), ClosedVocab.empty())
     model, processor = build_model(args.tiny, device)
     if args.lm_head_scale != 1.0:
         with torch.no_grad():

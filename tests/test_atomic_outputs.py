@@ -327,3 +327,10 @@ def test_report_embeds_only_images_inside_the_dataset(tmp_path: Path) -> None:
     assert refused > 0 and html.count("image outside the dataset folder<br>") == refused
     assert html.count("data:image/jpeg;base64,") == len(shown) - refused
     assert f"{refused} image path(s) outside the dataset folder ({dataset.resolve()}) not embedded" in html
+    # a run that records no dataset folder embeds nothing, unless --image_root names one
+    write_results(run / "results.json", build_results(rows, {}, resamples=10))
+    assert main(["report", str(run), "--worst", "40"]) == 0
+    html = (run / "report.html").read_text()
+    assert "data:image/jpeg;base64," not in html and "No images embedded: the run records no dataset" in html
+    assert main(["report", str(run), "--worst", "40", "--image_root", str(dataset)]) == 0
+    assert (run / "report.html").read_text().count("data:image/jpeg;base64,") == len(shown) - refused

@@ -8,6 +8,7 @@ import torch
 from slakevqa.attention import attention_kernels
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.evaluation.engine import Engine
+from slakevqa.input_settings import InputSettings
 from slakevqa.inputs import InputBuilder
 from slakevqa.vocab import build_closed_vocab
 
@@ -26,10 +27,11 @@ def test_the_engine_answers_without_cudnn_attention_by_default(synth_root, tiny_
     model, processor = tiny_model
     seen: list[bool] = []
     model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.cuda.cudnn_sdp_enabled()))
-    builder = InputBuilder.create(find_layout(synth_root), "short", build_closed_vocab(load_split(synth_root, "train")))
+    vocab = build_closed_vocab(load_split(synth_root, "train"))
     samples = load_split(synth_root, "test")[:6]
-    Engine(model, processor, builder).answer(samples)
+    Engine(model, processor, InputBuilder.create(find_layout(synth_root), vocab)).answer(samples)
     assert seen and not any(seen)
     seen.clear()
-    Engine(model, processor, builder, cudnn_attention=True).answer(samples)
+    cudnn = InputBuilder.create(find_layout(synth_root), vocab, settings=InputSettings(cudnn_attention=True))
+    Engine(model, processor, cudnn).answer(samples)
     assert seen and all(seen) == torch.backends.cuda.cudnn_sdp_enabled()

@@ -359,7 +359,7 @@ def test_the_model_sees_the_scaled_16bit_image(tmp_path: Path) -> None:
     root = write_mini_slake(tmp_path / "Slake1.0")
     (root / "imgs/xmlab0/source.jpg").write_bytes(save(Image.fromarray(RAMP16.astype(np.uint16)), "PNG"))
     samples = load_split(root, "train")
-    builder = InputBuilder.create(find_layout(root), "short", build_closed_vocab(samples))
+    builder = InputBuilder.create(find_layout(root), build_closed_vocab(samples))
     pixels = np.asarray(builder.image(next(s for s in samples if s.qid == 0)))
     assert np.array_equal(pixels[..., 0], EXPECTED16) and np.array_equal(pixels[..., 2], EXPECTED16)
 

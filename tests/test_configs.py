@@ -30,9 +30,13 @@ def test_every_preset_is_covered() -> None:
         assert path.read_text(encoding="utf-8").startswith("# accelerate launch")
 
 
-def test_unknown_key_gets_a_suggestion() -> None:
-    with pytest.raises(UserError, match="unknown key 'lora_rank'; did you mean lora_r"):
-        config_from_dict(TrainConfig, {"lora_rank": 8}, "my.yaml")
+def test_unknown_key_gets_a_suggestion_from_every_spelling() -> None:
+    with pytest.raises(UserError, match="unknown key 'lora_rnk'; did you mean lora_rank or lora_r"):
+        config_from_dict(TrainConfig, {"lora_rnk": 8}, "my.yaml")
+    with pytest.raises(UserError, match="unknown key 'learnig_rate'; did you mean learning_rate"):
+        config_from_dict(TrainConfig, {"learnig_rate": 1e-4}, "my.yaml")
+    with pytest.raises(UserError, match="unknown key 'closed_candidate'; did you mean closed_candidates"):
+        config_from_dict(EvalConfig, {"closed_candidate": "auto"}, "eval.yaml")
 
 
 def test_eval_takes_base_as_another_spelling_of_model_base(tmp_path: Path) -> None:
@@ -46,7 +50,7 @@ def test_eval_takes_base_as_another_spelling_of_model_base(tmp_path: Path) -> No
         (tmp_path / "eval.yaml").write_text(text)
         assert config_from_args(EvalConfig, parser.parse_args(["--config", str(tmp_path / "eval.yaml")])
                                 ).model_base == "org/base"
-    with pytest.raises(UserError, match="'base' and 'model_base' are the same setting"):
+    with pytest.raises(UserError, match="'base' and 'model_base' both set model_base"):
         config_from_dict(EvalConfig, {"model_base": "a", "base": "b"}, "eval.yaml")
 
 

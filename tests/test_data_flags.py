@@ -122,3 +122,17 @@ def test_output_folder_that_is_a_file_is_one_line(verb: str, below: bool, mini_s
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"error: {label} {out}") and f"{blocker} is a file, not a folder" in err
     assert blocker.read_text() == "not a folder"
+
+
+def test_demo_reruns_resume_and_overwrite_replaces_an_older_folder(tmp_path: Path, capsys) -> None:
+    """A demo folder from before run fingerprints is refused with a way out the demo itself offers."""
+    pytest.importorskip("mistral_common")
+    argv = ["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--images", "12"]
+    assert main(argv) == 0
+    (tmp_path / "demo" / "untrained" / "run_fingerprint.json").unlink()  # as an older slakevqa left it
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "an older slakevqa" in err and "--overwrite" in err
+    assert main([*argv, "--overwrite"]) == 0
+    assert (tmp_path / "demo" / "untrained" / "run_fingerprint.json").is_file()

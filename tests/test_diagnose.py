@@ -181,12 +181,14 @@ def test_flipped_builder_keeps_run_stats_apart(mini_slake: Path) -> None:
     from slakevqa.inputs import InputBuilder
     from slakevqa.vocab import ClosedVocab
 
-    builder = InputBuilder.create(find_layout(mini_slake), "short", ClosedVocab.empty(), mask_mode="crop")
+    from slakevqa.input_settings import InputSettings
+
+    builder = InputBuilder.create(find_layout(mini_slake), ClosedVocab.empty(), settings=InputSettings(mask_mode="crop"))
     other = flipped_builder(builder)
-    assert (builder.triples_mode, other.triples_mode) == ("real_only", "off")
+    assert (builder.settings.triples_mode, other.settings.triples_mode) == ("real_only", "off")
     assert other.mask_stats is not builder.mask_stats and other.graphs is builder.graphs
-    assert other.mask_mode == "crop" and other.style == builder.style
-    assert flipped_builder(other).triples_mode == "real_only"
+    assert other.settings.mask_mode == "crop" and other.style == builder.style
+    assert flipped_builder(other).settings.triples_mode == "real_only"
 
 
 def sample(qid: int, image: int, modality: str) -> VQASample:
@@ -206,7 +208,7 @@ def test_mask_debug_with_masks_off_only_says_so(mini_slake: Path, tmp_path: Path
     from slakevqa.inputs import InputBuilder
     from slakevqa.vocab import ClosedVocab
 
-    builder = InputBuilder.create(find_layout(mini_slake), "short", ClosedVocab.empty())
+    builder = InputBuilder.create(find_layout(mini_slake), ClosedVocab.empty())
     summary = write_mask_debug(builder, [sample(1, 1, "CT")], tmp_path / "mask_debug", 4)
     assert summary["mode"] == "none" and summary["written"] == 0 and "mask_mode is none" in summary["note"]
     assert not (tmp_path / "mask_debug").exists()
@@ -215,14 +217,13 @@ def test_mask_debug_with_masks_off_only_says_so(mini_slake: Path, tmp_path: Path
 class FactEcho:
     """Stands in for :class:`Engine`: answers right exactly when the prompt carries KG facts."""
 
-    def __init__(self, model, processor, builder, settings=None, closed_mode: str = "score",
-                 max_prompt_len: int = 512, share_prefix: bool = True, cudnn_attention: bool = False) -> None:
+    def __init__(self, model, processor, builder, *, settings=None, closed_answering: str = "score",
+                 share_prefix: bool = True) -> None:
         from slakevqa.evaluation.engine import GenerationSettings
 
         self.model, self.processor, self.builder = model, processor, builder
         self.settings = settings or GenerationSettings()
-        self.closed_mode, self.max_prompt_len = closed_mode, max_prompt_len
-        self.share_prefix, self.cudnn_attention = share_prefix, cudnn_attention
+        self.closed_answering, self.share_prefix = closed_answering, share_prefix
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
         from slakevqa.prompts import render_generation_prompt
@@ -241,7 +242,9 @@ def test_kg_ablation_of_a_run_without_facts_answers_again_with_them(tmp_path: Pa
 
     root = write_synthetic_slake(tmp_path / "Slake1.0", seed=0, images=20).out
     samples = [s for s in load_split(root, "test", "en") if s.is_kvqa]
-    builder = InputBuilder.create(find_layout(root), "short", ClosedVocab.empty(), triples_mode="off")
+    from slakevqa.input_settings import InputSettings
+
+    builder = InputBuilder.create(find_layout(root), ClosedVocab.empty(), settings=InputSettings(triples_mode="off"))
     engine = FactEcho(None, None, builder)
     monkeypatch.setattr(diagnose, "Engine", FactEcho)
     kg = diagnose.run_kg_ablation(engine, samples, engine.answer(samples), tmp_path / "again.jsonl",
@@ -259,6 +262,7 @@ def test_kg_ablation_of_a_run_without_facts_answers_again_with_them(tmp_path: Pa
 def diagnosed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ``--mode diagnose`` run on a synthetic SLAKE (27 English test questions, 6 kvqa)."""
     from slakevqa.data.synth import write_synthetic_slake
+    from slakevqa.config import make_config
     from slakevqa.evaluation.config import EvalConfig
     from slakevqa.evaluation.evaluate import evaluate
     from slakevqa.models.tiny import build_tiny_llava
@@ -266,8 +270,8 @@ def diagnosed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("diagnose")
     root = write_synthetic_slake(base / "Slake1.0", seed=0, images=20).out
     model, processor = build_tiny_llava("bpe")
-    cfg = EvalConfig(model_id_or_ckpt="tiny", slake_root=str(root), output_dir=str(base / "run"), mode="diagnose",
-                     mask_mode="crop", limit=40, report=False)
+    cfg = make_config(EvalConfig, model_id_or_ckpt="tiny", slake_root=root, output_dir=base / "run",
+                      mode="diagnose", mask_mode="crop", limit=40, report=False)
     evaluate(cfg, model, processor)
     return base / "run"
 

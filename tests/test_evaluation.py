@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from slakevqa.config import make_config
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.evaluation.config import EvalConfig
 from slakevqa.evaluation.engine import Engine
@@ -22,9 +23,10 @@ from slakevqa.inputs import InputBuilder
 from slakevqa.vocab import build_closed_vocab
 
 
-def engine_for(root: Path, model, processor, **builder_options) -> Engine:
+def engine_for(root: Path, model, processor, candidates: str = "auto", closed_answering: str = "score") -> Engine:
     vocab = build_closed_vocab(load_split(root, "train"))
-    return Engine(model, processor, InputBuilder.create(find_layout(root), "short", vocab, **builder_options))
+    builder = InputBuilder.create(find_layout(root), vocab, candidates=candidates)
+    return Engine(model, processor, builder, closed_answering=closed_answering)
 
 
 def naive_scores(engine: Engine, item) -> list[float]:
@@ -78,8 +80,7 @@ def test_batched_answers_equal_one_at_a_time(synth_root: Path, tiny_model) -> No
 
 
 def test_generate_mode_maps_free_text_onto_candidates(synth_root: Path, tiny_model) -> None:
-    engine = engine_for(synth_root, *tiny_model)
-    engine.closed_mode = "generate"
+    engine = engine_for(synth_root, *tiny_model, closed_answering="generate")
     sample = next(s for s in load_split(synth_root, "test") if s.is_closed)
     prediction = engine.answer([sample])[0]
     assert prediction.raw_output != "" or prediction.prediction == ""
@@ -88,8 +89,8 @@ def test_generate_mode_maps_free_text_onto_candidates(synth_root: Path, tiny_mod
 
 def test_forced_candidate_modes(synth_root: Path, tiny_model) -> None:
     sample = next(s for s in load_split(synth_root, "test") if s.is_closed and " or " in s.question)
-    yesno = engine_for(synth_root, *tiny_model, candidate_mode="yesno").builder.view(sample).route
-    vocab = engine_for(synth_root, *tiny_model, candidate_mode="vocab").builder.view(sample).route
+    yesno = engine_for(synth_root, *tiny_model, candidates="yesno").builder.view(sample).route
+    vocab = engine_for(synth_root, *tiny_model, candidates="vocab").builder.view(sample).route
     assert yesno.kind == "yesno" and yesno.candidates == ("Yes", "No")
     assert vocab.kind == "vocab" and len(vocab.candidates) > 2
 
@@ -104,7 +105,7 @@ def test_extraction() -> None:
 
 
 def test_run_files_and_invariance_report(synth_root: Path, tmp_path: Path, tiny_model) -> None:
-    cfg = EvalConfig(model_id_or_ckpt="tiny", slake_root=str(synth_root), output_dir=str(tmp_path), limit=20,
+    cfg = make_config(EvalConfig, model_id_or_ckpt="tiny", slake_root=str(synth_root), output_dir=str(tmp_path), limit=20,
                      batch_size=8, check_batch_invariance=20)
     results = evaluate(cfg, *tiny_model)
     lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
@@ -122,6 +123,7 @@ def test_run_files_and_invariance_report(synth_root: Path, tmp_path: Path, tiny_
 CHILD = textwrap.dedent("""
     import os, signal, sys
     import slakevqa.evaluation.engine as E
+    from slakevqa.config import make_config
     from slakevqa.evaluation.config import EvalConfig
     from slakevqa.evaluation.evaluate import evaluate
     from slakevqa.models.tiny import build_tiny_llava
@@ -137,8 +139,8 @@ CHILD = textwrap.dedent("""
         return original(self, samples)
 
     E.Engine.answer = answer
-    evaluate(EvalConfig(model_id_or_ckpt="tiny", slake_root=root, output_dir=out, limit=30, batch_size=4,
-                        report=False), *build_tiny_llava("bpe", seed=0))
+    evaluate(make_config(EvalConfig, model_id_or_ckpt="tiny", slake_root=root, output_dir=out, limit=30,
+                         batch_size=4, report=False), *build_tiny_llava("bpe", seed=0))
 """)
 
 
@@ -169,7 +171,7 @@ def test_sigkill_and_rerun_loses_and_repeats_nothing(synth_root: Path, tmp_path:
 def test_tiny_model_on_the_real_test_split(slake_root: Path, tmp_path: Path) -> None:
     from slakevqa.models.tiny import build_tiny_llava
 
-    cfg = EvalConfig(model_id_or_ckpt="tiny", slake_root=str(slake_root), output_dir=str(tmp_path), batch_size=64,
+    cfg = make_config(EvalConfig, model_id_or_ckpt="tiny", slake_root=str(slake_root), output_dir=str(tmp_path), batch_size=64,
                      max_new_tokens_open_default=4, max_new_tokens_open_abnormality=4)
     results = evaluate(cfg, *build_tiny_llava("bpe", seed=0))
     assert results["counts"]["total"] == 1061 and results["counts"]["OPEN"] == 645

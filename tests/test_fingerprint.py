@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from slakevqa.config import make_config
 from slakevqa.evaluation.config import EvalConfig
 from slakevqa.evaluation.evaluate import model_provenance
 from slakevqa.models.fingerprint import hub_revision, model_fingerprint, safetensors_header
@@ -62,10 +63,10 @@ def test_hub_snapshot_names_its_commit(tmp_path: Path) -> None:
 
 def test_a_model_given_in_process_is_fingerprinted_by_its_saved_folder(tmp_path: Path) -> None:
     saved = model_folder(tmp_path / "run")
-    provenance = model_provenance(EvalConfig(model_id_or_ckpt=str(saved), output_dir=str(tmp_path / "e")), None)
+    provenance = model_provenance(make_config(EvalConfig, model_id_or_ckpt=str(saved), output_dir=str(tmp_path / "e")), None)
     assert provenance["model"] == f"given in process; fingerprint of its saved folder {saved}"
     assert provenance["model_fingerprint"] == model_fingerprint(saved)
-    unsaved = model_provenance(EvalConfig(model_id_or_ckpt="tiny", output_dir=str(tmp_path / "e")), None)
+    unsaved = model_provenance(make_config(EvalConfig, model_id_or_ckpt="tiny", output_dir=str(tmp_path / "e")), None)
     assert unsaved["model_fingerprint"] is None and "not saved" in unsaved["model"]
 
 
@@ -76,6 +77,6 @@ def test_a_loaded_model_is_described_and_fingerprinted_with_its_adapter(tmp_path
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"r": 8}')
     loaded = LoadedModel(None, None, "lora", str(base), "float32", "cpu", adapter=str(adapter), merged=True)
-    provenance = model_provenance(EvalConfig(output_dir=str(tmp_path / "e")), loaded)
+    provenance = model_provenance(make_config(EvalConfig, output_dir=str(tmp_path / "e")), loaded)
     assert provenance["model"] == loaded.describe() and f"LoRA adapter {adapter}" in provenance["model"]
     assert provenance["model_fingerprint"] == model_fingerprint(base, adapter)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from slakevqa.config import make_config
 from slakevqa.commands.demo import DEMO_TRAINING
 from slakevqa.data.synth import write_synthetic_slake
 from slakevqa.evaluation.config import EvalConfig
@@ -28,7 +29,7 @@ STEPS, EARLY_STEPS, BLANK_STEPS = 3000, 2000, 1500
 
 
 def closed_accuracy(model, processor, root: Path, out: Path, blank: bool, name: str = "eval") -> float:
-    results = evaluate(EvalConfig(model_id_or_ckpt=str(out), slake_root=str(root), output_dir=str(out / name),
+    results = evaluate(make_config(EvalConfig, model_id_or_ckpt=str(out), slake_root=str(root), output_dir=str(out / name),
                                   prompt_style=DEMO_TRAINING["prompt_style"], blank_images=blank, report=False,
                                   batch_size=64), model, processor)
     return results["metrics"]["choice"]["CLOSED"]["value"]
@@ -38,7 +39,7 @@ def trained_accuracies(root: Path, out: Path, steps: int, blank: bool, early: in
     """Held-out CLOSED accuracy after ``steps`` (and, from its checkpoint, after ``early`` steps of the same run)."""
     model, processor = build_tiny_llava("mistral", seed=0)
     settings = {**DEMO_TRAINING, "save_steps": early or steps, "save_total_limit": 0, "tb": False}
-    train(TrainConfig(model_id="tiny", slake_root=str(root), output_dir=str(out), max_steps=steps,
+    train(make_config(TrainConfig, model_id="tiny", slake_root=str(root), output_dir=str(out), max_steps=steps,
                       final_eval=False, blank_images=blank, **settings), model, processor)
     accuracies = [closed_accuracy(model, processor, root, out, blank)]
     if early:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from slakevqa.config import make_config
 from slakevqa.cli import main
 from slakevqa.errors import UserError
 from slakevqa.models.loading import load_model
@@ -21,7 +22,7 @@ def trained_adapter(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A LoRA + projector run of 3 steps on a tiny base saved to disk (so the adapter can name it)."""
     base = save_llava(*build_tiny_llava("bpe", seed=0), tmp_path_factory.mktemp("base") / "tiny")
     out = tmp_path_factory.mktemp("run") / "lora"
-    cfg = TrainConfig(model_id=str(base), slake_root=str(synth_root), output_dir=str(out), max_steps=3,
+    cfg = make_config(TrainConfig, model_id=str(base), slake_root=str(synth_root), output_dir=str(out), max_steps=3,
                       batch_size=4, lr=5e-2, warmup_ratio=0.0, final_eval=False, tb=False, eval_steps=0)
     train(cfg, *load_model(base, device="cpu", dtype="fp32", log=lambda _: None))
     return out

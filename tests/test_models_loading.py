@@ -105,6 +105,18 @@ def test_remote_code_needs_the_explicit_flag(tmp_path):
         load_model(tmp_path, **quiet)
 
 
+@pytest.mark.parametrize("text_model", ["llama", "qwen2"])
+def test_a_checkpoint_of_another_chat_format_is_refused_before_its_weights(tmp_path, text_model):
+    from transformers import AutoConfig, LlavaConfig
+
+    text = AutoConfig.for_model(text_model, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, vocab_size=100)
+    LlavaConfig(text_config=text).save_pretrained(tmp_path)  # config only: it must not get as far as the weights
+    with pytest.raises(UserError, match=f"a llava with a {text_model} language model checkpoint; slakevqa prompts "
+                                        "in LLaVA-Med v1.5's Mistral format only"):
+        load_model(tmp_path, **quiet)
+
+
 def test_hub_id_downloads_safetensors_only_then_converts(tiny, tmp_path, monkeypatch):
     import huggingface_hub
 
@@ -130,10 +142,13 @@ def test_four_bit_loading_needs_cuda_and_bitsandbytes(tmp_path: Path) -> None:
     import importlib.util
 
     from slakevqa.errors import UserError
-    from slakevqa.models.loading import four_bit_config, load_hf_model
+    from slakevqa.models.loading import load_hf_model, quantization_config
 
-    with pytest.raises(UserError, match="needs a CUDA GPU"):
-        load_hf_model(tmp_path, "fp32", "cpu", trust_remote_code=False, load_in_4bit=True)
-    if importlib.util.find_spec("bitsandbytes") is None:
-        with pytest.raises(UserError, match="--qlora needs bitsandbytes"):
-            four_bit_config("bf16")
+    for bits in (4, 8):
+        with pytest.raises(UserError, match=f"{bits}-bit loading .*needs a CUDA GPU"):
+            load_hf_model(tmp_path, "fp32", "cpu", trust_remote_code=False, bits=bits)
+        if importlib.util.find_spec("bitsandbytes") is None:
+            with pytest.raises(UserError, match=f"--load_in_{bits}bit\\) needs bitsandbytes"):
+                quantization_config(bits, "bf16")
+    with pytest.raises(UserError, match="4-bit and 8-bit loading at once"):
+        load_model(tmp_path, load_in_4bit=True, load_in_8bit=True, **quiet)

@@ -82,8 +82,8 @@ def _run_dir(tmp_path: Path, with_results: bool = True) -> Path:
 
 
 def test_report_from_files_alone(tmp_path: Path) -> None:
-    run = _run_dir(tmp_path)
-    assert main(["report", str(run), "--worst", "5"]) == 0
+    run = _run_dir(tmp_path)  # its results record no dataset folder: --image_root says where images may come from
+    assert main(["report", str(run), "--worst", "5", "--image_root", str(tmp_path)]) == 0
     md, html = (run / "report.md").read_text(), (run / "report.html").read_text()
     assert "## Headline" in md and "| llava_med |" in md and "## CLOSED confusion matrix" in md
     assert md.count("### qid ") == 5 and "[INST] <image>" in md

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
 
 import pytest
 
+from slakevqa.config import make_config, setting_value, settings_of
 from slakevqa.cli import main
 from slakevqa.errors import UserError
 from slakevqa.evaluation.config import EvalConfig
@@ -18,7 +18,7 @@ from slakevqa.run_fingerprint import FINGERPRINT_NAME
 
 
 def eval_cfg(root: Path, out: Path, **overrides) -> EvalConfig:
-    return EvalConfig(**{"model_id_or_ckpt": "tiny", "slake_root": str(root), "output_dir": str(out), "limit": 4,
+    return make_config(EvalConfig, **{"model_id_or_ckpt": "tiny", "slake_root": str(root), "output_dir": str(out), "limit": 4,
                          "batch_size": 4, "report": False, "device": "cpu", **overrides})
 
 
@@ -35,7 +35,7 @@ def test_every_config_field_is_decided_once(module: str) -> None:
 
     config = importlib.import_module(module)
     cls = config.EvalConfig if hasattr(config, "EvalConfig") else config.TrainConfig
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {s.name for s in settings_of(cls)}
     assert not set(config.RESULT_FIELDS) & set(config.NEUTRAL_FIELDS)
     assert set(config.RESULT_FIELDS) | set(config.NEUTRAL_FIELDS) == names
 
@@ -70,7 +70,7 @@ def test_another_model_into_a_used_folder_is_refused_before_loading(synth_root: 
 def test_a_changed_setting_is_refused_naming_the_field(field: str, value, synth_root: Path, tmp_path: Path,
                                                        tiny_model, monkeypatch) -> None:
     evaluate(eval_cfg(synth_root, tmp_path), *tiny_model)
-    old = getattr(eval_cfg(synth_root, tmp_path), field)
+    old = setting_value(eval_cfg(synth_root, tmp_path), field)
     no_loading(monkeypatch)
     with pytest.raises(UserError) as refused:
         evaluate(eval_cfg(synth_root, tmp_path, **{field: value}))
@@ -131,7 +131,7 @@ def yes_no_slake(tmp_path: Path) -> Path:
 def train_cfg(root: Path, out: Path, steps: int, **overrides):
     from slakevqa.training.config import TrainConfig
 
-    return TrainConfig(**{"model_id": "tiny", "slake_root": str(root), "output_dir": str(out), "max_steps": steps,
+    return make_config(TrainConfig, **{"model_id": "tiny", "slake_root": str(root), "output_dir": str(out), "max_steps": steps,
                           "save_steps": 2, "batch_size": 2, "lr": 5e-3, "tb": False, "final_eval": True, **overrides})
 
 
@@ -214,7 +214,7 @@ def test_a_save_killed_after_its_commit_is_finished_by_the_next_run(tmp_path: Pa
     monkeypatch.undo()
     assert (out / checkpoint.READY_NAME).is_dir()  # evaluation refuses such a folder (check_not_half_saved)
     with pytest.raises(UserError, match="interrupted"):
-        evaluate(EvalConfig(model_id_or_ckpt=str(out), output_dir=str(tmp_path / "e")))
+        evaluate(make_config(EvalConfig, model_id_or_ckpt=str(out), output_dir=str(tmp_path / "e")))
     checkpoint.finish_publish(out)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert (out / "model.safetensors").read_text() == "new weights"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from slakevqa.config import make_config
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.inputs import InputBuilder
 from slakevqa.training.choice import needed_positions, pack_batch, prompt_ends
@@ -20,7 +21,7 @@ from slakevqa.vocab import build_closed_vocab
 
 def encoder_for(root: Path, processor, objective: str) -> ExampleEncoder:
     vocab = build_closed_vocab(load_split(root, "train"))
-    builder = InputBuilder.create(find_layout(root), "short", vocab)
+    builder = InputBuilder.create(find_layout(root), vocab)
     return ExampleEncoder(builder, processor, 512, 64, objective)
 
 
@@ -81,7 +82,7 @@ def test_mc_objective_supervises_open_answers_and_closed_choices_only(synth_root
 @pytest.mark.parametrize("objective", ["mc", "hybrid"])
 def test_choice_objectives_train(synth_root: Path, tmp_path: Path, tiny_model, objective: str) -> None:
     model, processor = tiny_model
-    cfg = TrainConfig(model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path), max_steps=3,
+    cfg = make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path), max_steps=3,
                       batch_size=8, lr=1e-3, final_eval=False, tb=True, logging_steps=1,
                       closed_train_objective=objective)
     result = train(cfg, model, processor)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import slakevqa.training.train as train_module
+from slakevqa.config import make_config
 from slakevqa.cli import main
 from slakevqa.errors import UserError
 from slakevqa.training.config import TrainConfig
@@ -32,13 +33,13 @@ BAD = [
 @pytest.mark.parametrize(("overrides", "message"), BAD, ids=[next(iter(o)) for o, _ in BAD])
 def test_bad_values_are_rejected_when_the_config_is_made(overrides: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        TrainConfig(model_id="/no/such/model", **overrides)
+        make_config(TrainConfig, model_id="/no/such/model", **overrides)
 
 
 def test_defaults_and_epoch_or_step_budgets_are_accepted() -> None:
     TrainConfig()
-    TrainConfig(num_epochs=0, max_steps=5)
-    TrainConfig(use_lora=False, lora_r=8, eval_steps=0, tb_probe_size=0)
+    make_config(TrainConfig, num_epochs=0, max_steps=5)
+    make_config(TrainConfig, use_lora=False, lora_r=8, eval_steps=0, tb_probe_size=0)
 
 
 def test_cli_reports_the_flag_not_the_missing_model(synth_root: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -61,7 +62,7 @@ def test_out_of_memory_in_a_step_becomes_advice(synth_root: Path, tmp_path: Path
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(train_module, "answer_loss", answer_loss)
-    cfg = TrainConfig(model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path), max_steps=2, batch_size=4,
+    cfg = make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path), max_steps=2, batch_size=4,
                       grad_accum=1, final_eval=False, tb=False, eval_steps=0)
     with pytest.raises(UserError) as caught:
         train_module.train(cfg, *tiny_model)
@@ -73,7 +74,7 @@ def test_out_of_memory_in_a_step_becomes_advice(synth_root: Path, tmp_path: Path
 
 
 def test_cpu_allocator_failure_is_advised_and_other_errors_pass_through() -> None:
-    cfg = TrainConfig(batch_size=1, grad_accum=8, gradient_checkpointing=True, use_lora=False)
+    cfg = make_config(TrainConfig, batch_size=1, grad_accum=8, gradient_checkpointing=True, use_lora=False)
     with pytest.raises(UserError, match="out of memory at step 3") as caught:
         with out_of_memory_advice(cfg, 3):
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: not enough memory")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from slakevqa.data.slake import find_layout, load_split
+from slakevqa.input_settings import InputSettings
 from slakevqa.inputs import InputBuilder
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.image_features import ImageFeatureCache
@@ -25,7 +26,7 @@ from slakevqa.vocab import build_closed_vocab
 
 
 def builder_for(root: Path) -> InputBuilder:
-    return InputBuilder.create(find_layout(root), "short", build_closed_vocab(load_split(root, "train")))
+    return InputBuilder.create(find_layout(root), build_closed_vocab(load_split(root, "train")))
 
 
 def image_ordered(samples: list, count: int) -> list:
@@ -91,8 +92,8 @@ def test_packed_positions_continue_from_the_prefix(synth_root: Path, tiny_model)
 
 def test_mask_modes_give_each_question_its_own_row(synth_root: Path, tiny_model) -> None:
     _, processor = tiny_model
-    builder = InputBuilder.create(find_layout(synth_root), "short", build_closed_vocab(load_split(synth_root, "train")),
-                                  mask_mode="crop")
+    builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")),
+                                  settings=InputSettings(mask_mode="crop"))
     samples = image_ordered(load_split(synth_root, "train"), 4)
     batch, _ = ExampleEncoder(builder, processor, 512, 64, pack=True).batch(samples)
     assert batch["input_ids"].shape[0] == 4

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from slakevqa.config import make_config
 from slakevqa.errors import UserError
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.params import component_of, parse_target_spec, resolve_lora_targets
@@ -35,7 +36,7 @@ def moved(before: dict, model) -> set[str]:
 def run_two_steps(synth_root: Path, tmp_path: Path, tiny_model, **overrides) -> tuple[set[str], object]:
     model, processor = tiny_model
     before = snapshot(model)
-    cfg = TrainConfig(model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path / "run"), max_steps=2,
+    cfg = make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path / "run"), max_steps=2,
                       batch_size=4, lr=1e-2, warmup_ratio=0.0, final_eval=False, tb=False, lora_dropout=0.0,
                       **overrides)
     result = train(cfg, model, processor)
@@ -101,6 +102,6 @@ def test_zero_matches_lists_close_names(tiny_model) -> None:
 
 
 def test_qlora_needs_a_gpu(synth_root, tmp_path) -> None:
-    cfg = TrainConfig(model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path), qlora=True, tb=False)
+    cfg = make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path), qlora=True, tb=False)
     with pytest.raises(UserError, match="--qlora needs a CUDA GPU"):
         train(cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slakevqa.config import make_config
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.params import configure_trainable
 from slakevqa.training.precision import (adapter_layers, adapters_under_autocast, autocast_precision,
@@ -16,7 +17,7 @@ from slakevqa.training.precision import (adapter_layers, adapters_under_autocast
     ("fp16", "cuda", True, ("fp32", "fp16")), ("fp32", "cuda", True, ("fp32", "no")),
     ("auto", "cpu", True, ("fp32", "no"))])
 def test_precision_table(precision: str, device: str, lora: bool, expected: tuple[str, str]) -> None:
-    cfg = TrainConfig(precision=precision, use_lora=lora)
+    cfg = make_config(TrainConfig, precision=precision, use_lora=lora)
     assert (weight_dtype(precision, device), autocast_precision(cfg, device)) == expected
 
 

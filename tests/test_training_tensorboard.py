@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from slakevqa.config import make_config
 from slakevqa.data.slake import load_split
 from slakevqa.training import probe as probe_module
 from slakevqa.training.config import TrainConfig
@@ -37,7 +38,7 @@ def logged(synth_root: Path, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("tb") / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(probe_module, "EVAL_LOSS_RECORDS", 16)  # the eval loss path, at a tenth of the cost
-        result = train(TrainConfig(model_id="tiny", slake_root=str(synth_root), output_dir=str(out), **SETTINGS),
+        result = train(make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(out), **SETTINGS),
                        *build_tiny_llava("bpe", seed=0))
     return EventAccumulator(str(out / "tb"), size_guidance=GUIDANCE).Reload(), result
 
@@ -114,7 +115,7 @@ def test_tint_marks_the_region_only() -> None:
 
 def test_diagnostics_leave_training_unchanged(logged, synth_root: Path, tmp_path: Path, tiny_model) -> None:
     """Probe and eval loss between steps restore RNG and train mode: the losses equal a run without them."""
-    plain = train(TrainConfig(model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path),
+    plain = train(make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path),
                               **{**SETTINGS, "tb": False, "eval_steps": 0}), *tiny_model)
     assert plain.losses == logged[1].losses
 
@@ -139,7 +140,7 @@ def test_answer_loss_rows_match_separate_forwards(synth_root: Path, tiny_model, 
     from slakevqa.training.loss import answer_loss
 
     model, processor = tiny_model
-    builder = InputBuilder.create(find_layout(synth_root), "short", ClosedVocab.empty())
+    builder = InputBuilder.create(find_layout(synth_root), ClosedVocab.empty())
     encoder = ExampleEncoder(builder, processor, 512, 64)
     samples = load_split(synth_root, "train")[:3]
     batch, _ = encoder.batch(samples)

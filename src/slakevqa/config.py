@@ -18,8 +18,14 @@ and a YAML file holds the same names::
     batch_size: 32
     split: test
 
-Other spellings of a field go in ``metadata={"aliases": ("base",)}``: ``--base`` is then a
-flag for the same setting and ``base`` a YAML key for it.
+Settings that several configs share live in one group dataclass (``inputs: InputSettings``):
+its fields are flat keys and flags of every config that holds it (``mask_mode: crop``, not
+``inputs: {mask_mode: crop}``), defined and validated once.
+
+Other spellings of a field go in ``metadata={"aliases": ("learning_rate",)}``: ``--learning_rate``
+is then a flag for the same setting and ``learning_rate`` a YAML key for it. A spelling that also
+changes the value (HF's ``bf16: true`` is ``precision: bf16``) is a :class:`Translation` in the
+config's ``TRANSLATIONS``.
 """
 
 from __future__ import annotations
@@ -29,17 +35,54 @@ import dataclasses
 import difflib
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from slakevqa.errors import UserError
 
 _SCALARS = (int, float, str, bool)
 
 
-def field_types(cls: type) -> dict[str, type]:
-    """Resolved annotation of every field (``X | None`` becomes ``X``; lists stay ``list``)."""
+@dataclass(frozen=True)
+class Setting:
+    """One key of a config: its field, resolved type and the group attribute holding it (None: top level)."""
+
+    name: str
+    field: dataclasses.Field
+    kind: object
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class Translation:
+    """Another tool's key whose value maps onto ours: ``to(value)`` gives ``{our key: our value}``.
+
+    >>> Translation(bool, "HF's bf16", lambda on: {"precision": "bf16" if on else "fp32"}).to(True)
+    {'precision': 'bf16'}
+    """
+
+    kind: type
+    help: str
+    to: Callable[[Any], dict]
+
+
+def settings_of(cls: type) -> list[Setting]:
+    """Every setting of ``cls`` in definition order, the fields of group dataclasses flattened in."""
     hints = typing.get_type_hints(cls)
-    return {f.name: _strip_optional(hints[f.name]) for f in dataclasses.fields(cls)}
+    out: list[Setting] = []
+    for f in dataclasses.fields(cls):
+        kind = _strip_optional(hints[f.name])
+        if dataclasses.is_dataclass(kind):
+            out += [dataclasses.replace(s, group=f.name) for s in settings_of(kind)]
+        else:
+            out.append(Setting(f.name, f, kind))
+    return out
+
+
+def field_types(cls: type) -> dict[str, type]:
+    """Resolved annotation of every setting (``X | None`` becomes ``X``; lists stay ``list``)."""
+    return {s.name: s.kind for s in settings_of(cls)}
 
 
 def _strip_optional(annotation: object) -> object:
@@ -49,30 +92,66 @@ def _strip_optional(annotation: object) -> object:
     return annotation
 
 
+def setting_value(config: object, name: str) -> object:
+    """The value of setting ``name`` wherever it lives in ``config`` (top level or a group)."""
+    for s in settings_of(type(config)):
+        if s.name == name:
+            return getattr(getattr(config, s.group) if s.group else config, name)
+    raise KeyError(name)
+
+
 def field_aliases(cls: type) -> dict[str, str]:
-    """``{alias: field name}`` from each field's ``metadata["aliases"]``."""
-    return {alias: f.name for f in dataclasses.fields(cls) for alias in f.metadata.get("aliases", ())}
+    """``{alias: setting name}`` from each field's ``metadata["aliases"]``."""
+    return {alias: s.name for s in settings_of(cls) for alias in s.field.metadata.get("aliases", ())}
+
+
+def translations(cls: type) -> dict[str, Translation]:
+    return dict(getattr(cls, "TRANSLATIONS", {}))
 
 
 def canonical_keys(cls: type, data: dict, source: str) -> dict:
-    """``data`` with alias keys renamed to their fields; an alias beside its field is an error."""
-    aliases, out = field_aliases(cls), {}
+    """``data`` with alias and translated keys turned into settings; two spellings of one setting is an error."""
+    aliases, translated, out, given_as = field_aliases(cls), translations(cls), {}, {}
     for key, value in data.items():
-        name = aliases.get(key, key)
-        if name in out:
-            raise UserError(f"{source}: '{key}' and '{name}' are the same setting; give one of them")
-        out[name] = value
+        if key in translated:
+            pairs = translated[key].to(coerce(value, translated[key].kind, source, key)).items()
+        else:
+            pairs = [(aliases.get(key, key), value)]
+        for name, new in pairs:
+            if name in out:
+                raise UserError(f"{source}: '{key}' and '{given_as[name]}' both set {name}; give one of them")
+            out[name], given_as[name] = new, key
     return out
 
 
+def known_keys(cls: type) -> list[str]:
+    """Every key ``cls`` accepts: its settings, their aliases and the translated keys."""
+    return [s.name for s in settings_of(cls)] + list(field_aliases(cls)) + list(translations(cls))
+
+
 def check_keys(cls: type, data: dict, source: str) -> None:
-    """Refuse keys that are not fields of ``cls``, suggesting the closest ones."""
-    names = [f.name for f in dataclasses.fields(cls)]
+    """Refuse keys that are not settings of ``cls``, suggesting the closest of every accepted spelling."""
+    names = {s.name for s in settings_of(cls)}
     for key in data:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=2)
+            close = difflib.get_close_matches(key, known_keys(cls), n=2)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             raise UserError(f"{source}: unknown key '{key}'{hint}")
+
+
+def check_choices(config: object) -> None:
+    """Every field with ``metadata["choices"]`` holds one of them (YAML and Python callers bypass argparse)."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "choices" in f.metadata and value not in f.metadata["choices"]:
+            raise UserError(f"--{f.name} must be one of {', '.join(map(str, f.metadata['choices']))}, got {value!r}")
+
+
+def check_rules(config: object, rules: tuple[tuple[str, Callable[[Any], bool], str], ...]) -> None:
+    """``rules``: ``(field, test, what it must be)``; the first failing one is a one-line error."""
+    for name, ok, requirement in rules:
+        if not ok(getattr(config, name)):
+            raise UserError(f"--{name} must be {requirement}, got {getattr(config, name)!r}")
 
 
 def coerce(value: object, kind: object, source: str, key: str) -> object:
@@ -95,11 +174,30 @@ def coerce(value: object, kind: object, source: str, key: str) -> object:
 
 
 def config_from_dict(cls: type, data: dict, source: str = "config"):
-    """Build ``cls`` from a mapping (alias keys allowed), refusing unknown keys and wrong types."""
+    """Build ``cls`` from a flat mapping (aliases and translated keys allowed), refusing unknown keys and wrong types."""
     data = canonical_keys(cls, data, source)
     check_keys(cls, data, source)
-    kinds = field_types(cls)
-    return cls(**{k: coerce(v, kinds[k], source, k) for k, v in data.items()})
+    top: dict = {}
+    groups: dict[str, dict] = {}
+    for s in settings_of(cls):
+        if s.name in data:
+            target = groups.setdefault(s.group, {}) if s.group else top
+            target[s.name] = coerce(data[s.name], s.kind, source, s.name)
+    hints = typing.get_type_hints(cls)
+    for name, values in groups.items():
+        top[name] = _strip_optional(hints[name])(**values)
+    return cls(**top)
+
+
+def make_config(cls: type, **settings: object):
+    """``cls`` from flat keyword settings, as a YAML file would give them (paths may be ``Path``).
+
+    >>> from slakevqa.evaluation.config import EvalConfig
+    >>> make_config(EvalConfig, mask_mode="crop", batch_size=8).inputs.mask_mode
+    'crop'
+    """
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+    return config_from_dict(cls, values, f"{cls.__name__}(...)")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -119,27 +217,44 @@ def load_yaml(path: str | Path) -> dict:
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
                          aliases: dict[str, list[str]] | None = None) -> None:
-    """One flag per field (``--name``; booleans get ``--name/--no-name``) plus ``--config``.
+    """One flag per setting (``--name``; booleans get ``--name/--no-name``) plus ``--config``.
 
-    A field's ``metadata["aliases"]`` and ``aliases[field]`` (flag spellings) name the same flag.
+    A field's ``metadata["aliases"]`` and ``aliases[field]`` (flag spellings) name the same flag;
+    each of the config's ``TRANSLATIONS`` is a flag of its own, translated by :func:`config_from_args`.
     Flags default to "not given" so that :func:`config_from_args` can layer them over YAML.
     """
     parser.add_argument("--config", default=None, help="YAML file with any of these keys")
-    kinds = field_types(cls)
-    for f in dataclasses.fields(cls):
-        spellings = [f.name, *f.metadata.get("aliases", ())]
-        names = [f"--{name}" for name in spellings] + (aliases or {}).get(f.name, [])
-        help_text = f.metadata.get("help", "")
+    add_setting_flags(parser, cls, aliases, layered=True)
+    for key, translation in translations(cls).items():
+        options = {"dest": f"translated:{key}", "default": argparse.SUPPRESS, "help": translation.help}
+        if translation.kind is not bool:
+            options["metavar"] = key.upper()
+        _add_flag(parser, [f"--{key}"], translation.kind, None, options)
+
+
+def add_setting_flags(parser, cls: type, aliases: dict[str, list[str]] | None = None, layered: bool = False) -> None:
+    """One flag per setting of ``cls`` (``parser`` may be an argument group).
+
+    ``layered``: flags default to "not given" (a config file sits below them); else to the field's default.
+    """
+    for s in settings_of(cls):
+        spellings = [s.name, *s.field.metadata.get("aliases", ())]
+        names = [f"--{name}" for name in spellings] + (aliases or {}).get(s.name, [])
+        help_text = s.field.metadata.get("help", "")
         if "(default" not in help_text:
-            help_text += f" (default: {_default_of(f)!r})"
-        options: dict = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        kind = kinds[f.name]
-        if kind is bool:
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, **options)
-        elif "choices" in f.metadata:
-            parser.add_argument(*names, choices=f.metadata["choices"], type=kind, **options)
-        else:
-            parser.add_argument(*names, type=kind if kind in (int, float) else str, **options)
+            help_text += f" (default: {_default_of(s.field)!r})"
+        default = argparse.SUPPRESS if layered else _default_of(s.field)
+        options: dict = {"dest": s.name, "default": default, "help": help_text}
+        _add_flag(parser, names, s.kind, s.field.metadata.get("choices"), options)
+
+
+def _add_flag(parser: argparse.ArgumentParser, names: list[str], kind: object, choices, options: dict) -> None:
+    if kind is bool:
+        parser.add_argument(*names, action=argparse.BooleanOptionalAction, **options)
+    elif choices:
+        parser.add_argument(*names, choices=choices, type=kind, **options)
+    else:
+        parser.add_argument(*names, type=kind if kind in (int, float) else str, **options)
 
 
 def _default_of(f: dataclasses.Field) -> object:
@@ -150,15 +265,17 @@ def _default_of(f: dataclasses.Field) -> object:
 
 def config_from_args(cls: type, args: argparse.Namespace):
     """Defaults, then ``args.config`` (YAML), then the flags actually given."""
-    given = {k: v for k, v in vars(args).items() if k not in ("config", "debug")}
+    given = {k.removeprefix("translated:"): v for k, v in vars(args).items() if k not in ("config", "debug")}
     data = load_yaml(args.config) if getattr(args, "config", None) else {}
     source = str(args.config) if getattr(args, "config", None) else "command line"
     data = canonical_keys(cls, data, source)
     check_keys(cls, data, source)
+    given = canonical_keys(cls, given, "command line")
     check_keys(cls, given, "command line")
     return config_from_dict(cls, {**data, **given}, source)
 
 
 def config_to_dict(config: object) -> dict:
-    """JSON-ready dict of a config (paths as strings)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+    """JSON-ready flat dict of a config, groups flattened (paths as strings)."""
+    values = {s.name: setting_value(config, s.name) for s in settings_of(type(config))}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}

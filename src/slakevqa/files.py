@@ -211,13 +211,21 @@ def json_lines(path: str | Path) -> Iterator[tuple[int, object]]:
     """
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(path, f"not JSON ({error.msg})", record=f"line {number}") from None
-    except (OSError, UnicodeDecodeError) as error:
+        with path.open("rb") as handle:  # binary lines end at b"\n" only
+            for number, raw in enumerate(handle, start=1):
+                if raw.strip():
+                    yield number, _json_line(raw, path, number)
+    except (OSError, ValueError) as error:  # ValueError: a NUL byte in the path
         raise DataError(path, f"cannot read the file ({error})") from None
+
+
+def _json_line(raw: bytes, path: Path, number: int) -> object:
+    try:
+        return json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+    except UnicodeDecodeError as error:
+        raise DataError(path, f"not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file as UTF-8",
+                        record=f"line {number}") from None
+    except json.JSONDecodeError as error:
+        raise DataError(path, f"not JSON ({error.msg})", record=f"line {number}") from None
+    except RecursionError:
+        raise DataError(path, "invalid JSON: nested too deeply", record=f"line {number}") from None

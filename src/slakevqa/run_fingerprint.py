@@ -35,7 +35,9 @@ FORMAT, VERSION = "slakevqa.run_fingerprint", 1
 
 def config_values(config: object, result_fields: tuple[str, ...]) -> dict:
     """The fields of ``config`` that decide its results."""
-    return {name: getattr(config, name) for name in result_fields}
+    from slakevqa.config import setting_value
+
+    return {name: setting_value(config, name) for name in result_fields}
 
 
 def model_values(spec: str | None, base: str | None = None) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slakevqa.errors import UserError
-from slakevqa.models.loading import MODEL_HELP
+from slakevqa.models.loading import MODEL_HELP, PRECISIONS
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, ProcessorMixin
@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vision_from", "--vision-from", default=None, metavar="CLIP_FOLDER",
                         help="original checkpoints: take vision weights from this CLIP folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--precision", "--dtype", dest="precision", default="auto", choices=PRECISIONS,
+                        help="weights' dtype: auto (bf16 on GPUs that support it, else fp32), bf16, fp16, fp32")
     parser.add_argument("--image", default=None, help="image file to generate on (default: a synthetic one)")
     parser.add_argument("--question", default=DEFAULT_QUESTION, help="question for the generation")
     parser.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=32)
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from slakevqa.models.inspect import generate_once
     from slakevqa.models.loading import load_model
 
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype, adapter=args.adapter, base=args.base,
+    loaded = load_model(args.model, device=args.device, dtype=args.precision, adapter=args.adapter, base=args.base,
                         merge_adapter=args.merge_adapter, vision_from=args.vision_from,
                         trust_remote_code=args.trust_remote_code)
     print(f"loaded: {loaded.describe()}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from slakevqa.files import check_output_dir
-from slakevqa.models.loading import MODEL_HELP
+from slakevqa.models.loading import DTYPES, MODEL_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="take the vision tower weights from this CLIP folder")
     parser.add_argument("--tokenizer", default=None, metavar="FOLDER",
                         help="folder with tokenizer.model, if SRC has none")
-    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
-                        help="output dtype (default: the checkpoint's torch_dtype)")
+    parser.add_argument("--precision", "--dtype", dest="precision", choices=tuple(DTYPES), default=None,
+                        help="output dtype, bf16, fp16 or fp32 (default: the checkpoint's torch_dtype)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty DST")
 
 
@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from slakevqa.models.loading import resolve_folder
 
     check_output_dir(args.dst, "DST")
+    dtype = DTYPES[args.precision] if args.precision else None
     report = convert_checkpoint(resolve_folder(args.src), args.dst, vision_from=args.vision_from,
-                                tokenizer_folder=args.tokenizer, dtype=args.dtype, overwrite=args.overwrite)
+                                tokenizer_folder=args.tokenizer, dtype=dtype, overwrite=args.overwrite)
     print(f"converted {report.n_tensors} tensors in {report.seconds:.1f} s: vocabulary {report.vocab[0]} -> "
           f"{report.vocab[1]} rows, {report.dtype}, vision weights from {report.vision_source}")
     print(f"wrote {report.destination}")

@@ -17,6 +17,7 @@ import os
 import time
 from pathlib import Path
 
+from slakevqa.config import make_config
 from slakevqa.errors import UserError
 from slakevqa.files import check_output_dir
 
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slake_root", default=os.environ.get("SLAKE_ROOT"),
                         help="real SLAKE instead of the synthetic set (default: $SLAKE_ROOT)")
     parser.add_argument("--images", type=int, default=430, help="synthetic images (default 430)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="answer and train afresh in --out (a rerun otherwise resumes what is there, and "
+                             "refuses a folder written with other settings)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     root = dataset(args, out)
     model_dir = tiny_model(out / "tiny")
-    untrained = evaluate_untrained(model_dir, root, out / "untrained")
-    trained = train_tiny(model_dir, root, out / "trained", args.steps)
+    untrained = evaluate_untrained(model_dir, root, out / "untrained", args.overwrite)
+    trained = train_tiny(model_dir, root, out / "trained", args.steps, args.overwrite)
     print_comparison(untrained, trained)
     print(f"\nreport: {(out / 'trained' / 'eval_test' / 'report.html').resolve()}")
     print(f"demo finished in {time.perf_counter() - began:.0f} s")
@@ -76,22 +80,23 @@ def tiny_model(folder: Path) -> Path:
     return folder
 
 
-def evaluate_untrained(model_dir: Path, root: Path, out: Path) -> dict:
+def evaluate_untrained(model_dir: Path, root: Path, out: Path, overwrite: bool = False) -> dict:
     from slakevqa.evaluation.config import EvalConfig
     from slakevqa.evaluation.evaluate import evaluate
 
     print("[3/5] evaluating the untrained model on the test split")
-    return evaluate(EvalConfig(model_id_or_ckpt=str(model_dir), slake_root=str(root), output_dir=str(out),
-                               batch_size=64, prompt_style=DEMO_TRAINING["prompt_style"], device="cpu"))
+    return evaluate(make_config(EvalConfig, model_id_or_ckpt=model_dir, slake_root=root, output_dir=out,
+                                batch_size=64, prompt_style=DEMO_TRAINING["prompt_style"], device="cpu",
+                                overwrite=overwrite))
 
 
-def train_tiny(model_dir: Path, root: Path, out: Path, steps: int) -> dict:
+def train_tiny(model_dir: Path, root: Path, out: Path, steps: int, overwrite: bool = False) -> dict:
     from slakevqa.training.config import TrainConfig
     from slakevqa.training.train import train
 
     print(f"[4/5] training every parameter for {steps} steps (batch 16) on {root}")
-    cfg = TrainConfig(model_id=str(model_dir), slake_root=str(root), output_dir=str(out), max_steps=steps,
-                      final_eval=True, final_eval_split="test", **DEMO_TRAINING)
+    cfg = make_config(TrainConfig, model_id=model_dir, slake_root=root, output_dir=out, max_steps=steps,
+                      final_eval=True, final_eval_split="test", overwrite=overwrite, **DEMO_TRAINING)
     result = train(cfg)
     print("[5/5] evaluated the trained model on the test split")
     return result.results

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from slakevqa.errors import UserError
 from slakevqa.files import atomic_folder, check_output_dir, check_replaceable, refuse_overlap
-from slakevqa.models.loading import MODEL_HELP
+from slakevqa.models.loading import MODEL_HELP, PRECISIONS
 
 COPIED = ("closed_vocab.json", "run_config.json")  # training outputs that travel with the weights
 
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="output folder (Hugging Face format, safetensors)")
     parser.add_argument("--base", default=None,
                         help="base model (default: the adapter's base_model_name_or_path): " + MODEL_HELP)
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+    parser.add_argument("--precision", "--dtype", dest="precision", default="auto", choices=PRECISIONS,
                         help="dtype of the merged weights (auto: bf16 on GPUs that support it, else fp32)")
     parser.add_argument("--device", default="auto", help="where to merge: auto, cpu, cuda or cuda:N")
     parser.add_argument("--overwrite", action="store_true",
@@ -65,6 +65,6 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
 
 
 def run(args: argparse.Namespace) -> int:
-    out = merge_adapter(args.adapter, args.out, args.base, args.dtype, args.device, args.overwrite)
+    out = merge_adapter(args.adapter, args.out, args.base, args.precision, args.device, args.overwrite)
     print(f"merged {args.adapter} into its base; wrote {out}")
     return 0

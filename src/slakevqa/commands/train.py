@@ -11,13 +11,11 @@ import argparse
 import os
 
 from slakevqa.config import add_config_arguments, config_from_args
-from slakevqa.training.config import FLAG_ALIASES, TrainConfig
+from slakevqa.training.config import TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, TrainConfig, FLAG_ALIASES)
-    parser.add_argument("--no_final_eval", dest="final_eval", action="store_false", default=argparse.SUPPRESS,
-                        help="skip the evaluation after training (same as --no-final_eval)")
+    add_config_arguments(parser, TrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:

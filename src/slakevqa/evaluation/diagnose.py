@@ -112,7 +112,8 @@ def prompt_record(engine: Engine, sample: VQASample, row: Prediction | None) -> 
     """
     view = engine.builder.view(sample)
     prompt = render_generation_prompt(view.user_text)
-    ids, cut = encode_prompt(engine.tokenizer, view.user_text, engine.image_tokens, engine.max_prompt_len)
+    ids, cut = encode_prompt(engine.tokenizer, view.user_text, engine.image_tokens,
+                             engine.builder.settings.max_prompt_len)
     return {"qid": sample.qid, "answer_type": sample.answer_type, **view.route.to_json(),
             "kg_facts": list(view.kg_facts), "prompt": prompt, "tokens": len(ids), "truncated": cut,
             "matches_run": row is not None and row.prompt == prompt}
@@ -165,9 +166,9 @@ def write_mask_example(builder: InputBuilder, sample: VQASample, folder: Path) -
 
     image = load_rgb(sample.image_path)  # the pixels the model sees (16-bit scans scaled, not clipped)
     result = region_mask(sample, builder.layout)
-    conditioned = apply_mask(image, result.region, builder.mask_mode, builder.mask_pad_ratio)
-    pictures = {"original": image, "overlay": overlay(image, result, builder.mask_pad_ratio),
-                builder.mask_mode: conditioned}
+    mode, pad_ratio = builder.settings.mask_mode, builder.settings.mask_pad_ratio
+    conditioned = apply_mask(image, result.region, mode, pad_ratio)
+    pictures = {"original": image, "overlay": overlay(image, result, pad_ratio), mode: conditioned}
     files = []
     for name, picture in pictures.items():
         files.append(f"{sample.qid}_{name}.png")
@@ -190,12 +191,12 @@ def write_mask_debug(builder: InputBuilder, samples: list[VQASample], folder: Pa
                     "coverage": 0.04, "original_size": [64, 64], "conditioned_size": [20, 18],
                     "files": ["352_original.png", "352_overlay.png", "352_crop.png"], ...}]}
     """
-    if builder.mask_mode == "none":
+    if builder.settings.mask_mode == "none":
         return {"mode": "none", "written": 0, "items": [],
                 "note": "mask_mode is none: images are not conditioned, so no mask debug images were written"}
     folder.mkdir(parents=True, exist_ok=True)
     items = [write_mask_example(builder, s, folder) for s in pick_mask_examples(samples, per_modality)]
-    return {"mode": builder.mask_mode, "pad_ratio": builder.mask_pad_ratio, "dir": folder.name,
+    return {"mode": builder.settings.mask_mode, "pad_ratio": builder.settings.mask_pad_ratio, "dir": folder.name,
             "written": len(items), "status": dict(Counter(i["status"] for i in items)),
             "run_mask_stats": builder.mask_stats.as_dict(), "items": items}
 
@@ -220,8 +221,8 @@ def flipped_builder(builder: InputBuilder) -> InputBuilder:
     pass would count every image twice), so it gets its own; the KG cache
     (``graphs``) is read-only and is shared on purpose.
     """
-    mode = "off" if builder.triples_mode != "off" else "real_only"
-    return replace(builder, triples_mode=mode, mask_stats=MaskStats())
+    mode = "off" if builder.settings.triples_mode != "off" else "real_only"
+    return replace(builder, settings=replace(builder.settings, triples_mode=mode), mask_stats=MaskStats())
 
 
 def answer_in_batches(engine: Engine, samples: list[VQASample], batch_size: int) -> list[Prediction]:
@@ -241,22 +242,22 @@ def run_kg_ablation(engine: Engine, samples: list[VQASample], rows: list[Predict
     predictions go to ``path``.
     """
     other = flipped_builder(engine.builder)
-    with_facts_builder = other if other.triples_mode != "off" else engine.builder
+    with_facts_builder = other if other.settings.triples_mode != "off" else engine.builder
     by_qid = {r.qid: r for r in rows}
     kvqa = [s for s in sorted(samples, key=lambda s: s.qid) if s.is_kvqa and s.qid in by_qid]
     affected = [s for s in kvqa if with_facts_builder.kg_facts(s)]
     head = {"kvqa_questions": len(kvqa), "with_facts": len(affected),
-            "run_triples_mode": engine.builder.triples_mode, "other_triples_mode": other.triples_mode}
+            "run_triples_mode": engine.builder.settings.triples_mode, "other_triples_mode": other.settings.triples_mode}
     if engine.settings.do_sample:
         head["note"] = "answers are sampled (--do_sample): some changes are sampling noise"
     if not affected:
         write_predictions(path, [])  # the file is listed in diagnostics.json, so it always exists
         return {**head, "questions": 0, "note": "no kvqa question gets KG facts (no KG/ folder, or no fact "
                                                 "matches): nothing to compare"}
-    second = Engine(engine.model, engine.processor, other, engine.settings, engine.closed_mode, engine.max_prompt_len,
-                    engine.share_prefix, engine.cudnn_attention)
+    second = Engine(engine.model, engine.processor, other, settings=engine.settings,
+                    closed_answering=engine.closed_answering, share_prefix=engine.share_prefix)
     again = answer_in_batches(second, affected, options.batch_size)
     write_predictions(path, again)
     first = [by_qid[s.qid] for s in affected]
-    with_kg, without_kg = (first, again) if other.triples_mode == "off" else (again, first)
+    with_kg, without_kg = (first, again) if other.settings.triples_mode == "off" else (again, first)
     return {**head, "file": path.name, **kg_ablation(with_kg, without_kg, options.examples)}

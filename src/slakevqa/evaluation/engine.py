@@ -32,9 +32,6 @@ from slakevqa.prompts import IMAGE_TOKEN
 from slakevqa.records import Prediction, VQASample
 from slakevqa.vocab import candidate_variants
 
-CLOSED_MODES: tuple[str, ...] = ("score", "generate")
-
-
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens_open_default: int = 16
@@ -58,13 +55,14 @@ class Prepared:
 class Engine:
     """Answers batches of samples with one model; ``answer(samples)`` returns Predictions in input order."""
 
-    def __init__(self, model, processor, builder: InputBuilder, settings: GenerationSettings = GenerationSettings(),
-                 closed_mode: str = "score", max_prompt_len: int = 512, share_prefix: bool = True,
-                 cudnn_attention: bool = False) -> None:
+    def __init__(self, model, processor, builder: InputBuilder, *, settings: GenerationSettings = GenerationSettings(),
+                 closed_answering: str = "score", share_prefix: bool = True) -> None:
+        """``closed_answering``: ``score`` CLOSED candidates by likelihood, or ``generate`` and map onto one.
+
+        The prompt length and the attention kernels follow ``builder.settings`` (the run's InputSettings).
+        """
         self.model, self.processor, self.builder, self.settings = model, processor, builder, settings
-        self.closed_mode, self.max_prompt_len, self.share_prefix = closed_mode, max_prompt_len, share_prefix
-        self.cudnn_attention = cudnn_attention  # see slakevqa.attention
-        self.batch_prefixes = None  # (image row per pixel tensor id, cache) of the batch being answered
+        self.closed_answering, self.share_prefix = closed_answering, share_prefix
         self.tokenizer = processor.tokenizer
         self.image_tokens = image_token_count(processor)
 
@@ -74,7 +72,7 @@ class Engine:
 
     def prepare(self, sample: VQASample) -> Prepared:
         view = self.builder.view(sample)
-        ids, _ = encode_prompt(self.tokenizer, view.user_text, self.image_tokens, self.max_prompt_len)
+        ids, _ = encode_prompt(self.tokenizer, view.user_text, self.image_tokens, self.builder.settings.max_prompt_len)
         return Prepared(sample, view, ids, self.pixel_values(sample))
 
     def pixel_values(self, sample: VQASample):
@@ -82,27 +80,23 @@ class Engine:
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
         prepared = [self.prepare(s) for s in samples]
-        with attention_kernels(self.cudnn_attention):
+        with attention_kernels(self.builder.settings.cudnn_attention):
             # One prefill of each image's prefix for the whole batch, shared by CLOSED scoring and
             # every budget group of OPEN generation (each used to prefill it again).
             shared = self.shared_prefix_length(prepared)
-            self.batch_prefixes = self.prefill_images(prepared, shared) if shared else None
-            try:
-                return self._answer(prepared)
-            finally:
-                self.batch_prefixes = None
+            return self._answer(prepared, self.prefill_images(prepared, shared) if shared else None)
 
-    def _answer(self, prepared: list[Prepared]) -> list[Prediction]:
+    def _answer(self, prepared: list[Prepared], prefixes) -> list[Prediction]:
         samples = [p.sample for p in prepared]
         results: dict[int, Prediction] = {}
-        scored = [p for p in prepared if p.view.route.candidates and self.closed_mode == "score"]
+        scored = [p for p in prepared if p.view.route.candidates and self.closed_answering == "score"]
         generated = [p for p in prepared if p not in scored]
         if scored:
-            for item, scores in zip(scored, self.score_candidates(scored)):
+            for item, scores in zip(scored, self.score_candidates(scored, prefixes)):
                 results[item.sample.qid] = self.closed_prediction(item, scores)
         for budget in sorted({self.settings.budget(p.sample) for p in generated}):
             group = [p for p in generated if self.settings.budget(p.sample) == budget]
-            for item, raw in zip(group, self.generate(group, budget)):
+            for item, raw in zip(group, self.generate(group, budget, prefixes)):
                 results[item.sample.qid] = self.generated_prediction(item, raw)
         return [results[s.qid] for s in samples]
 
@@ -117,7 +111,7 @@ class Engine:
         candidates = item.view.route.candidates
         if any(math.isnan(score) for score in scores):  # sorting NaNs would still "pick" one, silently
             raise UserError(f"qid {item.sample.qid}: the model's candidate scores are NaN ({', '.join(candidates)}): "
-                            "its logits overflowed or the weights hold NaN; evaluate with --dtype bf16 or fp32")
+                            "its logits overflowed or the weights hold NaN; evaluate with --precision bf16 or fp32")
         ranked = sorted(scores, reverse=True)
         best = scores.index(ranked[0])
         margin = ranked[0] - ranked[1] if len(ranked) > 1 else None
@@ -128,7 +122,7 @@ class Engine:
     def generated_prediction(self, item: Prepared, raw: str) -> Prediction:
         extracted = extract_answer(raw)
         route = item.view.route
-        if route.candidates:  # --closed_candidate_mode generate: map the free answer onto a candidate
+        if route.candidates:  # --closed_answering generate: map the free answer onto a candidate
             extracted = match_candidate(extracted, route.candidates) or extracted
         return Prediction.from_sample(item.sample, extracted, raw_output=raw, route=route.kind,
                                       candidates=tuple(route.candidates), prompt=self.prompt_text(item))
@@ -154,7 +148,8 @@ class Engine:
         dtype = next(self.model.parameters()).dtype
         return torch.stack([p.pixel_values for p in items]).to(self.device, dtype)
 
-    def generate(self, items: list[Prepared], max_new_tokens: int) -> list[str]:
+    def generate(self, items: list[Prepared], max_new_tokens: int, prefixes=None) -> list[str]:
+        """Decoded answers; ``prefixes``: the batch's image prefill (:meth:`prefill_images`), if any."""
         import torch
 
         sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.do_sample \
@@ -162,7 +157,7 @@ class Engine:
         with torch.inference_mode():
             shared = self.shared_prefix_length(items)
             if shared:  # the image's prefix is in the cache already; generate continues after it
-                cache, ids, mask, _ = self.encode_shared_prefix(items, shared)
+                cache, ids, mask, _ = self.encode_shared_prefix(items, shared, prefixes)
                 inputs = {"input_ids": ids, "attention_mask": mask, cache_argument(self.model): cache}
             else:
                 ids, mask, _ = self.left_padded([p.prompt_ids for p in items])
@@ -178,7 +173,7 @@ class Engine:
                  for variant in candidate_variants(candidate, self.builder.vocab)]
                 for candidate in item.view.route.candidates]
 
-    def score_candidates(self, items: list[Prepared]) -> list[list[float]]:
+    def score_candidates(self, items: list[Prepared], prefixes=None) -> list[list[float]]:
         """Best mean token log-probability over each candidate's spellings, prompts encoded once."""
         import torch
 
@@ -187,7 +182,7 @@ class Engine:
         pairs = [(q, variant) for q, item in enumerate(items) for variants in self.candidate_ids(item)
                  for variant in variants]
         with torch.inference_mode():
-            logits, cache, mask, positions = self.encode_prompts(items)
+            logits, cache, mask, positions = self.encode_prompts(items, prefixes)
             first = logits.float().log_softmax(-1)  # predicts each candidate's first token
             rows = torch.tensor([q for q, _ in pairs], device=self.device)
             cache.reorder_cache(rows)
@@ -227,19 +222,18 @@ class Engine:
             out = self.model(input_ids=prefix, pixel_values=self.pixels(unique), use_cache=True, logits_to_keep=1)
         return {id(p.pixel_values): row for row, p in enumerate(unique)}, returned_cache(out)
 
-    def encode_shared_prefix(self, items: list[Prepared], shared: int):
+    def encode_shared_prefix(self, items: list[Prepared], shared: int, prefixes=None):
         """The image prefixes (each image once) in a cache with one row per item, and the rest of the prompts.
 
         Returns ``(cache, input_ids, attention_mask, position_ids)`` for the whole
         prompts: ``[prefix][left padding][question]``; the padding sits between the
         prefix and the question, masked out, and positions skip it. The batch's
-        prefill (:meth:`answer`) is copied when it holds every image of ``items``.
+        prefill ``prefixes`` (:meth:`answer`) is copied when it holds every image of ``items``.
         """
         import copy
 
         import torch
 
-        prefixes = self.batch_prefixes
         if prefixes is None or any(id(p.pixel_values) not in prefixes[0] for p in items):
             prefixes = self.prefill_images(items, shared)
         rows, cache = prefixes[0], copy.deepcopy(prefixes[1])  # reordering below must not touch the batch's copy
@@ -251,11 +245,11 @@ class Engine:
         ids = torch.cat([prefix, tail], dim=1)
         return cache, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
-    def encode_prompts(self, items: list[Prepared]):
+    def encode_prompts(self, items: list[Prepared], prefixes=None):
         """Run the prompts once: ``(last logits (Q, V), cache, attention_mask, position_ids)``."""
         shared = self.shared_prefix_length(items)
         if shared:
-            cache, ids, mask, positions = self.encode_shared_prefix(items, shared)
+            cache, ids, mask, positions = self.encode_shared_prefix(items, shared, prefixes)
             out = self.model(input_ids=ids[:, shared:], attention_mask=mask, position_ids=positions[:, shared:],
                              use_cache=True, logits_to_keep=1, **{cache_argument(self.model): cache})
         else:

@@ -25,6 +25,7 @@ from slakevqa.evaluation.engine import Engine, GenerationSettings
 from slakevqa.evaluation.store import PredictionWriter, recover_predictions
 from slakevqa.files import make_output_dir, write_json_atomic
 from slakevqa.inputs import InputBuilder
+from slakevqa.models.loading import check_not_half_saved
 from slakevqa.records import Prediction, VQASample
 from slakevqa.results import PREDICTIONS_NAME, RESULTS_NAME, build_results, make_provenance, write_predictions
 from slakevqa.results import write_results
@@ -42,19 +43,18 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     """
     import torch
 
-    check_not_half_saved(cfg.model_id_or_ckpt)
+    check_not_half_saved(cfg.model_id_or_ckpt)  # before the folder is claimed (load_model checks again)
     rank, world = init_process_group()  # under a launcher the shards need a process group for the barrier
     torch.manual_seed(cfg.seed)
     out = make_output_dir(cfg.output_dir, "--output_dir")
 
-    root = dataset_root(cfg)
+    root = cfg.data.root()
     layout = find_layout(root)
-    samples = load_split(root, cfg.split, cfg.language, cfg.missing_images)
+    samples = load_split(root, cfg.split, cfg.data.language, cfg.data.missing_images)
     samples = samples[: cfg.limit] if cfg.limit > 0 else samples
     vocab = resolve_vocab(cfg, root)
-    builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, cfg.route, cfg.mask_mode,
-                                  cfg.mask_pad_ratio, cfg.closed_candidate_mode)
-    builder.blank_images = cfg.blank_images
+    builder = InputBuilder.create(layout, vocab, settings=cfg.inputs, route_source=cfg.route,
+                                  candidates=cfg.closed_candidates)
     claim_eval_folder(cfg, out, layout.split_file(cfg.split), builder.style.tag, vocab, rank, world,
                       replace_changed)  # before the model loads: a refusal costs nothing
     loaded = None
@@ -63,9 +63,8 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     model.eval()
     settings = GenerationSettings(cfg.max_new_tokens_open_default, cfg.max_new_tokens_open_abnormality,
                                   cfg.temperature, cfg.do_sample)
-    engine = Engine(model, processor, builder, settings,
-                    "generate" if cfg.closed_candidate_mode == "generate" else "score", cfg.max_prompt_len,
-                    cfg.share_prefix, cfg.cudnn_attention)
+    engine = Engine(model, processor, builder, settings=settings, closed_answering=cfg.closed_answering,
+                    share_prefix=cfg.share_prefix)
 
     # ---- answer what is missing, appending as we go
     shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")
@@ -87,7 +86,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
                                  split_file=layout.split_file(cfg.split), route_source=cfg.route,
                                  batch_size=cfg.batch_size, device=device_name(model))
     provenance.update({"world_size": world, **model_provenance(cfg, loaded),
-                       "closed_candidate_mode": cfg.closed_candidate_mode,
+                       "closed_candidates": cfg.closed_candidates, "closed_answering": cfg.closed_answering,
                        "closed_vocab": {"version": vocab.version, "answers": len(vocab.answers),
                                         "source_sha256": vocab.source_sha256},
                        "mask_stats": builder.mask_stats.as_dict()})
@@ -111,25 +110,19 @@ def claim_eval_folder(cfg: EvalConfig, out: Path, split_file: Path, prompt_versi
                       rank: int, world: int, replace_changed: bool) -> None:
     """Record this run's fingerprint in ``out``, or refuse a folder that holds another run's answers."""
     from slakevqa.evaluation.config import RESULT_FIELDS
+    from slakevqa.models.loading import pick_device, pick_dtype
     from slakevqa.results import sha256_file
     from slakevqa.run_fingerprint import claim_folder, config_values, make_fingerprint, model_values, vocab_sha256
 
     values = {**model_values(cfg.model_id_or_ckpt, cfg.model_base), "split_file": split_file.name,
               "split_sha256": sha256_file(split_file), "prompt_version": prompt_version,
               "closed_vocab_sha256": vocab_sha256(vocab.answers), **config_values(cfg, RESULT_FIELDS)}
+    # auto is bf16 on a GPU and fp32 on a CPU: a run resumed on the other kind would mix the two
+    values["precision"] = pick_dtype(cfg.precision, pick_device(cfg.device))
     claim_folder(out, make_fingerprint("eval", values), lambda: has_eval_results(out), lambda: clear_eval_outputs(out),
                  overwrite=cfg.overwrite, replace_changed=replace_changed, write=rank == 0)
     if world > 1:
         barrier()  # the main process may have cleared the folder: nobody reads it before that is done
-
-
-def check_not_half_saved(spec: str | None) -> None:
-    """A training output whose save was interrupted (``.trained.ready`` left) is not a whole model yet."""
-    from slakevqa.training.checkpoint import READY_NAME
-
-    if spec and (Path(spec) / READY_NAME).exists():
-        raise UserError(f"{spec}: its last save was interrupted before all files were in place; run the same "
-                        "training command again to finish it")
 
 
 # What an evaluation writes into its folder; --overwrite deletes these and nothing else.
@@ -216,12 +209,6 @@ def check_batch_invariance(engine: Engine, samples: list[VQASample], batched: di
     return {k: v for k, v in report.items() if k != "items"}
 
 
-def dataset_root(cfg: EvalConfig) -> Path:
-    from slakevqa.data.hub import dataset_root as resolve
-
-    return resolve(cfg.data_source, cfg.slake_root)
-
-
 def resolve_vocab(cfg: EvalConfig, root: Path) -> ClosedVocab:
     """``--closed_vocab_path``, else the one saved beside the model, else built (``--allow_build_vocab``), else empty.
 
@@ -234,7 +221,7 @@ def resolve_vocab(cfg: EvalConfig, root: Path) -> ClosedVocab:
         path = str(beside_model)
     if path is None and not cfg.allow_build_vocab:
         return ClosedVocab.empty()
-    return load_or_build_vocab(path, root, cfg.allow_build_vocab, cfg.missing_images)
+    return load_or_build_vocab(path, root, cfg.allow_build_vocab, cfg.data.missing_images)
 
 
 def model_provenance(cfg: EvalConfig, loaded) -> dict:
@@ -267,8 +254,10 @@ def load_for_eval(cfg: EvalConfig, rank: int):
     device = cfg.device
     if device == "auto" and int(os.environ.get("WORLD_SIZE", 1)) > 1 and torch.cuda.is_available():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"  # one card per process, not all on cuda:0
-    loaded = load_model(cfg.model_id_or_ckpt, device=device, dtype=cfg.dtype, base=cfg.model_base,
-                        merge_adapter=cfg.merge_adapter, trust_remote_code=cfg.trust_remote_code, log=log.info)
+    quantized = cfg.load_in_4bit or cfg.load_in_8bit  # merging LoRA into quantised weights would round it away
+    loaded = load_model(cfg.model_id_or_ckpt, device=device, dtype=cfg.precision, base=cfg.model_base,
+                        merge_adapter=cfg.merge_adapter and not quantized, trust_remote_code=cfg.trust_remote_code,
+                        load_in_4bit=cfg.load_in_4bit, load_in_8bit=cfg.load_in_8bit, log=log.info)
     log.info("loaded %s", loaded.describe())
     return loaded.model, loaded.processor, loaded
 

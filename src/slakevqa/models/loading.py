@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable
 from slakevqa.errors import UserError
 from slakevqa.models import original
 from slakevqa.models.processor import load_processor
+from slakevqa.models.supported import check_supported
 
 Log = Callable[[str], None]  # where progress lines go (print, logger.info, a list.append)
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # annotations only: importing transformers at module load wou
     from transformers import PreTrainedModel
 
 
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")  # --precision of train, eval and merge
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "fp32": "float32", "float32": "float32"}
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]  # no code, no pickles
@@ -56,14 +58,16 @@ class LoadedModel:
     converted_from: str | None = None
     adapter: str | None = None
     merged: bool = False
-    four_bit: bool = False  # the language model's linear layers in NF4 (QLoRA)
+    quantized_bits: int = 0  # the language model's linear layers in NF4 (4: QLoRA, --load_in_4bit) or int8 (8)
 
     def __iter__(self):
         return iter((self.model, self.processor))
 
     def describe(self) -> str:
         """One line: ``hf model from /x (bfloat16 on cuda, sdpa)``, plus conversion/adapter notes."""
-        dtype = f"NF4 language model computing in {self.dtype}" if self.four_bit else self.dtype
+        names = {4: "NF4", 8: "int8"}
+        quantized = names.get(self.quantized_bits)
+        dtype = f"{quantized} language model computing in {self.dtype}" if quantized else self.dtype
         text = f"{self.kind} model from {self.folder} ({dtype} on {self.device}, sdpa)"
         if self.converted_from:
             text += f"; converted from original LLaVA-Med checkpoint {self.converted_from}"
@@ -188,8 +192,8 @@ def ensure_converted(folder: Path, vision_from: str | None = None, log: Log = pr
     return target
 
 
-def four_bit_config(dtype: str):
-    """QLoRA's quantisation: NF4 weights with double quantisation, computing in ``dtype``.
+def quantization_config(bits: int, dtype: str):
+    """bitsandbytes quantisation of the language model: 4 (QLoRA's NF4 with double quantisation) or 8 (int8).
 
     Only the language model is quantised: the vision tower, the projector and the
     LM head stay in ``dtype`` (small, and the projector is trained).
@@ -200,12 +204,14 @@ def four_bit_config(dtype: str):
     try:
         import bitsandbytes  # noqa: F401  (only to fail early with a clear message)
     except ImportError:
-        raise UserError("--qlora needs bitsandbytes: pip install bitsandbytes (CUDA machines only)") from None
+        raise UserError(f"{bits}-bit loading (--qlora, --load_in_{bits}bit) needs bitsandbytes: "
+                        "pip install bitsandbytes (CUDA machines only)") from None
+    # both spellings: older 5.x matches substrings, newer ones module-path prefixes
+    skip = ["vision_tower", "model.vision_tower", "multi_modal_projector", "model.multi_modal_projector", "lm_head"]
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=getattr(torch, dtype),
-                              # both spellings: older 5.x matches substrings, newer ones module-path prefixes
-                              llm_int8_skip_modules=["vision_tower", "model.vision_tower", "multi_modal_projector",
-                                                     "model.multi_modal_projector", "lm_head"])
+                              bnb_4bit_compute_dtype=getattr(torch, dtype), llm_int8_skip_modules=skip)
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -258,8 +264,8 @@ def unreadable_weights(folder: Path, error: Exception) -> UserError | None:
     return None
 
 
-def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool, load_in_4bit: bool = False):
-    """``AutoModelForImageTextToText`` in ``dtype`` on ``device`` with sdpa attention (4-bit LM for QLoRA)."""
+def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool, bits: int = 0):
+    """``AutoModelForImageTextToText`` in ``dtype`` on ``device`` with sdpa attention (``bits`` 4 or 8: quantised LM)."""
     import pickle
 
     import torch
@@ -267,9 +273,10 @@ def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool
 
     check_weight_files(folder)
     has_safetensors = any(folder.glob("*.safetensors"))
-    if load_in_4bit and not device.startswith("cuda"):
-        raise UserError("4-bit loading (--qlora) needs a CUDA GPU; on CPU use --use_lora without --qlora")
-    quantization = {"quantization_config": four_bit_config(dtype)} if load_in_4bit else {}
+    if bits and not device.startswith("cuda"):
+        raise UserError(f"{bits}-bit loading (--qlora, --load_in_{bits}bit) needs a CUDA GPU; on CPU train with "
+                        "--use_lora without --qlora and evaluate unquantised")
+    quantization = {"quantization_config": quantization_config(bits, dtype)} if bits else {}
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             str(folder), dtype=getattr(torch, dtype), attn_implementation="sdpa",
@@ -317,10 +324,20 @@ def adapter_base(adapter: Path, base: str | None) -> str:
     return name
 
 
+def check_not_half_saved(spec: str | Path | None) -> None:
+    """A training output whose save was interrupted (its staged files not yet in place) is not a whole model."""
+    from slakevqa.training.checkpoint import READY_NAME
+
+    if spec and (Path(spec) / READY_NAME).exists():
+        raise UserError(f"{spec}: its last save was interrupted before all files were in place; run the same "
+                        "training command again to finish it")
+
+
 def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "auto",
                adapter: str | Path | None = None, base: str | None = None, merge_adapter: bool = False,
                vision_from: str | None = None, trust_remote_code: bool = False,
-               revision: str | None = None, load_in_4bit: bool = False, log: Log = print) -> LoadedModel:
+               revision: str | None = None, load_in_4bit: bool = False, load_in_8bit: bool = False,
+               log: Log = print) -> LoadedModel:
     """Load a model and its processor from any supported checkpoint kind.
 
     Args:
@@ -333,7 +350,8 @@ def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "au
         vision_from: for original checkpoints, a CLIP folder whose vision weights to use.
         trust_remote_code: allow a checkpoint's own Python code. Off by default.
         revision: hub revision for hub ids.
-        load_in_4bit: NF4-quantise the language model (QLoRA; CUDA and bitsandbytes only).
+        load_in_4bit: NF4-quantise the language model (QLoRA, or inference on small cards; CUDA and bitsandbytes).
+        load_in_8bit: int8-quantise the language model (inference; CUDA and bitsandbytes).
         log: where progress lines go.
 
     Example::
@@ -342,7 +360,11 @@ def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "au
         >>> loaded = load_model("runs/lora/checkpoint-100", merge_adapter=True)
         >>> print(loaded.describe())
     """
+    if load_in_4bit and load_in_8bit:
+        raise UserError("4-bit and 8-bit loading at once: choose one")
+    bits = 4 if load_in_4bit else 8 if load_in_8bit else 0
     folder = resolve_folder(id_or_path, revision)
+    check_not_half_saved(folder)  # merge, check and eval alike
     if source_kind(folder) == "lora":
         adapter, folder = folder, resolve_folder(adapter_base(folder, base), revision)
     elif adapter is not None:
@@ -350,14 +372,14 @@ def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "au
     folder, converted_from = hf_folder(folder, vision_from, log)
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
-    model = load_hf_model(folder, dtype, device, trust_remote_code, load_in_4bit)
+    model = load_hf_model(folder, dtype, device, trust_remote_code, bits)
     processor_folder = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else folder
     processor = load_processor(processor_folder, trust_remote_code)
     if adapter is not None:
         model = attach_adapter(model, Path(adapter), merge_adapter)
     kind = "lora" if adapter else ("llava_med" if converted_from else "hf")
     return LoadedModel(model, processor, kind, str(folder), dtype, device, converted_from,
-                       str(adapter) if adapter else None, bool(adapter and merge_adapter), load_in_4bit)
+                       str(adapter) if adapter else None, bool(adapter and merge_adapter), bits)
 
 
 def hf_folder(folder: Path, vision_from: str | None, log: Log) -> tuple[Path, str | None]:
@@ -368,4 +390,5 @@ def hf_folder(folder: Path, vision_from: str | None, log: Log) -> tuple[Path, st
     if kind == "llava_med":
         check_weight_files(folder)
         return ensure_converted(folder, vision_from, log), str(folder)
+    check_supported(folder)  # before the weights load: another chat format would answer off-format, silently
     return folder, None

@@ -103,11 +103,13 @@ def _margins(rows: list[Prediction]) -> str:
 def _gallery(view: RunView) -> str:
     roots = dataset_roots(view)
     found = [image_file(view.rows[i], view.image_root, roots) for i in view.worst]
-    cards = [_card(view, i, path, refused) for i, (path, refused) in zip(view.worst, found)]
+    refusal = "image outside the dataset folder" if roots else "image not embedded: no dataset folder known"
+    cards = [_card(view, i, path, refusal if refused else "image not found") for i, (path, refused)
+             in zip(view.worst, found)]
     outside = sum(refused for _, refused in found)
     if roots is None:
-        note = ("<p class=\"note\">Image paths unchecked: the run records no dataset folder (no split_file in "
-                "results.json); pass --image_root to embed only images inside the dataset.</p>")
+        note = ("<p class=\"note\">No images embedded: the run records no dataset folder (no split_file in "
+                "results.json); pass --image_root DATASET to embed the images inside it.</p>")
     elif outside:
         note = (f"<p class=\"note\">{outside} image path(s) outside the dataset folder "
                 f"({escape(', '.join(str(r) for r in roots))}) not embedded.</p>")
@@ -117,10 +119,10 @@ def _gallery(view: RunView) -> str:
             f"first, then the most confident.</p>{note}<div class=\"gallery\">{''.join(cards)}</div>")
 
 
-def _card(view: RunView, i: int, path: Path | None, refused: bool) -> str:
+def _card(view: RunView, i: int, path: Path | None, missing: str) -> str:
+    """One worst-error card; ``missing`` says why there is no image when ``path`` is None."""
     row = view.rows[i]
     uri = thumbnail_uri(path)
-    missing = "image outside the dataset folder" if refused else "image not found"
     image = (f'<img src="{uri}" alt="{escape(row.img_name)}">' if uri
              else f'<div class="noimg">{missing}<br>{escape(row.img_name)}</div>')
     margin = "-" if row.margin is None else f"{row.margin:.3f}"
@@ -145,8 +147,8 @@ def image_file(row: Prediction, image_root: Path | None,
                roots: list[Path] | None = None) -> tuple[Path | None, bool]:
     """``(image on disk or None, refused)``: ``image_path`` if it exists, else ``image_root / "imgs"|"" / img_name``.
 
-    With ``roots``, only files inside one of them (symlinks resolved) count; one outside is
-    refused (the report would otherwise embed any image a predictions file names).
+    Only files inside one of ``roots`` (symlinks resolved) count; one outside is refused, and
+    without ``roots`` every one is (the report would otherwise embed any image a predictions file names).
     """
     candidates = [Path(row.image_path)] if row.image_path else []
     if image_root is not None and row.img_name:
@@ -159,7 +161,7 @@ def image_file(row: Prediction, image_root: Path | None,
             real = candidate.resolve()
         except (OSError, ValueError):  # symlink loops, NUL bytes
             continue
-        if roots is None or any(real.is_relative_to(root) for root in roots):
+        if roots is not None and any(real.is_relative_to(root) for root in roots):
             return candidate, False
         refused = True
     return None, refused

@@ -13,10 +13,13 @@ files under ``configs/`` use the same keys. Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
 
-from slakevqa.data.slake import MISSING_IMAGE_POLICIES, MISSING_IMAGES_HELP
+from slakevqa.config import Translation, check_choices, check_rules
+from slakevqa.data.settings import DataSettings
+from slakevqa.input_settings import InputSettings
+from slakevqa.models.loading import PRECISIONS
 
 
 def _help(text: str, **extra: object) -> dict:
@@ -27,50 +30,43 @@ def _help(text: str, **extra: object) -> dict:
 class TrainConfig:
     # model and data
     model_id: str = field(default="microsoft/llava-med-v1.5-mistral-7b",
-                          metadata=_help("HF LLaVA checkpoint, original LLaVA-Med checkpoint, or hub id"))
-    data_source: str = field(default="local", metadata=_help("local folder or the HF hub", choices=("local", "hf")))
-    slake_root: str | None = field(default=None, metadata=_help("SLAKE folder (default: $SLAKE_ROOT)"))
-    language: str = field(default="en", metadata=_help("question language", choices=("en", "zh", "all")))
-    missing_images: str = field(default="error", metadata=_help(MISSING_IMAGES_HELP, choices=MISSING_IMAGE_POLICIES))
+                          metadata=_help("HF LLaVA checkpoint, original LLaVA-Med checkpoint, or hub id",
+                                        aliases=("model_name_or_path",)))
+    data: DataSettings = field(default_factory=DataSettings)  # data_source, slake_root, language, ...
     split: str = field(default="train", metadata=_help("split to train on"))
     eval_split: str = field(default="validation", metadata=_help("split for the evaluation loss"))
     output_dir: str = field(default="work_slake_llava_med_train", metadata=_help("where everything is written"))
     seed: int = field(default=42, metadata=_help("seeds data order, dropout and initialisation"))
     # schedule
-    num_epochs: float = field(default=1.0, metadata=_help("epochs (fractions allowed)"))
+    num_epochs: float = field(default=1.0, metadata=_help("epochs (fractions allowed)",
+                                                          aliases=("num_train_epochs",)))
     max_steps: int = field(default=-1, metadata=_help("stop after this many optimiser steps (-1: epochs decide)"))
-    batch_size: int = field(default=2, metadata=_help("questions per forward pass"))
-    grad_accum: int = field(default=1, metadata=_help("forward passes per optimiser step"))
-    lr: float = field(default=2e-5, metadata=_help("peak learning rate"))
+    batch_size: int = field(default=2, metadata=_help("questions per forward pass (per process)",
+                                                      aliases=("per_device_train_batch_size",)))
+    grad_accum: int = field(default=1, metadata=_help("forward passes per optimiser step",
+                                                      aliases=("gradient_accumulation_steps",)))
+    lr: float = field(default=2e-5, metadata=_help("peak learning rate", aliases=("learning_rate",)))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay"))
-    warmup_ratio: float = field(default=0.03, metadata=_help("share of steps with linear warmup"))
+    warmup_ratio: float = field(default=0.03, metadata=_help(
+        "share of steps with linear warmup from 0: ceil(ratio x steps), as HF Trainer"))
     warmup_steps: int = field(default=-1, metadata=_help("warmup steps; overrides warmup_ratio when >= 0"))
     adam_beta2: float = field(default=0.999, metadata=_help("AdamW beta2 (0.98 helps small models)"))
-    lr_scheduler: str = field(default="cosine", metadata=_help("decay after warmup",
-                                                               choices=("cosine", "linear", "constant")))
+    lr_scheduler: str = field(default="cosine", metadata=_help(
+        "schedule after linear warmup from 0, Hugging Face's (transformers.get_scheduler; our constant is HF's "
+        "constant_with_warmup); see docs/training.md",
+        choices=("cosine", "linear", "constant", "constant_with_warmup")))
     max_grad_norm: float = field(default=1.0, metadata=_help("gradient clipping (0: off)"))
-    precision: str = field(default="auto", metadata=_help("auto: bf16 on GPUs that support it, else fp32",
-                                                          choices=("auto", "bf16", "fp16", "fp32")))
+    precision: str = field(default="auto", metadata=_help(
+        "auto: bf16 on GPUs that support it, else fp32", choices=PRECISIONS, aliases=("dtype", "torch_dtype")))
     gradient_checkpointing: bool = field(default=False, metadata=_help("trade compute for activation memory"))
     pack_images: bool = field(default=True, metadata=_help(
         "batches follow the image and each image's questions share one row, its prefix computed once "
         "(sft objective; --no-pack_images: one row per question in random order)"))
-    cudnn_attention: bool = field(default=False, metadata=_help(
-        "let PyTorch use cuDNN attention (it builds a graph per new shape: slow when shapes change every step)"))
     cache_image_features: bool = field(default=True, metadata=_help(
         "with a frozen vision tower, keep each image's vision features and skip the tower after the first time"))
-    # prompts and inputs (the same in training and evaluation)
-    prompt_style: str = field(default="short", metadata=_help("named prompt style (slakevqa.prompts)"))
-    max_prompt_len: int = field(default=512, metadata=_help("prompt tokens kept, image tokens excluded"))
+    # what the model is shown (the same keys as evaluation's)
+    inputs: InputSettings = field(default_factory=InputSettings)
     max_answer_len: int = field(default=64, metadata=_help("answer tokens kept, </s> included"))
-    mask_mode: str = field(default="none", metadata=_help("segmentation conditioning",
-                                                          choices=("none", "crop", "masked")))
-    mask_pad_ratio: float = field(default=0.10, metadata=_help("crop margin as a share of the region size"))
-    blank_images: bool = field(default=False, metadata=_help(
-        "replace every image by a blank one: the question-only baseline"))
-    triples_mode: str = field(default="real_only", metadata=_help(
-        "KG facts in prompts: off, real_only (every record with a real triple), kvqa_real_only",
-        choices=("off", "real_only", "kvqa_real_only")))
     closed_train_objective: str = field(default="sft", metadata=_help(
         "CLOSED questions: sft (answer tokens), mc (candidate cross-entropy), hybrid (both)",
         choices=("sft", "mc", "hybrid")))
@@ -80,11 +76,12 @@ class TrainConfig:
     tune_mm_projector: bool = field(default=True, metadata=_help("train the projector (with or without LoRA)"))
     use_lora: bool = field(default=True, metadata=_help("LoRA adapters; off = full fine-tuning of the LLM"))
     qlora: bool = field(default=False, metadata=_help("4-bit base weights (bitsandbytes, CUDA only)"))
-    lora_r: int = field(default=8, metadata=_help("LoRA rank"))
+    lora_r: int = field(default=8, metadata=_help("LoRA rank", aliases=("lora_rank",)))
     lora_alpha: int = field(default=16, metadata=_help("LoRA scale numerator"))
     lora_dropout: float = field(default=0.05, metadata=_help("dropout on the LoRA path"))
     lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata=_help(
         "names, list:a,b, JSON list, re:REGEX or all-linear; matched inside the language model"))
+    # (LLaMA-Factory's lora_target is a translation: its "all" is our all-linear)
     lora_scope: str = field(default="language_model", metadata=_help(
         "where LoRA targets may match", choices=("language_model", "all")))
     unfreeze_last_llm_layers: int = field(default=0, metadata=_help("also train the last N decoder layers fully"))
@@ -96,8 +93,12 @@ class TrainConfig:
     resume_from_checkpoint: str = field(default="auto", metadata=_help(
         "auto (last checkpoint in output_dir), none, or a checkpoint folder"))
     dry_run: bool = field(default=False, metadata=_help("2 optimiser steps on 8 records, then stop"))
-    tb: bool = field(default=True, metadata=_help("TensorBoard diagnostics"))
-    tb_logdir: str | None = field(default=None, metadata=_help("default: OUTPUT_DIR/tb"))
+    report_to: str = field(default="tensorboard", metadata=_help(
+        "where the run is logged, a comma list: tensorboard (every diagnostic: probes, grids, histograms), "
+        "and/or any tracker accelerate knows (wandb, mlflow, trackio, comet_ml, aim, clearml, dvclive, swanlab: "
+        "scalars and the config, when installed), or none"))
+    tb_logdir: str | None = field(default=None, metadata=_help("TensorBoard's folder (default: OUTPUT_DIR/tb)",
+                                                               aliases=("logging_dir",)))
     tb_log_images_every: int = field(default=500, metadata=_help("probe images every N steps"))
     tb_log_text_every: int = field(default=200, metadata=_help("probe answers every N steps"))
     tb_probe_size: int = field(default=32, metadata=_help("fixed probe questions"))
@@ -108,21 +109,42 @@ class TrainConfig:
     trust_remote_code: bool = field(default=False, metadata=_help("allow model code from the checkpoint"))
     overwrite: bool = field(default=False, metadata=_help(
         "discard the checkpoints and TensorBoard logs already in --output_dir and train afresh (the saved model "
-        "there is replaced only once the new one is whole); without it a rerun resumes only the same run"))
+        "there is replaced only once the new one is whole); without it a rerun resumes only the same run",
+        aliases=("overwrite_output_dir",)))
+
+    # Other tools' keys whose values map onto ours (slakevqa.config.Translation).
+    TRANSLATIONS: ClassVar[dict[str, Translation]] = {
+        "bf16": Translation(bool, "HF Trainer's bf16: the same as --precision bf16 (--no-bf16: fp32)",
+                            lambda on: {"precision": "bf16" if on else "fp32"}),
+        "fp16": Translation(bool, "HF Trainer's fp16: the same as --precision fp16 (--no-fp16: fp32)",
+                            lambda on: {"precision": "fp16" if on else "fp32"}),
+        "finetuning_type": Translation(str, "LLaMA-Factory's lora or full: the same as --use_lora / --no-use_lora",
+                                       lambda kind: _finetuning_type(kind)),
+        "lora_target": Translation(str, "LLaMA-Factory's lora_target (its 'all' is our all-linear)",
+                                   lambda value: {"lora_target_modules": "all-linear" if value == "all" else value}),
+        "quantization_bit": Translation(int, "LLaMA-Factory's quantization_bit: 4 is --qlora",
+                                        lambda bits: _quantization_bit(bits)),
+        "freeze_multi_modal_projector": Translation(
+            bool, "LLaMA-Factory's freeze_multi_modal_projector: the opposite of --tune_mm_projector",
+            lambda frozen: {"tune_mm_projector": not frozen}),
+        "tb": Translation(bool, "TensorBoard diagnostics: --tb is --report_to tensorboard, --no-tb --report_to none",
+                          lambda on: {"report_to": "tensorboard" if on else "none"}),
+        "lr_scheduler_type": Translation(str, "HF Trainer's name of --lr_scheduler; its constant has no warmup, "
+                                         "so it also sets --warmup_steps 0", lambda kind: _hf_scheduler(kind)),
+        "run_final_eval": Translation(bool, "the reference toolkit's spelling of --final_eval",
+                                      lambda on: {"final_eval": on}),
+    }
 
     def __post_init__(self) -> None:
         """Reject bad values and combinations here, before any data or model is loaded."""
         from slakevqa.errors import UserError
         from slakevqa.files import check_output_dir
-        from slakevqa.prompts import get_prompt_style
 
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if "choices" in f.metadata and value not in f.metadata["choices"]:  # YAML bypasses argparse's choices
-                raise UserError(f"--{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}")
-        for name, ok, requirement in RULES:
-            if not ok(getattr(self, name)):
-                raise UserError(f"--{name} must be {requirement}, got {getattr(self, name)!r}")
+        check_choices(self)
+        check_rules(self, RULES)
+        unknown = [name for name in self.trackers() if name not in TRACKERS]
+        if unknown or not self.report_to.strip():
+            raise UserError(f"--report_to {self.report_to!r}: use none, or a comma list of {', '.join(TRACKERS)}")
         if self.qlora and not self.use_lora:
             raise UserError("--qlora trains LoRA adapters on 4-bit weights: it needs --use_lora")
         if self.num_epochs <= 0 and self.max_steps <= 0:
@@ -132,8 +154,15 @@ class TrainConfig:
             from slakevqa.training.checkpoint import resolve_resume
 
             resolve_resume(self.resume_from_checkpoint, self.output_dir)  # a wrong folder fails now, not after loading
-        get_prompt_style(self.prompt_style)  # an unknown style raises with the nearest names
         check_output_dir(self.output_dir, "--output_dir")  # a file there fails now, not after loading the model
+
+    def trackers(self) -> list[str]:
+        """``report_to`` as a list (``none``: empty)."""
+        return [] if self.report_to.strip() == "none" else [n.strip() for n in self.report_to.split(",") if n.strip()]
+
+    @property
+    def tensorboard(self) -> bool:
+        return "tensorboard" in self.trackers()
 
 
 # (field, test, what the flag must be): ranges that no combination makes valid.
@@ -146,9 +175,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("warmup_steps", lambda v: v >= -1, ">= 0, or -1 to use --warmup_ratio"),
     ("adam_beta2", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("max_grad_norm", lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
-    ("max_prompt_len", lambda v: v >= 1, "at least 1"),
     ("max_answer_len", lambda v: v >= 1, "at least 1 (the answer's </s>)"),
-    ("mask_pad_ratio", lambda v: v >= 0, ">= 0"),
     ("closed_mc_weight", lambda v: v >= 0, ">= 0"),
     ("lora_r", lambda v: v >= 1, "at least 1"),
     ("lora_alpha", lambda v: v > 0, "positive"),
@@ -166,8 +193,33 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
 )
 
 
-# Reference spellings that differ from the field names.
-FLAG_ALIASES: dict[str, list[str]] = {"final_eval": ["--run_final_eval"]}
+
+
+# --report_to: our TensorBoard diagnostics, and the trackers accelerate.tracking knows (test_config_names checks).
+TRACKERS: tuple[str, ...] = ("tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "aim", "clearml", "dvclive",
+                             "swanlab")
+
+
+def _hf_scheduler(kind: object) -> dict:
+    """HF's ``constant`` is a flat rate from step 0; ours (like HF's ``constant_with_warmup``) warms up first."""
+    return {"lr_scheduler": "constant", "warmup_steps": 0} if kind == "constant" else {"lr_scheduler": kind}
+
+
+def _finetuning_type(kind: object) -> dict:
+    from slakevqa.errors import UserError
+
+    if kind not in ("lora", "full"):
+        raise UserError(f"finetuning_type {kind!r}: slakevqa trains lora or full (LLaMA-Factory's freeze and oft "
+                        "have no equivalent here; --unfreeze_last_llm_layers trains the last decoder layers fully)")
+    return {"use_lora": kind == "lora"}
+
+
+def _quantization_bit(bits: object) -> dict:
+    from slakevqa.errors import UserError
+
+    if bits != 4:
+        raise UserError(f"quantization_bit {bits!r}: training quantises to 4 bits only (QLoRA); use 4")
+    return {"qlora": True}
 
 
 # The run fingerprint (slakevqa.run_fingerprint): the fields whose change changes the trained weights.
@@ -187,6 +239,7 @@ NEUTRAL_FIELDS: dict[str, str] = {
     "model_id": "recorded as the model: its weights fingerprint (a folder) or its name (a hub id)",
     "data_source": "the data is identified by the split file's sha256, wherever it lies",
     "slake_root": "the data is identified by the split file's sha256, wherever it lies",
+    "hf_repo": "the data is identified by the split file's sha256, wherever it lies",
     "eval_split": "the held-out loss is logged, never trained on",
     "output_dir": "where the files go",
     "num_epochs": "a longer run legitimately continues from its checkpoint (the final evaluation is redone: "
@@ -197,7 +250,7 @@ NEUTRAL_FIELDS: dict[str, str] = {
     "cache_image_features": "reuses the frozen tower's own outputs: the same features",
     "logging_steps": "logging cadence", "save_steps": "checkpoint cadence", "eval_steps": "logging cadence",
     "save_total_limit": "how many checkpoints are kept", "resume_from_checkpoint": "a resume flag",
-    "tb": "logging", "tb_logdir": "logging", "tb_log_images_every": "logging", "tb_log_text_every": "logging",
+    "report_to": "logging", "tb_logdir": "logging", "tb_log_images_every": "logging", "tb_log_text_every": "logging",
     "tb_probe_size": "logging", "tb_eval_generate_size": "logging", "tb_hist_every": "logging",
     "final_eval": "the final evaluation has its own fingerprint in its own folder",
     "final_eval_split": "the final evaluation has its own fingerprint in its own folder",

@@ -175,7 +175,7 @@ def memory_advice(cfg: TrainConfig, step: int) -> str:
         tries.append("--use_lora (train adapters instead of every LLM weight; no AdamW state for the base)")
     elif not cfg.qlora:
         tries.append("--qlora (4-bit base weights, CUDA only)")
-    tries.append(f"a shorter --max_prompt_len (now {cfg.max_prompt_len})")
+    tries.append(f"a shorter --max_prompt_len (now {cfg.inputs.max_prompt_len})")
     lora = "QLoRA" if cfg.qlora else ("LoRA" if cfg.use_lora else "full fine-tuning")
     return (f"out of memory at step {step} with --batch_size {cfg.batch_size} --grad_accum {cfg.grad_accum}, "
             f"gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'}, {lora}. Try: "

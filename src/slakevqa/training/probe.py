@@ -109,13 +109,12 @@ class Probe:
     encoder: ExampleEncoder
     processor: object
     batch_size: int
-    max_prompt_len: int
 
     def answer(self, model: torch.nn.Module) -> list[Prediction]:
         """The probe questions answered by the evaluation engine, in probe order."""
         from slakevqa.evaluation.engine import Engine
 
-        engine = Engine(model, self.processor, self.builder, max_prompt_len=self.max_prompt_len)
+        engine = Engine(model, self.processor, self.builder)
         predictions: list[Prediction] = []
         with held_out_mode(model):
             for at in range(0, len(self.questions), self.batch_size):
@@ -143,7 +142,7 @@ class Probe:
         items = []
         for sample, prediction in list(zip(self.questions, predictions))[:GRID_SIZE]:
             image = load_rgb(sample.image_path)
-            region = region_mask(sample, self.builder.layout).region if self.builder.mask_mode != "none" else None
+            region = region_mask(sample, self.builder.layout).region if self.builder.settings.mask_mode != "none" else None
             correct = score_one("exact", prediction.prediction, sample.answer, sample.answer_type) == 1.0
             items.append(Thumbnail(image, sample.question, sample.answer, prediction.prediction, correct, region))
         return items
@@ -156,9 +155,9 @@ def build_probe(cfg: TrainConfig, root: Path, train_samples: list[VQASample], bu
     None where nothing would use it (no TensorBoard and no ``eval_steps``) or this
     process cannot run the model alone (:func:`runs_alone`).
     """
-    if not (cfg.tb or cfg.eval_steps) or not runs_alone(accelerator):
+    if not (cfg.trackers() or cfg.eval_steps) or not runs_alone(accelerator):
         return None
-    held_out = held_out_samples(root, cfg.eval_split, cfg.language, cfg.missing_images)
+    held_out = held_out_samples(root, cfg.eval_split, cfg.data.language, cfg.data.missing_images)
     source = cfg.eval_split if held_out else f"{cfg.split} ({cfg.eval_split} unavailable)"
     pool = held_out or train_samples
     # A builder of its own: probe images must not count in the training run's mask statistics.
@@ -167,8 +166,8 @@ def build_probe(cfg: TrainConfig, root: Path, train_samples: list[VQASample], bu
     # No eval loss without held-out records: a loss on training questions under that name would mislead.
     records = held_out[: DRY_RUN_LIMIT if cfg.dry_run else EVAL_LOSS_RECORDS]
     return Probe(balanced_subset(pool, size, cfg.seed), records, source, own,
-                 ExampleEncoder(own, processor, cfg.max_prompt_len, cfg.max_answer_len), processor,
-                 cfg.batch_size, cfg.max_prompt_len)
+                 ExampleEncoder(own, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len), processor,
+                 cfg.batch_size)
 
 
 def runs_alone(accelerator: object) -> bool:

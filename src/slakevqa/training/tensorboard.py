@@ -1,5 +1,8 @@
 """TensorBoard diagnostics of a training run, plus a progress bar (loss, ETA) in the terminal.
 
+Every scalar tag also goes to the other trackers of ``--report_to`` (wandb, mlflow, ...:
+:mod:`slakevqa.training.trackers`); text, histograms and images are TensorBoard's alone.
+
 Tags (a superset of the reference toolkit's, so dashboards carry over):
 
 * at the start: ``run/config`` (text), ``data/{field}/{value}`` counts and
@@ -64,11 +67,16 @@ class TrainLogger:
 
     def __init__(self, cfg: TrainConfig, out: Path, enabled: bool = True, main: bool = True) -> None:
         self.cfg, self.enabled, self.main = cfg, enabled, main
-        self.writer = None
-        if enabled:
-            from torch.utils.tensorboard import SummaryWriter
+        self.writer = None  # TensorBoard and the other --report_to trackers (slakevqa.training.trackers)
+        if enabled and cfg.trackers():
+            from slakevqa.training.trackers import LogWriters, start_trackers
 
-            self.writer = SummaryWriter(log_dir=str(cfg.tb_logdir or out / "tb"))
+            tensorboard = None
+            if cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                tensorboard = SummaryWriter(log_dir=str(cfg.tb_logdir or out / "tb"))
+            self.writer = LogWriters(tensorboard, start_trackers(cfg, out, config_to_dict(cfg)))
         self.bar, self.postfix, self.total_steps, self.probe = None, {}, 0, None
         self.lengths: dict[str, list[float]] = {"prompt": [], "answer": []}
         self.tokens = 0  # non-padding tokens since the last step

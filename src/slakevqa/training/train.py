@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,8 @@ from slakevqa.results import sha256_file
 from slakevqa.inputs import InputBuilder
 from slakevqa.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.training.checkpoint import (MODEL_FILE_PATTERNS, finish_publish, list_checkpoints, load_checkpoint,
-                                          publish, resolve_resume, save_checkpoint, start_publish)
+                                          publish, read_trainer_state, register_checkpoint_hooks, resolve_resume,
+                                          save_checkpoint, start_publish, write_trainer_state)
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.image_features import ImageFeatureCache
@@ -37,7 +38,9 @@ from slakevqa.training.params import configure_trainable, parameter_counts
 from slakevqa.training.precision import (adapter_layers, adapters_under_autocast, autocast_precision,
                                          precision_layout, training_device_type, weight_dtype)
 from slakevqa.training.probe import build_probe
-from slakevqa.training.schedule import lr_factor, micro_batch_indices, total_steps
+from slakevqa.training.trackers import check_trackers_installed
+from slakevqa.training.schedule import (SCHEDULE_VERSION, build_scheduler, micro_batch_indices, steps_per_epoch,
+                                        total_steps, warmup_steps)
 from slakevqa.training.tensorboard import TrainLogger
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,10 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     # Only the accelerator-level state goes; the process group (PartialState) stays.
     AcceleratorState._reset_state()
     # cpu=: without CUDA, join torchrun's group over gloo (see slakevqa.distributed.use_cpu).
-    accelerator = Accelerator(cpu=use_cpu(), mixed_precision=autocast_precision(cfg, training_device_type()))
+    # step_scheduler_with_optimizer=False: the schedule moves once per optimiser step (accelerate would move a
+    # prepared scheduler once per process, for schedules counted in single-process steps; ours count all processes).
+    accelerator = Accelerator(cpu=use_cpu(), mixed_precision=autocast_precision(cfg, training_device_type()),
+                              step_scheduler_with_optimizer=False)
     if is_fsdp(accelerator):
         check_fsdp_settings(cfg, accelerator.is_main_process)
     set_seed(cfg.seed)
@@ -72,17 +78,16 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
 
     # ---- data, vocabulary, prompts
-    root = dataset_root(cfg)
+    root = cfg.data.root()
     layout = find_layout(root)
-    samples = load_training_split(root, cfg.split, cfg.language, cfg.missing_images)
+    samples = load_training_split(root, cfg.split, cfg.data.language, cfg.data.missing_images)
     if cfg.dry_run:
         samples = samples[:DRY_RUN_RECORDS]
-    vocab = build_closed_vocab(load_split(root, "train", cfg.language, cfg.missing_images),
+    vocab = build_closed_vocab(load_split(root, "train", cfg.data.language, cfg.data.missing_images),
                                sha256_file(layout.split_file("train")))
-    builder = InputBuilder.create(layout, cfg.prompt_style, vocab, cfg.triples_mode, "answer_type",
-                                  cfg.mask_mode, cfg.mask_pad_ratio)
-    builder.blank_images = cfg.blank_images
+    builder = InputBuilder.create(layout, vocab, settings=cfg.inputs)
     claim_train_folder(cfg, out, layout.split_file(cfg.split), builder, accelerator)  # before the model loads
+    check_trackers_installed(cfg)  # a missing wandb/mlflow fails now, not after loading the model
     if accelerator.is_main_process:
         save_closed_vocab(vocab, out / "closed_vocab.json")
 
@@ -98,7 +103,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     counts = parameter_counts(model)
     features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator) else None
-    encoder = ExampleEncoder(builder, processor, cfg.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
+    encoder = ExampleEncoder(builder, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
                              pack=cfg.pack_images, features=features)
     groups = image_group_ids(samples, builder) if encoder.pack else None  # batches follow the image
     pad_id = processor.tokenizer.pad_token_id
@@ -110,24 +115,17 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
                                   fused=fused_adamw_supported(accelerator.device))
     n_steps = DRY_RUN_STEPS if cfg.dry_run else total_steps(
         len(samples), cfg.batch_size, cfg.grad_accum, cfg.num_epochs, cfg.max_steps, accelerator.num_processes)
-    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else round(cfg.warmup_ratio * n_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, n_steps, warmup, cfg.lr_scheduler))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = build_scheduler(optimizer, cfg.lr_scheduler, n_steps,
+                                warmup_steps(n_steps, cfg.warmup_steps, cfg.warmup_ratio))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    register_checkpoint_hooks(accelerator)  # checkpoints hold the trainable weights, not the frozen base
+    per_epoch = steps_per_epoch(len(samples), cfg.batch_size, cfg.grad_accum, accelerator.num_processes)
 
-    # ---- resume
-    state: dict = {"losses": [], "total_steps": n_steps}
-    checkpoint = resolve_resume(cfg.resume_from_checkpoint, out)
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, accelerator.unwrap_model(model), optimizer, scheduler)
-        log.info("resumed from %s at step %d of %d", checkpoint, state["step"], n_steps)
-    start = state.get("step", 0)
-    if start > n_steps:  # max_steps/num_epochs may grow between reruns (not fingerprinted), never shrink
-        raise UserError(f"{checkpoint}: this run already took {start} optimiser steps, more than the {n_steps} asked "
-                        "for; ask for at least as many (--max_steps/--num_epochs), or pass --overwrite")
+    # ---- resume: weights, optimiser, schedule, every process's RNG; the data position is the step
+    history, start = resume(cfg, out, accelerator, n_steps)  # history: one log_history entry per step
 
     # ---- the loop
-    logger = TrainLogger(cfg, out, enabled=cfg.tb and accelerator.is_main_process, main=accelerator.is_main_process)
+    logger = TrainLogger(cfg, out, enabled=accelerator.is_main_process, main=accelerator.is_main_process)
     logger.start(samples, counts, n_steps, builder, probe)
     model.train()
     for step in range(start, n_steps):
@@ -139,7 +137,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast(), adapters_under_autocast(autocast_adapters), \
-                    attention_kernels(cfg.cudnn_attention), out_of_memory_advice(cfg, step + 1):
+                    attention_kernels(cfg.inputs.cudnn_attention), out_of_memory_advice(cfg, step + 1):
                 if cfg.closed_train_objective == "sft":
                     loss, tokens, row_losses = answer_loss(model, batch)
                 else:
@@ -154,34 +152,63 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         # only computes the global, cross-shard norm when given exactly model.parameters().
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                      if cfg.max_grad_norm > 0 else None)
+        lr = scheduler.get_last_lr()[0]  # the rate this step uses (after scheduler.step() it is the next one's)
         with out_of_memory_advice(cfg, step + 1):  # the first step allocates AdamW's state
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        state["losses"].append([step + 1, loss_sum])
-        logger.step(step + 1, loss_sum, scheduler.get_last_lr()[0], grad_norm, batch_stats,
+        history.append(log_entry(step + 1, per_epoch, loss_sum, lr, grad_norm))
+        logger.step(step + 1, loss_sum, lr, grad_norm, batch_stats,
                     time.perf_counter() - began, accelerator.unwrap_model(model))
-        if ((step + 1) % cfg.save_steps == 0 or step + 1 == n_steps) and not is_fsdp(accelerator):
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(out, step + 1, accelerator.unwrap_model(model), optimizer, scheduler,
-                                {**state, "total_steps": n_steps}, cfg.save_total_limit)
+        if (step + 1) % cfg.save_steps == 0 or step + 1 == n_steps:  # every process takes part
+            save_checkpoint(accelerator, out, step + 1, lambda folder: write_state(cfg, folder, history, n_steps),
+                            cfg.save_total_limit)
 
     # ---- outputs
+    losses = [[entry["step"], entry["loss"]] for entry in history]
     accelerator.wait_for_everyone()
     # Under FSDP each rank holds shards: gathering the full state dict is a collective, so every rank calls it.
     full_state = accelerator.get_state_dict(model) if is_fsdp(accelerator) else None
     if accelerator.is_main_process:
         layout = precision_layout(accelerator.unwrap_model(model), accelerator.mixed_precision)
         save_trained(accelerator.unwrap_model(model), processor, out, cfg.model_id, full_state,
-                     lambda stage: write_run_config(cfg, stage, n_steps, state["losses"], counts, builder,
+                     lambda stage: write_run_config(cfg, stage, n_steps, losses, counts, builder,
                                                     accelerator, layout))
     logger.close(encoder.stats(), n_steps, accelerator.unwrap_model(model))  # with a final probe
     results = None
     if cfg.final_eval and not is_fsdp(accelerator):
         accelerator.wait_for_everyone()  # the main process has published the saved model the evaluation names
         results = final_evaluation(cfg, root, accelerator.unwrap_model(model), processor, out)
-    return TrainResult(out, n_steps, state["losses"], counts, results)
+    return TrainResult(out, n_steps, losses, counts, results)
+
+
+def resume(cfg: TrainConfig, out: Path, accelerator, n_steps: int) -> tuple[list[dict], int]:
+    """Restore the checkpoint ``--resume_from_checkpoint`` names; its log history and step (none: ``[], 0``)."""
+    checkpoint = resolve_resume(cfg.resume_from_checkpoint, out)
+    if checkpoint is None:
+        return [], 0
+    state = read_trainer_state(checkpoint)
+    start = state["global_step"]
+    if start > n_steps:  # max_steps/num_epochs may grow between reruns (not fingerprinted), never shrink
+        raise UserError(f"{checkpoint}: this run already took {start} optimiser steps, more than the {n_steps} asked "
+                        "for; ask for at least as many (--max_steps/--num_epochs), or pass --overwrite")
+    load_checkpoint(accelerator, checkpoint)
+    log.info("resumed from %s at step %d of %d", checkpoint, start, n_steps)
+    return state["log_history"], start
+
+
+def log_entry(step: int, per_epoch: int, loss: float, lr: float, grad_norm) -> dict:
+    """One step of ``trainer_state.json``'s log history, in Hugging Face Trainer's keys."""
+    entry = {"step": step, "epoch": round(step / per_epoch, 4), "loss": loss, "learning_rate": lr}
+    if grad_norm is not None:
+        entry["grad_norm"] = float(grad_norm)
+    return entry
+
+
+def write_state(cfg: TrainConfig, folder: Path, history: list[dict], n_steps: int) -> None:
+    write_trainer_state(folder, history[-1]["step"], n_steps, history, logging_steps=cfg.logging_steps,
+                        eval_steps=cfg.eval_steps, save_steps=cfg.save_steps, train_batch_size=cfg.batch_size,
+                        num_train_epochs=cfg.num_epochs)
 
 
 def claim_train_folder(cfg: TrainConfig, out: Path, split_file: Path, builder: InputBuilder, accelerator) -> None:
@@ -196,6 +223,7 @@ def claim_train_folder(cfg: TrainConfig, out: Path, split_file: Path, builder: I
         finish_publish(out)
     values = {**model_values(cfg.model_id), "split_file": split_file.name, "split_sha256": sha256_file(split_file),
               "prompt_version": builder.style.tag, "closed_vocab_sha256": vocab_sha256(builder.vocab.answers),
+              "schedule_version": SCHEDULE_VERSION,  # the learning rate at each step
               "world_size": accelerator.num_processes,  # with batch_size, it decides which questions make a step
               **config_values(cfg, RESULT_FIELDS)}
     claim_folder(out, make_fingerprint("train", values), lambda: has_train_results(out),
@@ -241,24 +269,16 @@ def final_evaluation(cfg: TrainConfig, root: Path, model, processor, out: Path) 
     from slakevqa.evaluation.config import EvalConfig
     from slakevqa.evaluation.evaluate import evaluate
 
-    eval_cfg = EvalConfig(model_id_or_ckpt=str(out), slake_root=str(root), language=cfg.language,
+    data = replace(cfg.data, data_source="local", slake_root=str(root))  # the folder training read
+    eval_cfg = EvalConfig(model_id_or_ckpt=str(out), data=data,
                           split=cfg.final_eval_split, output_dir=str(out / f"eval_{cfg.final_eval_split}"),
-                          prompt_style=cfg.prompt_style, max_prompt_len=cfg.max_prompt_len, mask_mode=cfg.mask_mode,
-                          mask_pad_ratio=cfg.mask_pad_ratio, triples_mode=cfg.triples_mode, seed=cfg.seed,
-                          blank_images=cfg.blank_images, missing_images=cfg.missing_images,
-                          limit=DRY_RUN_RECORDS if cfg.dry_run else 0)
+                          inputs=cfg.inputs, seed=cfg.seed, limit=DRY_RUN_RECORDS if cfg.dry_run else 0)
     return evaluate(eval_cfg, model, processor, replace_changed=True)  # a longer run's model: answered afresh
 
 
 def fused_adamw_supported(device) -> bool:
     """Fused AdamW (one kernel for all parameters): ~15-55% faster steps for small models; CPU and CUDA."""
     return device.type in ("cpu", "cuda")
-
-
-def dataset_root(cfg: TrainConfig) -> Path:
-    from slakevqa.data.hub import dataset_root as resolve
-
-    return resolve(cfg.data_source, cfg.slake_root)
 
 
 def load_for_training(cfg: TrainConfig, device):
@@ -314,15 +334,15 @@ def check_fsdp_settings(cfg: TrainConfig, main_process: bool = True) -> None:
     A sharded model's forward gathers each layer's shards from every rank, so a
     forward on the main process alone (TensorBoard's eval loss and probes) waits
     forever; the sharded evaluation gives ranks different numbers of forward calls
-    (answers differ in length) and would hang the same way. Checkpoints hold each
-    rank's optimiser shard, which the single-file format here cannot; they are skipped.
+    (answers differ in length) and would hang the same way. Checkpoints and resume
+    work as without FSDP (accelerate's save_state writes each rank's shards).
     """
-    if cfg.tb:
+    if cfg.tensorboard:
         raise UserError("under FSDP pass --no-tb: TensorBoard probes run the model on the main process alone, "
                         "which waits forever for the other ranks' shards")
     if not main_process:
         return
-    log.warning("FSDP: no checkpoints (no resume) and no final evaluation; evaluate the saved adapter with "
+    log.warning("FSDP: no final evaluation; evaluate the saved output with "
                 "`accelerate launch --config_file configs/accelerate/ddp.yaml -m slakevqa eval "
                 "--model_id_or_ckpt %s ...`", cfg.output_dir)
 
