@@ -239,11 +239,11 @@ def four_bit_evidence(walk: Walk, output_dir: str) -> str:
 
 def step_eval_dtype(dtype: str) -> Callable[[Walk, Path], str]:
     def run(walk: Walk, log: Path) -> str:
-        note = step_eval("runs/lora-fp16", f"runs/lora-fp16/eval-{dtype}", "--dtype", dtype)(walk, log)
+        note = step_eval("runs/lora-fp16", f"runs/lora-fp16/eval-{dtype}", "--precision", dtype)(walk, log)
         other = walk.work / "runs/lora-fp16/eval-fp16/predictions.jsonl"
         if dtype == "fp32" and other.is_file():  # information only: fp16 and fp32 may round differently
             differ, n = answer_differences(other, walk.work / "runs/lora-fp16/eval-fp32/predictions.jsonl")
-            note += f"; {n - differ}/{n} answers equal to --dtype fp16"
+            note += f"; {n - differ}/{n} answers equal to --precision fp16"
         return note
     return run
 
