@@ -6,6 +6,8 @@ and >= 0.80 within 3. Time is not asserted (tests are not timed); steps stand fo
 rate measured on that machine (benchmarks/RESULTS.md, "Learning on CPU": 13-15 steps/s with the
 demo's settings, so 2,000 steps take about 2.5 minutes and 3,000 about 3.5). Measured there:
 0.88 after 2,000 steps and 0.94 after 3,000 (0.95 in a 4,000-step run); blank images ~0.5.
+Under Hugging Face's schedules (warmup from 0, decay ending one step later; 2026-12-01):
+0.853 after 2,000 steps, 0.920 after 3,000, blank images 0.537.
 """
 
 from __future__ import annotations
