@@ -26,11 +26,14 @@ once spent and kills a step still running then, so the table always comes back.
 
 ``--part extra`` runs the README's other GPU lines in a second call: zero-shot evaluation of
 the original-format folder (converted once into the cache, reused by training), ``score``,
-full fine-tuning, the hybrid CLOSED objective and ``--mode diagnose`` (rehearsed with
-``--tiny``; not yet run on a GPU as of 2026-12-01).
+full fine-tuning, the hybrid CLOSED objective and ``--mode diagnose`` (289 s on an H200,
+2026-12-01; full fine-tuning needs ~90 GB of disk: its last checkpoint holds AdamW's state).
 
 Disk: the original checkpoint is deleted once converted, so at most two 15 GB folders
-(converted + merged) exist at once.
+(converted + merged) exist at once. ``--part extra`` keeps the original folder, its converted
+cache, the fully fine-tuned model and that run's last checkpoint (43 GB with AdamW's state):
+~90 GB, more than a 1-GPU machine's 64 GiB disk; use a 2-GPU machine (128 GB) or ``--work``
+under /dev/shm.
 """
 
 from __future__ import annotations

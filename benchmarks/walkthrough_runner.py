@@ -5,8 +5,9 @@ A step runs its commands from the work folder with its output in ``logs/<step>.l
 prints the log's last 30 lines when one fails (the device tool returns only the last
 12,000 characters of output, so passing steps stay one line).
 
-Peak GPU memory (:class:`GpuPeak`): ``nvidia-smi --query-gpu=memory.used -lms 500`` runs
-beside each step and the largest value is kept. It is the whole card's used memory while
+Peak GPU memory (:class:`GpuPeak`): ``nvidia-smi --query-gpu=index,memory.used -lms 500`` runs
+beside each step and the largest value of the cards ``CUDA_VISIBLE_DEVICES`` names (all without it;
+set ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` so the two number cards alike) is kept. It is the whole card's used memory while
 that step's processes ran (nothing else runs on the card: the driver never touches CUDA),
 so it includes the CUDA context (~0.5 GiB) and PyTorch's cached-but-free blocks: what the
 card must have free, an upper bound of ``torch.cuda.max_memory_allocated``. The caching
@@ -48,31 +49,43 @@ class Outcome:
 
 
 class GpuPeak:
-    """Largest ``memory.used`` that nvidia-smi reports every 0.5 s while the ``with`` block runs."""
+    """Largest ``memory.used`` of each card that nvidia-smi reports every 0.5 s while the ``with`` block runs.
+
+    Only the cards ``CUDA_VISIBLE_DEVICES`` names (by index) count, so two walkthroughs can share a
+    2-GPU machine, one card each; ``per_gpu`` keeps each card's peak (multi-GPU benchmarks)."""
 
     def __init__(self) -> None:
-        self.peak_mib: float | None = None
+        self.per_gpu: dict[int, float] = {}
         self.process = None
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        self.visible = {int(v) for v in visible.split(",") if v.strip().isdigit()} or None
 
     def __enter__(self) -> GpuPeak:
         if shutil.which("nvidia-smi"):
             self.process = subprocess.Popen(
-                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
+                ["nvidia-smi", "--query-gpu=index,memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             threading.Thread(target=self._read, daemon=True).start()
         return self
 
     def _read(self) -> None:
         for line in self.process.stdout:
-            values = [float(v) for v in line.split(",") if v.strip().replace(".", "", 1).isdigit()]
-            if values:
-                self.peak_mib = max(self.peak_mib or 0.0, *values)
+            fields = [v.strip() for v in line.split(",")]
+            if len(fields) != 2 or not fields[0].isdigit() or not fields[1].replace(".", "", 1).isdigit():
+                continue
+            index, used = int(fields[0]), float(fields[1])
+            if self.visible is None or index in self.visible:
+                self.per_gpu[index] = max(self.per_gpu.get(index, 0.0), used)
 
     def __exit__(self, *exc) -> None:
         if self.process is not None:
             time.sleep(0.6)  # one more sample after the step's processes are gone is harmless
             self.process.terminate()
             self.process.wait()
+
+    @property
+    def peak_mib(self) -> float | None:
+        return max(self.per_gpu.values()) if self.per_gpu else None
 
     @property
     def gib(self) -> float | None:

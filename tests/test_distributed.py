@@ -107,7 +107,12 @@ def test_ddp_training_equals_single_process_with_the_whole_batch(single_run: Pat
     # written once, by the main process: one adapter, the two checkpoints, no temp folders
     assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-2", "checkpoint-4"]
     assert (out / "adapter_model.safetensors").is_file()
-    assert json.loads((out / "run_config.json").read_text())["world_size"] == 2
+    run_config = json.loads((out / "run_config.json").read_text())
+    assert run_config["world_size"] == 2
+    # the run's own speed record counts both processes' questions (4 a step) over its 4 steps
+    throughput = run_config["throughput"]
+    assert (throughput["steps_timed"], throughput["samples_per_step"], throughput["world_size"]) == (4, 4, 2)
+    assert throughput["steady_samples_per_second"] == pytest.approx(4 / throughput["median_step_seconds"], rel=1e-2)
 
     ddp, single = losses(out), losses(single_run)
     assert [s for s, _ in ddp] == [1, 2, 3, 4]
@@ -145,6 +150,8 @@ def test_ddp_evaluation_equals_single_process(single_run: Path, synth_root: Path
 
     first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
     assert second["provenance"]["world_size"] == 2
+    assert (second["timing"]["questions_answered"], second["timing"]["world_size"]) == (len(one), 2)
+    assert first["timing"]["questions_answered"] == len(one) and first["timing"]["questions_per_second"] > 0
     for key in ("metrics", "slices", "scorers", "counts"):
         assert first[key] == second[key], key
 

@@ -15,6 +15,7 @@ import logging
 import sys
 
 from slakevqa import __version__
+from slakevqa.distributed import finish_process_group
 from slakevqa.errors import UserError
 
 # verb -> (module under slakevqa.commands, one-line help)
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_verb(module: object, args: argparse.Namespace) -> int:
     """Run one verb, turning user errors into a one-line message and exit code 2."""
     try:
-        return int(module.run(args) or 0)
+        code = int(module.run(args) or 0)
+        finish_process_group()  # every rank leaves together, after the main one has written everything
+        return code
     except UserError as error:
         if getattr(args, "debug", False):
             raise

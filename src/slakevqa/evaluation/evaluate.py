@@ -3,15 +3,17 @@
     data -> vocabulary -> prompts/images -> model -> resume -> batches (appended, flushed)
     -> merge shards in qid order -> results.json (all scorers, intervals, provenance) -> report
 
-Under ``accelerate launch`` process ``r`` of ``w`` answers questions ``r, r+w, ...``
-into ``predictions.rank{r}.jsonl``; the main process merges them in qid order, so
-the files equal a single-process run's.
+Under ``accelerate launch`` process ``r`` of ``w`` answers the questions of its share of
+the images (:func:`shard_by_image`) into ``predictions.rank{r}.jsonl``; the main process
+merges them in qid order, so the files equal a single-process run's. ``results.json``'s
+``timing`` says how fast the answering went (questions per second, all processes).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -70,15 +72,17 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")
     done = {p.qid for p in recover_predictions(out / PREDICTIONS_NAME)}
     done |= {p.qid for p in recover_predictions(shard_file)} if world > 1 else set()
-    pending = answer_order([s for s in samples[rank::world] if s.qid not in done], settings)
+    pending = answer_order([s for s in shard_by_image(samples, rank, world) if s.qid not in done], settings)
     if done:
         log.info("resuming: %d questions already answered, %d to go", len(done), len(pending))
+    began, to_answer = time.perf_counter(), len(samples) - len(done)  # every rank's share, for the timing
     answer_all(engine, pending, cfg.batch_size, shard_file, rank)
     if world > 1:
         barrier()
         if rank != 0:
             return {}
         merge_shards(out, world)
+    timing = answer_timing(to_answer, time.perf_counter() - began, world)
 
     # ---- score, record provenance, report
     rows = finalise_predictions(out / PREDICTIONS_NAME, samples)
@@ -91,6 +95,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
                                         "source_sha256": vocab.source_sha256},
                        "mask_stats": builder.mask_stats.as_dict()})
     results = build_results(rows, provenance, predictions_file=out / PREDICTIONS_NAME)
+    results["timing"] = timing
     if cfg.check_batch_invariance > 0:
         results["batch_invariance"] = check_batch_invariance(engine, samples[: cfg.check_batch_invariance],
                                                              {r.qid: r for r in rows}, out)
@@ -152,6 +157,38 @@ def answer_order(samples: list[VQASample], settings: GenerationSettings) -> list
     batch. Then by image (SLAKE asks ~11 questions per image), so batches share prefixes.
     """
     return sorted(samples, key=lambda s: (settings.budget(s), s.image_key, s.qid))
+
+
+def shard_by_image(samples: list[VQASample], rank: int, world: int) -> list[VQASample]:
+    """Process ``rank``'s questions: whole images, balanced by question count (largest first, to the least loaded).
+
+    An image's questions stay on one process, so its prefix (vision tower + the image's
+    578 prompt tokens, shared by its ~11 questions) is computed once in the whole run,
+    as on one GPU; a round-robin split would compute it on every process.
+
+    >>> from types import SimpleNamespace as Q
+    >>> qs = [Q(qid=i, image_key=k) for i, k in enumerate("aaabbc")]
+    >>> [q.qid for q in shard_by_image(qs, 0, 2)], [q.qid for q in shard_by_image(qs, 1, 2)]
+    ([0, 1, 2], [3, 4, 5])
+    """
+    if world == 1:
+        return samples
+    by_image: dict[str, list[VQASample]] = {}
+    for sample in samples:
+        by_image.setdefault(sample.image_key, []).append(sample)
+    loads, mine = [0] * world, []
+    for key in sorted(by_image, key=lambda k: (-len(by_image[k]), str(k))):
+        target = loads.index(min(loads))
+        loads[target] += len(by_image[key])
+        if target == rank:
+            mine.extend(by_image[key])
+    return sorted(mine, key=lambda s: s.qid)
+
+
+def answer_timing(answered: int, seconds: float, world: int) -> dict:
+    """``results.json``'s ``timing``: this run's answering, model loading excluded (all processes, to the last one)."""
+    return {"questions_answered": answered, "answer_seconds": round(seconds, 3), "world_size": world,
+            "questions_per_second": round(answered / seconds, 3) if answered and seconds > 0 else None}
 
 
 def answer_all(engine: Engine, pending: list[VQASample], batch_size: int, path: Path, rank: int) -> None:

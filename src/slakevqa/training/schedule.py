@@ -77,15 +77,57 @@ def micro_batch_indices(micro_batch: int, n_examples: int, batch_size: int, seed
 
     Each epoch is cut into chunks of ``batch_size * world_size``; process ``rank``
     takes its slice of the chunk. A short final chunk wraps around into the
-    start of the same epoch's order, so every batch is full and every process
-    gets the same number of rows. ``groups``: see :func:`epoch_order`.
+    start of the same epoch's order, so every batch is full. ``groups``: see :func:`epoch_order`; with several
+    processes the chunk is then shared out by whole groups (:func:`share_by_group`),
+    so a process may take a few questions more or fewer than ``batch_size``.
     """
     chunk = batch_size * world_size
     per_epoch = math.ceil(n_examples / chunk)
     epoch, position = divmod(micro_batch, per_epoch)
     order = epoch_order(n_examples, seed, epoch, groups)
+    if groups is not None and world_size > 1:
+        indices = [order[(position * chunk + i) % n_examples] for i in range(chunk)]
+        return share_by_group(indices, groups, rank, world_size)
     start = position * chunk + rank * batch_size
     return [order[(start + i) % n_examples] for i in range(batch_size)]
+
+
+# What one packed row's image prefix (576 image tokens + the template, ~578) costs, counted in question
+# segments (~30 tokens each): the unit share_by_group balances processes in.
+PREFIX_COST = 20
+
+
+def share_by_group(indices: list[int], groups: list[int], rank: int, world_size: int) -> list[int]:
+    """Process ``rank``'s part of a global batch: whole runs of one group (image), balanced in cost.
+
+    Slicing a packed batch at fixed positions splits the image on each boundary over two
+    processes, each computing its prefix (7.5% more image rows at 2 GPUs on SLAKE's train
+    split, 11.5% at 4), and leaves the processes' work to chance (a slice of 64 questions holds
+    5 to 9 images), while each step waits for the slowest process. Here each run of consecutive
+    questions on one image goes whole to the process with the least work so far, largest runs
+    first, a run costing :data:`PREFIX_COST` + its questions. With fewer runs than processes
+    (tiny data) the fixed slices are kept, so no process is ever left without rows. Every
+    process computes the same split, and the union is the global batch, so the loss and the
+    gradients equal one process's with the whole batch.
+
+    >>> share_by_group([0, 1, 2, 3, 4, 5], [7, 7, 7, 8, 9, 9], 0, 2), share_by_group([0, 1, 2, 3, 4, 5], [7, 7, 7, 8, 9, 9], 1, 2)
+    ([0, 1, 2], [3, 4, 5])
+    """
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and groups[runs[-1][-1]] == groups[index]:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    if len(runs) < world_size:
+        size = len(indices) // world_size
+        return indices[rank * size:(rank + 1) * size]
+    loads, owner = [0] * world_size, {}
+    for position in sorted(range(len(runs)), key=lambda r: (-len(runs[r]), r)):
+        target = loads.index(min(loads))
+        loads[target] += PREFIX_COST + len(runs[position])
+        owner[position] = target
+    return [i for position, run in enumerate(runs) if owner[position] == rank for i in run]
 
 
 # --lr_scheduler -> the name transformers.get_scheduler knows. Our "constant" keeps its warmup, so it is

@@ -42,6 +42,7 @@ from slakevqa.training.trackers import check_trackers_installed
 from slakevqa.training.schedule import (SCHEDULE_VERSION, build_scheduler, micro_batch_indices, steps_per_epoch,
                                         total_steps, warmup_steps)
 from slakevqa.training.tensorboard import TrainLogger
+from slakevqa.training.throughput import peak_memory_per_process, throughput_summary
 
 log = logging.getLogger(__name__)
 DRY_RUN_RECORDS, DRY_RUN_STEPS = 8, 2
@@ -128,6 +129,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     logger = TrainLogger(cfg, out, enabled=accelerator.is_main_process, main=accelerator.is_main_process)
     logger.start(samples, counts, n_steps, builder, probe)
     model.train()
+    step_seconds: list[float] = []
     for step in range(start, n_steps):
         began, loss_sum, batch_stats = time.perf_counter(), 0.0, []
         for micro in range(cfg.grad_accum):
@@ -158,8 +160,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         history.append(log_entry(step + 1, per_epoch, loss_sum, lr, grad_norm))
-        logger.step(step + 1, loss_sum, lr, grad_norm, batch_stats,
-                    time.perf_counter() - began, accelerator.unwrap_model(model))
+        step_seconds.append(time.perf_counter() - began)  # the step itself: no evaluation, probe or checkpoint
+        logger.step(step + 1, loss_sum, lr, grad_norm, batch_stats, step_seconds[-1], accelerator.unwrap_model(model))
         if (step + 1) % cfg.save_steps == 0 or step + 1 == n_steps:  # every process takes part
             save_checkpoint(accelerator, out, step + 1, lambda folder: write_state(cfg, folder, history, n_steps),
                             cfg.save_total_limit)
@@ -167,13 +169,15 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     # ---- outputs
     losses = [[entry["step"], entry["loss"]] for entry in history]
     accelerator.wait_for_everyone()
+    throughput = throughput_summary(step_seconds, cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
+                                    accelerator.num_processes, peak_memory_per_process(accelerator))
     # Under FSDP each rank holds shards: gathering the full state dict is a collective, so every rank calls it.
     full_state = accelerator.get_state_dict(model) if is_fsdp(accelerator) else None
     if accelerator.is_main_process:
         layout = precision_layout(accelerator.unwrap_model(model), accelerator.mixed_precision)
         save_trained(accelerator.unwrap_model(model), processor, out, cfg.model_id, full_state,
                      lambda stage: write_run_config(cfg, stage, n_steps, losses, counts, builder,
-                                                    accelerator, layout))
+                                                    accelerator, layout, throughput))
     logger.close(encoder.stats(), n_steps, accelerator.unwrap_model(model))  # with a final probe
     results = None
     if cfg.final_eval and not is_fsdp(accelerator):
@@ -348,7 +352,7 @@ def check_fsdp_settings(cfg: TrainConfig, main_process: bool = True) -> None:
 
 
 def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, counts: dict,
-                     builder: InputBuilder, accelerator, precision: dict[str, str]) -> None:
+                     builder: InputBuilder, accelerator, precision: dict[str, str], throughput: dict) -> None:
     from slakevqa.results import make_provenance
 
     provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
@@ -360,4 +364,4 @@ def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, co
         "final_loss": losses[-1][1] if losses else None, "parameters": counts,
         "closed_vocab": {"file": "closed_vocab.json", "version": builder.vocab.version,
                          "answers": len(builder.vocab.answers)},
-        "mask_stats": builder.mask_stats.as_dict()})
+        "mask_stats": builder.mask_stats.as_dict(), "throughput": throughput})
