@@ -13,7 +13,8 @@ Tags (a superset of the reference toolkit's, so dashboards carry over):
 * every ``logging_steps`` (and step 1): ``train/loss``, ``train/loss/{OPEN,CLOSED}``
   (mean per-sample loss of each answer type since the last log), ``train/learning_rate``,
   ``train/grad_norm``, ``train/samples_per_sec``, ``train/tokens_per_sec`` (this
-  process, non-padding tokens, image tokens included), ``train/supervised_tokens``,
+  process's questions and non-padding tokens, image tokens included; ``run_config.json``'s
+  ``throughput`` has all processes'), ``train/supervised_tokens``,
   ``data/prompt_len_{mean,max}``, ``data/answer_len_{mean,max}``,
   ``data/{prompt,answer}_truncated_pct``, ``data/closed_ratio``,
   ``gpu/memory_{allocated,reserved}_mb`` on CUDA;
@@ -79,7 +80,7 @@ class TrainLogger:
             self.writer = LogWriters(tensorboard, start_trackers(cfg, out, config_to_dict(cfg)))
         self.bar, self.postfix, self.total_steps, self.probe = None, {}, 0, None
         self.lengths: dict[str, list[float]] = {"prompt": [], "answer": []}
-        self.tokens = 0  # non-padding tokens since the last step
+        self.tokens = self.samples = 0  # non-padding tokens and questions of this process since the last step
         self.rows: list[tuple[str, float]] = []  # (answer_type, loss) since the last scalar log
         self.hist_rows: list[float] = []  # per-sample losses since the last histogram
         self.gridded_at = -1
@@ -116,6 +117,7 @@ class TrainLogger:
         if self.writer is None:
             return
         self.tokens += int(attention_mask.sum())
+        self.samples += len(samples)  # under several processes not always --batch_size (whole images per process)
         for sample, value in zip(samples, row_losses.float().tolist()):
             if value != value:  # NaN: a row with no answer tokens (CLOSED under --closed_train_objective mc)
                 continue
@@ -131,11 +133,11 @@ class TrainLogger:
         for stats in batch_stats:
             self.lengths["prompt"].append(stats["prompt_len_mean"])
             self.lengths["answer"].append(stats["answer_len_mean"])
-        tokens, self.tokens = self.tokens, 0
+        (tokens, self.tokens), (samples, self.samples) = (self.tokens, 0), (self.samples, 0)
         if self.writer is None:
             return
         if step % self.cfg.logging_steps == 0 or step == 1:
-            self._scalars(step, loss, lr, grad_norm, batch_stats, seconds, tokens)
+            self._scalars(step, loss, lr, grad_norm, batch_stats, seconds, tokens, samples)
         if step % self.cfg.tb_hist_every == 0:
             self._histograms(step, model)
         images = step % self.cfg.tb_log_images_every == 0
@@ -152,7 +154,7 @@ class TrainLogger:
         self.bar.update(1)
 
     def _scalars(self, step: int, loss: float, lr: float, grad_norm: torch.Tensor | float | None,
-                 batch_stats: list[dict], seconds: float, tokens: int) -> None:
+                 batch_stats: list[dict], seconds: float, tokens: int, samples: int) -> None:
         import torch
 
         write = self.writer.add_scalar
@@ -160,7 +162,7 @@ class TrainLogger:
         write("train/learning_rate", lr, step)
         if grad_norm is not None:
             write("train/grad_norm", float(grad_norm), step)
-        write("train/samples_per_sec", self.cfg.batch_size * self.cfg.grad_accum / max(seconds, 1e-9), step)
+        write("train/samples_per_sec", samples / max(seconds, 1e-9), step)
         write("train/tokens_per_sec", tokens / max(seconds, 1e-9), step)
         for key in batch_stats[0]:
             values = [s[key] for s in batch_stats if s.get(key) == s.get(key)]  # NaN: nothing measured
