@@ -8,6 +8,7 @@ SLAKE-like group sizes; ``tests/test_distributed.py`` runs them in real 2-proces
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 from collections import Counter
@@ -27,13 +28,8 @@ def slake_like_groups(images: int, seed: int) -> list[int]:
 
 
 def runs_of(indices: list[int], groups: list[int]) -> list[list[int]]:
-    runs: list[list[int]] = []
-    for i in indices:
-        if runs and groups[runs[-1][-1]] == groups[i]:
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs
+    """Consecutive questions of one image."""
+    return [list(run) for _, run in itertools.groupby(indices, key=lambda i: groups[i])]
 
 
 @pytest.mark.parametrize("world", [2, 3, 4, 8])
