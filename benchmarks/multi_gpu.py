@@ -25,7 +25,7 @@ Steps (each a row ``PASS|FAIL|SKIP step seconds peak-GPU note``, budgeted like t
   ``results.json`` ``timing.questions_per_second`` (answering only, model loading excluded).
 * ``fsdp_full_<n>gpu`` then (last) ``fsdp_resume``: ``configs/accelerate/fsdp.yaml``, ``--no-use_lora``,
   2 steps with a sharded checkpoint at step 2, then the same command with ``--max_steps 3`` must
-  resume from it; samples/s and memory per GPU as above.
+  resume from it and end with the final evaluation; samples/s and memory per GPU as above.
 * ``eval_4bit_1gpu``, ``eval_8bit_1gpu``: zero-shot evaluation of the base folder with
   ``--load_in_4bit`` / ``--load_in_8bit`` (bitsandbytes; its wheel carried as for the walkthrough);
   ``qlora_1gpu``: ``--qlora`` training on one GPU, for comparison with FSDP.
@@ -154,10 +154,14 @@ def step_fsdp(n: int, steps: int):
         if steps > 2:  # the resume: the first run's finished model goes (disk), its checkpoint-2 stays
             for path in (walk.work / out).glob("*.safetensors"):
                 path.unlink()
-        output = walk.run(launch(walk, "fsdp.yaml", n, *train_args(walk, HF, out, steps, "--no-use_lora",
-                                                                   "--save_steps", "2")), log)
+        args = train_args(walk, HF, out, steps, "--no-use_lora", "--save_steps", "2")
+        if steps > 2:  # the resumed run ends with the final evaluation: the saved model, loaded whole by every rank
+            args.remove("--no-final_eval")
+        output = walk.run(launch(walk, "fsdp.yaml", n, *args), log)
         if steps > 2 and "resumed from" not in output:
             raise StepFailed("the second run did not say it resumed")
+        if steps > 2 and not (walk.work / out / "eval_test" / "results.json").is_file():
+            raise StepFailed("no eval_test/results.json after the resumed run")
         t = throughput(walk, out)
         walk.measured[f"fsdp_{n}_{steps}"] = t
         note = describe(t)

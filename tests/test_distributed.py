@@ -209,9 +209,15 @@ def test_fsdp_run_killed_with_sigkill_resumes_exactly(tiny_dir: Path, synth_root
         "pytorch_model_fsdp_0", "optimizer_0", "scheduler.bin", "random_states_0.pkl", "random_states_1.pkl",
         "trainer_state.json"}
 
-    code, output = train(tmp_path / "b")
+    # the resumed run also evaluates at the end: the saved model, loaded whole by both processes
+    code, output = run([*fsdp, *flags[:-1], "--final_eval_split", "test", "--output_dir", str(tmp_path / "b")],
+                       timeout=300, SLAKEVQA_TEST_KILL_AT="0")
     assert code == 0, output[-3000:]
     assert "at step 4 of 6" in output
+    evaluated = json.loads((tmp_path / "b" / "eval_test" / "results.json").read_text())
+    test_qids = sorted(r["qid"] for r in json.loads((synth_root / "test.json").read_text()) if r["q_lang"] == "en")
+    assert evaluated["provenance"]["world_size"] == 2 and evaluated["counts"]["total"] == len(test_qids)
+    assert [r["qid"] for r in read_jsonl(tmp_path / "b" / "eval_test" / "predictions.jsonl")] == test_qids
     reference, resumed = (json.loads((tmp_path / run / "checkpoint-6" / "trainer_state.json").read_text())
                           for run in ("a", "b"))
     assert [e["step"] for e in resumed["log_history"]] == list(range(1, 7))

@@ -73,7 +73,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     accelerator = Accelerator(cpu=use_cpu(), mixed_precision=autocast_precision(cfg, training_device_type()),
                               step_scheduler_with_optimizer=False)
     if is_fsdp(accelerator):
-        check_fsdp_settings(cfg, accelerator.is_main_process)
+        check_fsdp_settings(cfg)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,9 +180,16 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
                                                     accelerator, layout, throughput))
     logger.close(encoder.stats(), n_steps, accelerator.unwrap_model(model))  # with a final probe
     results = None
-    if cfg.final_eval and not is_fsdp(accelerator):
+    if cfg.final_eval:
         accelerator.wait_for_everyone()  # the main process has published the saved model the evaluation names
-        results = final_evaluation(cfg, root, accelerator.unwrap_model(model), processor, out)
+        if is_fsdp(accelerator):
+            # A sharded model cannot answer on one rank alone (every forward gathers from all ranks, and answers
+            # differ in length): each rank drops its shards and loads the saved model whole, as `eval` would.
+            del model, optimizer, scheduler, full_state, autocast_adapters, encoder, features
+            accelerator.free_memory()
+            results = final_evaluation(cfg, root, None, None, out)
+        else:
+            results = final_evaluation(cfg, root, accelerator.unwrap_model(model), processor, out)
     return TrainResult(out, n_steps, losses, counts, results)
 
 
@@ -332,23 +339,18 @@ def save_trained(model, processor, out: Path, base: str = "", state_dict: dict |
     publish(stage, out)
 
 
-def check_fsdp_settings(cfg: TrainConfig, main_process: bool = True) -> None:
-    """Refuse, or say, what FSDP cannot do here: anything that runs the model on one rank alone.
+def check_fsdp_settings(cfg: TrainConfig) -> None:
+    """Refuse what FSDP cannot do here: anything that runs the sharded model on one rank alone.
 
     A sharded model's forward gathers each layer's shards from every rank, so a
     forward on the main process alone (TensorBoard's eval loss and probes) waits
-    forever; the sharded evaluation gives ranks different numbers of forward calls
-    (answers differ in length) and would hang the same way. Checkpoints and resume
-    work as without FSDP (accelerate's save_state writes each rank's shards).
+    forever. The final evaluation runs on the saved model, loaded whole by every rank
+    (see :func:`train`). Checkpoints and resume work as without FSDP (accelerate's
+    save_state writes each rank's shards).
     """
     if cfg.tensorboard:
         raise UserError("under FSDP pass --no-tb: TensorBoard probes run the model on the main process alone, "
                         "which waits forever for the other ranks' shards")
-    if not main_process:
-        return
-    log.warning("FSDP: no final evaluation; evaluate the saved output with "
-                "`accelerate launch --config_file configs/accelerate/ddp.yaml -m slakevqa eval "
-                "--model_id_or_ckpt %s ...`", cfg.output_dir)
 
 
 def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, counts: dict,
