@@ -17,7 +17,12 @@ Both paths answer the same questions with the same prompts, images and token bud
   from one shared prompt encoding; and the same engine with ``share_prefix=False``.
 
 Prints questions per second for each, the speed-up, and the share of identical answers
-on the questions both answered. The naive loop runs on the first ``--naive_limit``
+on the questions both answered. A random model never says EOS, so every OPEN answer runs
+its full budget (16 or 48 tokens): the worst case. ``--trained_lengths`` adds a pass of the
+engine in which each OPEN row stops after its gold answer's token count + 1 (the EOS a
+fine-tuned model would say), by a per-row stopping criterion given to ``generate``; a batch
+still decodes until its longest row is done, as with a trained model. Benchmark only: the
+engine itself has no such mode. The naive loop runs on the first ``--naive_limit``
 questions (its rate is per question, so a subset measures it; the whole split would
 take minutes at 7B).
 """
@@ -74,6 +79,34 @@ def naive_answer(engine, sample):
         return route.candidates[scores.index(max(scores))]
 
 
+def with_trained_lengths(engine):
+    """``engine``, answering OPEN questions as if each row said EOS after its gold answer's tokens + 1."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class GoldLengthStop(StoppingCriteria):
+        def __init__(self, start: int, limits: torch.Tensor) -> None:
+            self.start, self.limits = start, limits
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return (input_ids.shape[1] - self.start) >= self.limits  # one bool per row
+
+    generate, model_generate, limits = engine.generate, engine.model.generate, []
+
+    def gold_lengths(items, max_new_tokens, prefixes=None):
+        limits[:] = [min(max_new_tokens, len(engine.tokenizer(item.sample.answer, add_special_tokens=False)
+                                                 .input_ids) + 1) for item in items]
+        return generate(items, max_new_tokens, prefixes)
+
+    def stopping(**kwargs):
+        ids = kwargs["input_ids"]
+        stop = GoldLengthStop(ids.shape[1], torch.tensor(limits, device=ids.device))
+        return model_generate(**kwargs, stopping_criteria=StoppingCriteriaList([stop]))
+
+    engine.generate, engine.model.generate = gold_lengths, stopping
+    return engine
+
+
 def timed(fn, device: str):
     import torch
 
@@ -101,6 +134,8 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--naive_limit", type=int, default=200)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--trained_lengths", action="store_true",
+                        help="also time the engine with OPEN answers stopping at their gold length + 1")
     args = parser.parse_args()
 
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
@@ -122,6 +157,16 @@ def main() -> None:
     unshared, unshared_s = timed(lambda: [p for i in range(0, len(samples), args.batch_size)
                                           for p in engine.answer(samples[i: i + args.batch_size])], device)
     same_paths = sum(a.prediction == b.prediction for a, b in zip(batched, unshared))
+    trained = None
+    if args.trained_lengths:
+        engine.share_prefix = True
+        with_trained_lengths(engine)
+        answered, trained_s = timed(lambda: [p for i in range(0, len(samples), args.batch_size)
+                                             for p in engine.answer(samples[i: i + args.batch_size])], device)
+        raw = [len(engine.tokenizer(p.raw_output, add_special_tokens=False).input_ids) for p in answered
+               if p.answer_type == "OPEN"]  # the decoded OPEN answers' tokens
+        trained = {"seconds": round(trained_s, 2), "q_per_s": round(len(answered) / trained_s, 2),
+                   "mean_open_tokens": round(sum(raw) / max(len(raw), 1), 2)}
     same = sum(a == b.prediction for a, b in zip(naive, batched))
     report = {
         "card": torch.cuda.get_device_name() if device == "cuda" else "cpu", "tiny": args.tiny,
@@ -132,6 +177,7 @@ def main() -> None:
                    "peak_gib": None if peak is None else round(peak, 1)},
         "engine_unshared": {"seconds": round(unshared_s, 2), "q_per_s": round(len(unshared) / unshared_s, 2),
                             "identical_to_shared": f"{same_paths}/{len(batched)}"},
+        "engine_trained_lengths": trained,
         "speedup": round((len(batched) / engine_s) / (len(naive) / naive_s), 2),
         "identical_answers": f"{same}/{len(naive)}",
     }
