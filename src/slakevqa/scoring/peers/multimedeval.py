@@ -31,9 +31,11 @@ Per question, both texts go through ``clean_str`` (the VQA-v2 normaliser that LL
   ``exp(1 - r/c)`` when the prediction is not *longer* than the gold (``c <= r``). All of it
   runs in float32 tensors, so ``"left"`` vs ``"left lung"`` scores
   ``float32(exp(-1))`` = 0.3678794503211975, not ``math.exp(-1)``. torch's float32 ``log``
-  is not correctly rounded (precision 1/14 gives ``exp(log p)`` = 0.07142858207..., one ULP
-  above ``float32(1/14)``), so the last step runs on torch when it is installed; without
-  torch a pure-Python fallback can be one float32 ULP off.
+  and ``exp`` are not correctly rounded, and their last bit depends on the CPU (precision 1/14
+  gives ``exp(log p)`` = 0.07142858207..., one ULP above ``float32(1/14)``, on one machine and
+  ``float32(1/14)`` on another), so the last step runs on torch when it is installed, as
+  MultiMedEval's does on the same machine; without torch a pure-Python fallback can be one
+  float32 ULP off.
 * **Headline numbers are plain means** of the per-question values over all questions
   (``bleu``, ``F1``, ``recall``) or over the group (the rest), as fractions; an empty group
   gives 0. ``openQuestionsRecall`` is the mean recall of the open group.
