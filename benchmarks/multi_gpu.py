@@ -245,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     counts = process_counts(args)
     walk = Walk(args)
-    walk.measured = {}
     shutil.rmtree(walk.work, ignore_errors=True)
     walk.logs.mkdir(parents=True)
     env = {**environment(walk), "process counts": counts}

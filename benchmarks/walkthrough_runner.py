@@ -103,6 +103,7 @@ class Walk:
         self.deadline = time.monotonic() + args.budget
         self.logs = self.work / "logs"
         self.outcomes: list[Outcome] = []
+        self.measured: dict[str, dict] = {}  # numbers steps record for the results (benchmarks/multi_gpu.py)
         self.env = subprocess_env(self.work)
 
     def cli(self, *args: str) -> list[str]:

@@ -69,6 +69,21 @@ def finish_process_group() -> None:
         dist.destroy_process_group()
 
 
+def largest_first(costs: list[float], world: int) -> list[int]:
+    """The process each piece of work goes to: largest first, each to the least-loaded process so far.
+
+    Ties go to the earlier piece and the lower rank, so every process computes the same answer.
+
+    >>> largest_first([3, 1, 2, 2], 2)
+    [0, 0, 1, 1]
+    """
+    loads, owner = [0.0] * world, [0] * len(costs)
+    for piece in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        owner[piece] = loads.index(min(loads))
+        loads[owner[piece]] += costs[piece]
+    return owner
+
+
 def global_token_mean(loss, tokens: int, accelerator):
     """``(loss to backpropagate, loss to log)`` so that N processes equal one process with N times the batch.
 

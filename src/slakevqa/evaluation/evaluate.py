@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from slakevqa.config import config_to_dict
 from slakevqa.data.slake import find_layout, load_split
-from slakevqa.distributed import barrier, init_process_group
+from slakevqa.distributed import barrier, init_process_group, largest_first
 from slakevqa.errors import UserError
 from slakevqa.evaluation.config import EvalConfig
 from slakevqa.evaluation.engine import Engine, GenerationSettings
@@ -176,13 +176,10 @@ def shard_by_image(samples: list[VQASample], rank: int, world: int) -> list[VQAS
     by_image: dict[str, list[VQASample]] = {}
     for sample in samples:
         by_image.setdefault(sample.image_key, []).append(sample)
-    loads, mine = [0] * world, []
-    for key in sorted(by_image, key=lambda k: (-len(by_image[k]), str(k))):
-        target = loads.index(min(loads))
-        loads[target] += len(by_image[key])
-        if target == rank:
-            mine.extend(by_image[key])
-    return sorted(mine, key=lambda s: s.qid)
+    images = sorted(by_image, key=str)  # ties between equal images go by name
+    owner = largest_first([len(by_image[key]) for key in images], world)
+    return sorted((s for key, process in zip(images, owner) if process == rank for s in by_image[key]),
+                  key=lambda s: s.qid)
 
 
 def answer_timing(answered: int, seconds: float, world: int) -> dict:

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import math
 
+from slakevqa.distributed import largest_first
+
 
 def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int, world_size: int = 1) -> int:
     """Optimiser steps in one pass over the data (the last, partial step counts)."""
@@ -122,12 +124,8 @@ def share_by_group(indices: list[int], groups: list[int], rank: int, world_size:
     if len(runs) < world_size:
         size = len(indices) // world_size
         return indices[rank * size:(rank + 1) * size]
-    loads, owner = [0] * world_size, {}
-    for position in sorted(range(len(runs)), key=lambda r: (-len(runs[r]), r)):
-        target = loads.index(min(loads))
-        loads[target] += PREFIX_COST + len(runs[position])
-        owner[position] = target
-    return [i for position, run in enumerate(runs) if owner[position] == rank for i in run]
+    owner = largest_first([PREFIX_COST + len(run) for run in runs], world_size)
+    return [i for run, process in zip(runs, owner) if process == rank for i in run]
 
 
 # --lr_scheduler -> the name transformers.get_scheduler knows. Our "constant" keeps its warmup, so it is
