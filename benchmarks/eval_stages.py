@@ -6,8 +6,12 @@
 
 The English test split is answered by one :class:`~slakevqa.evaluation.engine.Engine`
 in ``slakevqa eval``'s order (by token budget, then by image), once per setting of
-``--settings``, in that order: ``share`` / ``noshare`` (image prefixes shared or not),
-``+cudnn`` (sdpa may pick cuDNN attention, :mod:`slakevqa.attention`). Pixels are
+``--settings``, in that order: ``rows`` (the default since issue 15: each image's prefix
+prefilled once and read in place by every question's row, :mod:`slakevqa.evaluation.row_decoding`),
+``share`` (the path before it: the prefix prefilled once, then copied into one cache row per
+question, ``model.generate``), ``noshare`` (every question encodes its image); ``+eager``:
+rows without CUDA graphs; ``+cudnn``: sdpa may pick cuDNN attention (:mod:`slakevqa.attention`).
+Every setting's answers are compared with the first setting's, per question type. Pixels are
 preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
 are also answered one at a time (eval_throughput.py's per-question loop), the reference
 toolkit's way. Each stage is timed with CUDA synchronised around it:
@@ -17,7 +21,8 @@ toolkit's way. Each stage is timed with CUDA synchronised around it:
 * ``generate``: OPEN generation;
 * ``prefill_images``: the image prefixes (once per batch, and again for a call whose images
   the batch's prefill lacks); ``encode_shared_prefix``: copying them into one row per
-  question (plus any such second prefill), inside ``score_candidates`` and ``generate``.
+  question (plus any such second prefill), inside ``score_candidates`` and ``generate``;
+  ``encode_rows``: the questions' tails on rows (``rows`` settings), inside the same two.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from eval_throughput import build_model  # noqa: E402  (benchmarks/ is not a package)
 
 
-STAGES = ("prepare", "prefill_images", "score_candidates", "generate", "encode_shared_prefix")
+STAGES = ("prepare", "prefill_images", "score_candidates", "generate", "encode_shared_prefix", "encode_rows")
 
 
 def synchronise() -> None:
@@ -59,9 +64,16 @@ def timing(engine, name: str, times: dict) -> None:
     setattr(engine, name, timed)
 
 
-def run(engine, samples, batch_size: int, share: bool, cudnn: bool = False) -> dict:
+def run(engine, samples, batch_size: int, setting: str) -> dict:
+    import torch
+
+    parts = setting.split("+")
+    share, cudnn = parts[0] != "noshare", "cudnn" in parts
     times: dict[str, float] = defaultdict(float)
     engine.share_prefix = share
+    engine.prefix_attention, engine.cuda_graphs = parts[0] == "rows", "eager" not in parts
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     engine.builder = replace(engine.builder, settings=replace(engine.builder.settings, cudnn_attention=cudnn))
     for name in STAGES:
         timing(engine, name, times)
@@ -72,9 +84,30 @@ def run(engine, samples, batch_size: int, share: bool, cudnn: bool = False) -> d
     total = time.perf_counter() - began
     for name in STAGES:
         delattr(engine, name)  # back to the class's method
-    return {"share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size, "seconds": round(total, 2),
-            "q_per_s": round(len(samples) / total, 2), **{k: round(v, 2) for k, v in times.items()},
-            "answers": [a.prediction for a in answers]}
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None
+    return {"setting": setting, "share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size,
+            "seconds": round(total, 2), "q_per_s": round(len(samples) / total, 2), "peak_gib": peak,
+            **{k: round(v, 2) for k, v in times.items()}, "answers": answers}
+
+
+def agreement(samples, first: str, base: list, setting: str, other: list) -> dict:
+    """How many answers ``setting`` shares with ``first``, per question type, and the CLOSED margins of those
+    that differ (a near-tie flips under any bf16 rounding change)."""
+    pairs = list(zip(samples, base, other))
+    closed = [(a, b) for s, a, b in pairs if s.answer_type == "CLOSED"]
+    opened = [(a, b) for s, a, b in pairs if s.answer_type != "CLOSED"]
+    flipped = [a.margin for a, b in closed if a.prediction != b.prediction and a.margin is not None]
+    margins = sorted(a.margin for a, _ in closed if a.margin is not None)
+    return {"compare": f"{setting} vs {first}",
+            "identical": f"{sum(a.prediction == b.prediction for _, a, b in pairs)}/{len(pairs)}",
+            "closed_identical": f"{sum(a.prediction == b.prediction for a, b in closed)}/{len(closed)}",
+            "open_identical": f"{sum(a.prediction == b.prediction for a, b in opened)}/{len(opened)}",
+            "open_first_word_identical":
+                f"{sum(a.prediction.split()[:1] == b.prediction.split()[:1] for a, b in opened)}/{len(opened)}",
+            "closed_flipped_max_margin": round(max(flipped), 4) if flipped else None,
+            "closed_median_margin": round(margins[len(margins) // 2], 4) if margins else None,
+            "differences": [{"qid": s.qid, "type": s.answer_type, first: a.prediction, setting: b.prediction}
+                            for s, a, b in pairs if a.prediction != b.prediction][:10]}
 
 
 def main() -> None:
@@ -90,7 +123,8 @@ def main() -> None:
     parser.add_argument("--slake_root", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--settings", default="noshare,share,share,share+cudnn")
+    parser.add_argument("--settings", default="share,rows,rows+eager,rows",
+                        help="comma-separated, SETTING@N at batch size N; answers are compared with the first's")
     parser.add_argument("--naive_limit", type=int, default=0)
     parser.add_argument("--lm_head_scale", type=float, default=1.0,
                         help="multiply the LM head by this: a random model's logits are near-ties that bf16 rounding "
@@ -111,26 +145,18 @@ def main() -> None:
         engine.pixel_values(sample)
     engine.answer(samples[:8])  # kernels, allocator
     reports, answers = [], {}
-    for setting in args.settings.split(","):
-        parts = setting.split("+")
-        result = run(engine, samples, args.batch_size, share=parts[0] == "share", cudnn="cudnn" in parts)
-        answers.setdefault(parts[0], result.pop("answers"))
+    settings = args.settings.split(",")
+    for setting in settings:  # rows@512: the rows setting at batch size 512
+        name, _, size = setting.partition("@")
+        result = run(engine, samples, int(size) if size else args.batch_size, name)
+        answers.setdefault(setting, result.pop("answers"))
         result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         reports.append(result)
         print(json.dumps(result), flush=True)
-    if "share" in answers and "noshare" in answers:
-        pairs = list(zip(samples, answers["share"], answers["noshare"]))
-        different = [{"qid": s.qid, "type": s.answer_type, "share": a, "noshare": b} for s, a, b in pairs if a != b]
-        closed = [(a, b) for s, a, b in pairs if s.answer_type == "CLOSED"]
-        opened = [(a, b) for s, a, b in pairs if s.answer_type != "CLOSED"]
-        first_word = sum(a.split()[:1] == b.split()[:1] for a, b in opened)
-        agreement = {"identical_answers_share_vs_noshare": f"{len(pairs) - len(different)}/{len(pairs)}",
-                     "closed_identical": f"{sum(a == b for a, b in closed)}/{len(closed)}",
-                     "open_identical": f"{sum(a == b for a, b in opened)}/{len(opened)}",
-                     "open_first_word_identical": f"{first_word}/{len(opened)}",
-                     "lm_head_scale": args.lm_head_scale, "differences": different[:20]}
-        reports.append(agreement)
-        print(json.dumps(agreement), flush=True)
+    for setting in list(answers)[1:]:
+        reports.append(agreement(samples, settings[0], answers[settings[0]], setting, answers[setting]))
+        reports[-1]["lm_head_scale"] = args.lm_head_scale
+        print(json.dumps(reports[-1]), flush=True)
     if args.naive_limit:
         from eval_throughput import naive_answer
 

@@ -27,6 +27,8 @@ from slakevqa.attention import attention_kernels
 from slakevqa.encoding import encode_answer, encode_prompt, image_token_count
 from slakevqa.errors import UserError
 from slakevqa.evaluation.extract import extract_answer, match_candidate
+from slakevqa.evaluation.row_decoding import EncodedRows, candidate_tail_logprobs, encode_tails, greedy_tokens
+from slakevqa.evaluation.shared_prefix import supports_shared_prefix
 from slakevqa.inputs import InputBuilder, SampleView
 from slakevqa.prompts import IMAGE_TOKEN
 from slakevqa.records import Prediction, VQASample
@@ -56,13 +58,19 @@ class Engine:
     """Answers batches of samples with one model; ``answer(samples)`` returns Predictions in input order."""
 
     def __init__(self, model, processor, builder: InputBuilder, *, settings: GenerationSettings = GenerationSettings(),
-                 closed_answering: str = "score", share_prefix: bool = True) -> None:
+                 closed_answering: str = "score", share_prefix: bool = True, prefix_attention: bool = True,
+                 cuda_graphs: bool = True) -> None:
         """``closed_answering``: ``score`` CLOSED candidates by likelihood, or ``generate`` and map onto one.
 
+        ``share_prefix``: prefill each image's prefix once per batch. ``prefix_attention``: then run
+        the questions on rows that read that prefix in place (:mod:`.row_decoding`; models of the
+        Llama family), else repeat it per question and decode with ``model.generate``.
+        ``cuda_graphs``: replay the decoding step as a CUDA graph (CUDA only).
         The prompt length and the attention kernels follow ``builder.settings`` (the run's InputSettings).
         """
         self.model, self.processor, self.builder, self.settings = model, processor, builder, settings
         self.closed_answering, self.share_prefix = closed_answering, share_prefix
+        self.prefix_attention, self.cuda_graphs = prefix_attention, cuda_graphs
         self.tokenizer = processor.tokenizer
         self.image_tokens = image_token_count(processor)
 
@@ -154,6 +162,12 @@ class Engine:
 
         sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.do_sample \
             else {"do_sample": False}
+        if self.on_rows(items) and not self.settings.do_sample:
+            with torch.inference_mode():
+                rows = self.encode_rows(items, max_new_tokens, prefixes)
+                out = greedy_tokens(self.model, cache_argument(self.model), rows, max_new_tokens,
+                                    self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.cuda_graphs)
+            return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out.tolist()]
         with torch.inference_mode():
             shared = self.shared_prefix_length(items)
             if shared:  # the image's prefix is in the cache already; generate continues after it
@@ -182,11 +196,17 @@ class Engine:
         pairs = [(q, variant) for q, item in enumerate(items) for variants in self.candidate_ids(item)
                  for variant in variants]
         with torch.inference_mode():
-            logits, cache, mask, positions = self.encode_prompts(items, prefixes)
-            first = logits.float().log_softmax(-1)  # predicts each candidate's first token
-            rows = torch.tensor([q for q, _ in pairs], device=self.device)
-            cache.reorder_cache(rows)
-            tails = self.candidate_tail_logprobs(pairs, rows, mask, positions, cache)
+            if self.on_rows(items):
+                encoded = self.encode_rows(items, 0, prefixes)
+                first = encoded.last_logits.float().log_softmax(-1)  # predicts each candidate's first token
+                tails = candidate_tail_logprobs(self.model, cache_argument(self.model), encoded, pairs,
+                                                self.tokenizer.pad_token_id)
+            else:
+                logits, cache, mask, positions = self.encode_prompts(items, prefixes)
+                first = logits.float().log_softmax(-1)
+                rows = torch.tensor([q for q, _ in pairs], device=self.device)
+                cache.reorder_cache(rows)
+                tails = self.candidate_tail_logprobs(pairs, rows, mask, positions, cache)
         scores = [[float("-inf")] * len(item.view.route.candidates) for item in items]
         for (q, c), (_, variant), tail in zip(owners, pairs, tails):
             value = (float(first[q, variant[0]]) + tail) / len(variant)
@@ -221,6 +241,20 @@ class Engine:
         with torch.inference_mode():
             out = self.model(input_ids=prefix, pixel_values=self.pixels(unique), use_cache=True, logits_to_keep=1)
         return {id(p.pixel_values): row for row, p in enumerate(unique)}, returned_cache(out)
+
+    def on_rows(self, items: list[Prepared]) -> bool:
+        """Whether ``items`` run on rows that read their image's prefix in place (:mod:`.row_decoding`)."""
+        return (self.prefix_attention and supports_shared_prefix(self.model)
+                and self.shared_prefix_length(items) > 0)
+
+    def encode_rows(self, items: list[Prepared], extra_columns: int, prefixes=None) -> EncodedRows:
+        """The questions' tails run on their images' prefixes, with room for ``extra_columns`` answer tokens."""
+        shared = self.shared_prefix_length(items)
+        if prefixes is None or any(id(p.pixel_values) not in prefixes[0] for p in items):
+            prefixes = self.prefill_images(items, shared)
+        return encode_tails(self.model, cache_argument(self.model), [p.prompt_ids[shared:] for p in items],
+                            [prefixes[0][id(p.pixel_values)] for p in items], prefixes[1], extra_columns,
+                            self.tokenizer.pad_token_id)
 
     def encode_shared_prefix(self, items: list[Prepared], shared: int, prefixes=None):
         """The image prefixes (each image once) in a cache with one row per item, and the rest of the prompts.

@@ -1,0 +1,191 @@
+"""Greedy decoding and candidate scoring on rows that share image prefixes (:mod:`.shared_prefix`).
+
+The engine prefills each image's prefix once (the model's own forward, vision tower
+included); everything after it runs here, on the model's decoder layers:
+
+1. :func:`encode_tails` runs every question's tail (``\\n question [/INST]``, left-padded)
+   into a preallocated :class:`RowCache` wide enough for the answer;
+2. :func:`greedy_tokens` decodes: argmax, ``</s>`` stops a row (it then emits padding,
+   as ``generate`` does), keys and values are written in place, and the host checks
+   for the end only every few steps. On CUDA the step is captured once as a CUDA graph
+   and replayed (no Python or kernel-launch cost per layer); elsewhere it runs eagerly;
+3. :func:`candidate_tail_logprobs` scores CLOSED candidates: each (question, spelling)
+   pair gets a copy of its question's row (a few dozen columns, never the image prefix).
+
+Answers equal ``model.generate`` and the repeated-prefix scoring on the tiny model in
+fp32 (``tests/test_row_decoding.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slakevqa.evaluation.shared_prefix import (ImageGroups, RowCache, attention_swapped, language_parts,
+                                               prefix_layers, run_rows)
+
+STOP_CHECK_EVERY = 8  # decoding steps between host-side "all rows finished?" checks
+
+
+@dataclass
+class EncodedRows:
+    """Question rows after their tails ran: where decoding or candidate scoring continues."""
+
+    cache: RowCache
+    groups: ImageGroups
+    valid: object          # (rows, width) bool: columns holding a real token
+    next_position: object  # (rows,) long: the position id of each row's next token
+    last_logits: object    # (rows, vocab): predicts the first answer token
+    tail_width: int        # columns the tails take; answers start here
+
+
+def encode_tails(model, cache_keyword: str, tails: list[list[int]], image_of_row: list[int], prefix_cache,
+                 extra_columns: int, pad_id: int) -> EncodedRows:
+    """Run each row's tokens after the shared prefix (left-padded) on top of its image's prefix."""
+    import torch
+
+    _, head = language_parts(model)
+    device = head.weight.device
+    keys, values = prefix_layers(prefix_cache)
+    groups = ImageGroups.build(image_of_row, keys, values, device)
+    width = max(len(t) for t in tails)
+    ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
+    real = torch.zeros((len(tails), width), dtype=torch.bool)
+    for row, tail in enumerate(tails):
+        ids[row, width - len(tail):] = torch.tensor(tail)
+        real[row, width - len(tail):] = True
+    ids, real = ids.to(device), real.to(device)
+    # position ids continue after the prefix and skip the padding, as the repeated-prefix path numbers them
+    positions = groups.prefix_length + (real.long().cumsum(-1) - 1).clamp(min=0)
+    valid = torch.zeros((len(tails), width + extra_columns), dtype=torch.bool, device=device)
+    valid[:, :width] = real
+    causal = torch.ones((width, width + extra_columns), dtype=torch.bool, device=device).tril()
+    cache = RowCache.empty(model, len(tails), width + extra_columns)
+    decoder, _ = language_parts(model)
+    with attention_swapped(decoder):
+        hidden = run_rows(model, ids, positions, cache, groups, valid[:, None, :] & causal, cache_keyword)
+    return EncodedRows(cache, groups, valid, positions[:, -1] + 1, head(hidden[:, -1]), width)
+
+
+def greedy_tokens(model, cache_keyword: str, rows: EncodedRows, budget: int, eos_id: int, pad_id: int,
+                  cuda_graphs: bool = True):
+    """Greedy answers (rows, budget): token ids, ``pad_id`` after a row's ``</s>``."""
+    import torch
+
+    decoder, head = language_parts(model)
+    first = rows.last_logits.argmax(-1)
+    state = DecodeState.start(first, rows, budget, pad_id)
+    state.record(first, eos_id)
+    if budget == 1:
+        return state.out
+
+    def step() -> None:
+        state.valid.index_fill_(1, state.column, True)
+        rows.cache.start = state.column
+        hidden = run_rows(model, state.token[:, None], state.position[:, None], rows.cache, rows.groups,
+                          state.valid[:, None, :], cache_keyword)
+        state.advance(head(hidden[:, -1]).argmax(-1), eos_id, pad_id)
+
+    with attention_swapped(decoder):
+        graphed = cuda_graphs and state.token.is_cuda
+        replay = capture(step) if graphed else step  # capturing runs the first step for real
+        for done_steps in range(1 if graphed else 0, budget - 1):
+            replay()
+            if done_steps % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and bool(state.done.all()):
+                break
+    return state.out
+
+
+@dataclass
+class DecodeState:
+    """Every tensor one decoding step reads and writes, fixed in place so a CUDA graph can replay the step."""
+
+    token: object     # (rows,) the token to run next
+    position: object  # (rows,)
+    column: object    # 0-d: the cache column it writes
+    step: object      # 0-d: the output column of the token it predicts
+    valid: object     # (rows, width)
+    done: object      # (rows,) bool
+    out: object       # (rows, budget)
+
+    @staticmethod
+    def start(first, rows: EncodedRows, budget: int, pad_id: int) -> "DecodeState":
+        import torch
+
+        device = first.device
+        return DecodeState(first.clone(), rows.next_position.clone(),
+                           torch.tensor(rows.tail_width, device=device), torch.tensor(1, device=device),
+                           rows.valid.clone(), torch.zeros_like(first, dtype=torch.bool),
+                           torch.full((first.shape[0], budget), pad_id, dtype=torch.long, device=device))
+
+    def record(self, first, eos_id: int) -> None:
+        self.out[:, 0] = first
+        self.done |= first == eos_id
+
+    def advance(self, predicted, eos_id: int, pad_id: int) -> None:
+        import torch
+
+        predicted = torch.where(self.done, pad_id, predicted)
+        self.out.index_copy_(1, self.step.view(1), predicted[:, None])
+        self.done |= predicted == eos_id
+        self.token.copy_(predicted)
+        self.position += 1
+        self.column += 1
+        self.step += 1
+
+
+def capture(step):
+    """Run ``step`` once for real (the warm-up CUDA graphs need), then capture it; returns the replay.
+
+    Capturing records kernels without running them, so the state ``step`` advances stays where the
+    warm-up left it. A step that cannot be captured (a layer that syncs with the host, say a
+    quantised one) is replayed eagerly instead, with a warning.
+    """
+    import logging
+
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            step()
+    except RuntimeError as error:
+        logging.getLogger(__name__).warning("decoding without CUDA graphs: the step could not be captured (%s)",
+                                            str(error).splitlines()[0])
+        torch.cuda.synchronize()
+        return step
+    return graph.replay
+
+
+def candidate_tail_logprobs(model, cache_keyword: str, rows: EncodedRows, pairs: list[tuple[int, list[int]]],
+                            pad_id: int) -> list[float]:
+    """Sum of log-probs of each candidate's tokens after the first; ``pairs``: (question row, token ids)."""
+    import torch
+
+    width = max(len(tokens) for _, tokens in pairs)
+    if width == 1:
+        return [0.0] * len(pairs)
+    decoder, head = language_parts(model)
+    device = rows.valid.device
+    owners = torch.tensor([q for q, _ in pairs], device=device)
+    tokens = torch.full((len(pairs), width), pad_id, dtype=torch.long, device=device)
+    real = torch.zeros((len(pairs), width), dtype=torch.bool, device=device)
+    for i, (_, cand) in enumerate(pairs):
+        tokens[i, :len(cand)] = torch.tensor(cand, device=device)
+        real[i, :len(cand)] = True
+    tail = rows.tail_width
+    cache = rows.cache.select(owners, tail + width)
+    cache.start = tail
+    valid = torch.cat([rows.valid[owners, :tail], real], dim=1)
+    causal = torch.ones((width, tail + width), dtype=torch.bool, device=device).tril(tail)
+    positions = rows.next_position[owners, None] + torch.arange(width, device=device)
+    with attention_swapped(decoder):
+        hidden = run_rows(model, tokens, positions, cache, rows.groups.select([q for q, _ in pairs]),
+                          valid[:, None, :] & causal, cache_keyword)
+    logprobs = head(hidden[:, :-1]).float().log_softmax(-1)  # position j predicts token j + 1
+    picked = logprobs.gather(-1, tokens[:, 1:, None])[..., 0] * real[:, 1:]
+    return picked.sum(-1).tolist()

@@ -1,0 +1,217 @@
+"""Rows that share image prefixes: attention that reads each image's prefix once, not once per question.
+
+A batch of questions about a few images is encoded as::
+
+    prefix cache   one row per image:     <s> [INST] <image>x576 \\n        keys/values (n_images, kv, P, d)
+    row cache      one row per question:  [left padding] question [/INST] answer...   (rows, kv, S, d)
+
+Every row attends to its image's prefix and to its own columns. The prefix is never
+copied per row (``DynamicCache.reorder_cache`` used to repeat 578 tokens of keys and
+values for each of 256 questions: ~20 GB at 7B, read again at every decoding step).
+Attention gathers the *queries* of each image's rows instead and multiplies them with
+that image's prefix once (a grouped matmul), then adds the row's own columns; one
+softmax over both parts, as a plain causal attention over ``prefix + row`` would do.
+
+The model's own decoder layers run unchanged (projections, RoPE, norms, MLP, LoRA
+adapters): only the attention function and the cache are ours, through transformers'
+attention interface (``AttentionInterface.register``) and a cache object whose
+``update`` writes into preallocated buffers (no per-step ``torch.cat``).
+
+Example (what :mod:`slakevqa.evaluation.engine` does)::
+
+    >>> rows = RowCache.empty(model, n_rows=4, width=40 + 16)      # question tail + answer budget
+    >>> groups = ImageGroups.build([0, 0, 1, 1], prefix_cache)     # rows 0-1 ask about image 0
+    >>> hidden = run_rows(model, ids, positions, rows, groups, start=0, key_mask=mask)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+ATTENTION_NAME = "slakevqa_shared_prefix"
+
+
+def language_parts(model):
+    """``(decoder, lm_head)`` of a LLaVA-style model (peft-wrapped or not), or None if its layout is other.
+
+    The decoder must be a Llama-family stack (``embed_tokens``, ``rotary_emb``, ``layers``, ``norm``)
+    whose attention layers number themselves (``self_attn.layer_idx``).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(getattr(base, "model", None), "language_model", None)
+    head = getattr(base, "lm_head", None)
+    needed = ("embed_tokens", "rotary_emb", "layers", "norm")
+    if decoder is None or head is None or not all(hasattr(decoder, name) for name in needed):
+        return None
+    if not all(hasattr(getattr(layer, "self_attn", None), "layer_idx") for layer in decoder.layers):
+        return None
+    return decoder, head
+
+
+def supports_shared_prefix(model) -> bool:
+    return language_parts(model) is not None
+
+
+@dataclass
+class ImageGroups:
+    """Which prefix each row reads, as gathers that put each image's rows side by side.
+
+    ``slot[i, r]`` is the row that is image ``i``'s r-th (row 0 pads images with fewer
+    rows; their results are never read back); ``flat[row]`` is ``i * R + r``.
+    """
+
+    slot: object  # (n_images, R) long
+    flat: object  # (rows,) long
+    keys: list    # per layer (n_images, kv, P, d)
+    values: list
+    image_of_row: list[int]
+
+    @staticmethod
+    def build(image_of_row: list[int], prefix_keys: list, prefix_values: list, device) -> "ImageGroups":
+        import torch
+
+        n_images = prefix_keys[0].shape[0]
+        members: list[list[int]] = [[] for _ in range(n_images)]
+        for row, image in enumerate(image_of_row):
+            members[image].append(row)
+        width = max(len(m) for m in members)
+        slot = torch.tensor([m + [0] * (width - len(m)) for m in members], dtype=torch.long, device=device)
+        flat = torch.tensor([image * width + members[image].index(row) for row, image in enumerate(image_of_row)],
+                            dtype=torch.long, device=device)
+        return ImageGroups(slot, flat, prefix_keys, prefix_values, list(image_of_row))
+
+    def select(self, rows: list[int]) -> "ImageGroups":
+        """The groups of ``rows`` (row indices, repeats allowed): each new row keeps its image."""
+        return ImageGroups.build([self.image_of_row[row] for row in rows], self.keys, self.values, self.flat.device)
+
+    @property
+    def prefix_length(self) -> int:
+        return int(self.keys[0].shape[2])
+
+
+@dataclass
+class RowCache:
+    """Preallocated keys and values of every row's own columns, per layer ``(rows, kv, width, d)``.
+
+    ``start`` is the column the next ``update`` writes at (an int, or a 0-d long tensor so that a
+    captured CUDA graph can advance it); transformers' attention layers call ``update``.
+    """
+
+    keys: list
+    values: list
+    start: object = 0
+
+    @staticmethod
+    def empty(model, n_rows: int, width: int) -> "RowCache":
+        import torch
+
+        decoder, _ = language_parts(model)
+        cfg = decoder.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        weight = decoder.embed_tokens.weight
+        shape = (n_rows, cfg.num_key_value_heads, width, head_dim)
+        layers = range(cfg.num_hidden_layers)
+        return RowCache([torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in layers],
+                        [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in layers])
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        import torch
+
+        if isinstance(self.start, int):
+            end = self.start + key_states.shape[2]
+            self.keys[layer_idx][:, :, self.start:end] = key_states
+            self.values[layer_idx][:, :, self.start:end] = value_states
+        else:  # one column at a device-side position (CUDA graphs replay this)
+            self.keys[layer_idx].index_copy_(2, self.start.view(1), key_states)
+            self.values[layer_idx].index_copy_(2, self.start.view(1), value_states)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def select(self, rows, width: int) -> "RowCache":
+        """A new cache of ``rows`` (index tensor, repeats allowed), ``width`` columns, the old ones copied in."""
+        import torch
+
+        def widen(t):
+            out = torch.zeros((len(rows), t.shape[1], width, t.shape[3]), dtype=t.dtype, device=t.device)
+            out[:, :, :t.shape[2]] = t[rows]
+            return out
+
+        return RowCache([widen(k) for k in self.keys], [widen(v) for v in self.values])
+
+
+def shared_prefix_attention(module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0,
+                            image_groups: ImageGroups | None = None, **kwargs):
+    """Attention of ``query`` (rows, H, L, d) over its image's prefix and its own columns ``key``/``value``.
+
+    ``attention_mask`` is boolean ``(rows, L, width)``: which of its own columns each query sees.
+    Heads share keys as grouped-query attention does (head ``h`` reads key head ``h // (H / kv)``).
+    Returns ``((rows, L, H, d), None)``, as transformers' attention functions do.
+    """
+    import torch
+
+    groups = image_groups
+    rows, heads, length, dim = query.shape
+    kv = key.shape[1]
+    per_key = heads // kv * length  # queries per key head and row: head h reads key head h // (heads / kv)
+    prefix_k, prefix_v = groups.keys[module.layer_idx], groups.values[module.layer_idx]
+    images, members = groups.slot.shape
+    prefix = prefix_k.shape[2]
+    q = query.reshape(rows, kv, per_key, dim)  # no broadcast over heads below: matmuls would copy the keys
+
+    def to_images(t):  # (rows, kv, per_key, x) -> (images, kv, members * per_key, x)
+        return t[groups.slot].transpose(1, 2).reshape(images, kv, members * per_key, t.shape[-1])
+
+    def to_rows(t):  # the inverse of to_images, keeping only real rows
+        t = t.view(images, kv, members, per_key, t.shape[-1]).transpose(1, 2)
+        return t.reshape(images * members, kv, per_key, t.shape[-1])[groups.flat]
+
+    scores_prefix = to_rows(torch.matmul(to_images(q), prefix_k.transpose(-1, -2)))
+    scores_own = torch.matmul(q, key.transpose(-1, -2)).view(rows, kv, heads // kv, length, key.shape[2])
+    scores_own = scores_own.masked_fill(~attention_mask[:, None, None], float("-inf")).view(rows, kv, per_key, -1)
+    scores = torch.cat([scores_prefix, scores_own], dim=-1).float() * scaling
+    probs = torch.softmax(scores, dim=-1).to(query.dtype)
+    probs_prefix, probs_own = probs.split([prefix, key.shape[2]], dim=-1)
+    out = to_rows(torch.matmul(to_images(probs_prefix.contiguous()), prefix_v)) + torch.matmul(probs_own, value)
+    return out.view(rows, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, shared_prefix_attention)
+
+
+@contextlib.contextmanager
+def attention_swapped(decoder):
+    """The decoder's layers use :func:`shared_prefix_attention` inside the block (and their own after)."""
+    register_attention()
+    config = decoder.config
+    before = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def run_rows(model, input_ids, position_ids, cache: RowCache, groups: ImageGroups, key_mask, cache_keyword: str):
+    """Last hidden states (rows, L, hidden) of ``input_ids`` (rows, L) written at ``cache.start``.
+
+    ``key_mask`` (rows, L, width) bool: the row's own columns each token sees (itself included).
+    Call inside :func:`attention_swapped`.
+    """
+    decoder, _ = language_parts(model)
+    hidden = decoder.embed_tokens(input_ids)
+    embeddings = decoder.rotary_emb(hidden, position_ids)
+    for layer in decoder.layers[:decoder.config.num_hidden_layers]:
+        out = layer(hidden, attention_mask=key_mask, position_ids=position_ids, use_cache=True,
+                    position_embeddings=embeddings, image_groups=groups, **{cache_keyword: cache})
+        hidden = out[0] if isinstance(out, tuple) else out
+    return decoder.norm(hidden)
+
+
+def prefix_layers(cache) -> tuple[list, list]:
+    """Per-layer keys and values of a transformers ``DynamicCache`` (one row per image)."""
+    if hasattr(cache, "layers"):
+        return [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
+    return list(cache.key_cache), list(cache.value_cache)

@@ -1,0 +1,104 @@
+"""Rows that read their image's prefix in place (issue 15): the same answers, scores and tokens as
+transformers' ``generate`` on a repeated prefix, on the tiny model in fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from slakevqa.data.slake import find_layout, load_split
+from slakevqa.evaluation.engine import Engine, cache_argument
+from slakevqa.evaluation.row_decoding import greedy_tokens
+from slakevqa.evaluation.shared_prefix import ATTENTION_NAME, language_parts, supports_shared_prefix
+from slakevqa.inputs import InputBuilder
+from slakevqa.vocab import build_closed_vocab
+
+
+@pytest.fixture(scope="module")
+def answered(synth_root: Path):
+    """One tiny model; the first 48 test questions answered by both paths (the slow one once)."""
+    from slakevqa.models.tiny import build_tiny_llava
+
+    model, processor = build_tiny_llava("bpe", seed=0)
+    builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")))
+    engine = Engine(model, processor, builder)
+    samples = load_split(synth_root, "test")[:48]
+    engine.prefix_attention = False
+    before = engine.answer(samples)
+    engine.prefix_attention = True
+    return engine, samples, before
+
+
+def test_answers_and_scores_equal_the_repeated_prefix_path(answered) -> None:
+    engine, samples, before = answered
+    calls: list[str] = []
+    hook = engine.model.model.language_model.layers[0].self_attn.register_forward_hook(
+        lambda module, *_: calls.append(module.config._attn_implementation))
+    after = engine.answer(samples)
+    hook.remove()
+    # the images' prefill is the model's own forward; every call after it ran on the rows
+    assert calls[0] == "sdpa" and set(calls[1:]) == {ATTENTION_NAME} and len(calls) > 3
+    assert engine.model.config.text_config._attn_implementation == "sdpa"  # and the model is left as it was
+    assert {p.route for p in after} >= {"open", "yesno"}
+    for a, b in zip(after, before):
+        assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+@pytest.mark.parametrize("eos_boost", [1.5, 2.5], ids=["some-rows-run-out", "all-rows-stop"])
+def test_greedy_tokens_equal_generate_with_eos_stops(answered, eos_boost: float) -> None:
+    """Token for token as ``generate``, rows stopping at different steps: ``</s>`` made likely by
+    raising its output weight, and after it padding, as ``generate`` pads."""
+    engine, samples, _ = answered
+    items = [engine.prepare(s) for s in samples if not s.is_closed][:12]
+    shared = engine.shared_prefix_length(items)
+    head = engine.model.lm_head.weight
+    saved = head.detach().clone()
+    eos, pad = engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id
+    try:
+        with torch.no_grad():
+            head[eos] *= eos_boost
+        with torch.inference_mode():
+            rows = engine.encode_rows(items, 10)
+            ours = greedy_tokens(engine.model, cache_argument(engine.model), rows, 10, eos, pad, cuda_graphs=False)
+            cache, ids, mask, _ = engine.encode_shared_prefix(items, shared)
+            theirs = engine.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
+                                           eos_token_id=eos, pad_token_id=pad,
+                                           **{cache_argument(engine.model): cache})[:, ids.shape[1]:]
+    finally:
+        with torch.no_grad():
+            head.copy_(saved)
+    stops = [(row == eos).nonzero()[0].item() if (row == eos).any() else None for row in ours]
+    assert len({s for s in stops if s is not None}) >= 3  # rows end at different steps
+    assert (None in stops) == (eos_boost == 1.5)
+    assert ours[:, :theirs.shape[1]].tolist() == theirs.tolist()
+    assert (ours[:, theirs.shape[1]:] == pad).all()  # generate stops when every row has ended
+
+
+def test_other_model_layouts_keep_the_generate_path() -> None:
+    assert not supports_shared_prefix(torch.nn.Linear(2, 2))
+    assert language_parts(torch.nn.Linear(2, 2)) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the GPU box)")
+def test_cuda_graph_replay_equals_eager_steps_and_generate(answered) -> None:
+    engine, samples, _ = answered
+    engine.model.to("cuda")
+    try:
+        items = [engine.prepare(s) for s in samples if not s.is_closed][:12]
+        eos, pad = engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id
+        runs = {}
+        with torch.inference_mode():
+            for graphs in (True, False):
+                rows = engine.encode_rows(items, 12)
+                runs[graphs] = greedy_tokens(engine.model, cache_argument(engine.model), rows, 12, eos, pad, graphs)
+            cache, ids, mask, _ = engine.encode_shared_prefix(items, engine.shared_prefix_length(items))
+            theirs = engine.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                                           eos_token_id=eos, pad_token_id=pad,
+                                           **{cache_argument(engine.model): cache})[:, ids.shape[1]:]
+        assert runs[True].tolist() == runs[False].tolist()
+        assert runs[True][:, :theirs.shape[1]].tolist() == theirs.tolist()
+    finally:
+        engine.model.to("cpu")
