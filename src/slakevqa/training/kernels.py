@@ -1,0 +1,178 @@
+"""Training speed levers on the language model: Liger's Triton kernels (``--kernels``) and regional compilation.
+
+Both change how the decoder layers compute, never what: the same loss up to rounding.
+
+* ``--kernels liger``: Liger-Kernel's (``pip install 'slakevqa[gpu]'``, Triton, CUDA only) fused
+  RMSNorm, SwiGLU and RoPE in the Mistral language model. Its fused linear cross-entropy stays
+  off: our loss takes logits at the answer positions only (training/loss.py). ``auto`` takes
+  Liger on CUDA when it imports, else the plain PyTorch modules; ``plain`` never does.
+* ``--compile_layers``: ``torch.compile`` each decoder layer. The layers share one code object, so one
+  compiled graph serves all of them (regional compilation: seconds instead of a whole-model compile).
+  Compiled code runs in training steps only; evaluation and generation (KV cache, one token at a
+  time) run the layers eagerly.
+
+How Liger reaches an already built model (liger_kernel/transformers/monkey_patch.py,
+``apply_liger_kernel_to_mistral(model=...)``, read for 0.8.5):
+
+* it binds Liger's ``forward`` onto each RMSNorm and MLP *instance* of ``model.layers`` and
+  ``model.norm``. It looks those up on ``getattr(model, model.base_model_prefix, model)``, which for
+  a ``LlavaForConditionalGeneration`` is the ``LlavaModel`` (no ``layers``): it is handed the inner
+  ``MistralModel`` here (:func:`language_model`);
+* Liger's SwiGLU forward is ``down_proj(silu(gate_proj(x)) * up_proj(x))`` through the module
+  attributes, so peft's LoRA wrappers on the three projections keep working; peft wraps no norm.
+  Before or after ``get_peft_model`` is therefore the same; we apply after (the model as trained);
+* RoPE has no module: it replaces ``modeling_mistral.apply_rotary_pos_emb``, a module global the
+  attention looks up at call time, so it holds for every Mistral model in the process. It also
+  swaps the ``MistralRMSNorm``/``MistralMLP`` classes for models built later; we put those back
+  (only this model is patched) and the undo returned restores all of it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+from slakevqa.errors import UserError
+
+KERNELS: tuple[str, ...] = ("plain", "liger", "auto")
+LIGER_GLOBALS: tuple[str, ...] = ("apply_rotary_pos_emb", "MistralRMSNorm", "MistralMLP")
+BOUND_METHODS: tuple[str, ...] = ("forward", "extra_repr", "_get_name")  # what Liger binds onto instances
+
+
+def language_model(model):
+    """The decoder stack (``MistralModel``: ``layers``, ``norm``) inside peft / DDP / LLaVA wrappers."""
+    from slakevqa.training.image_features import llava_core
+
+    return llava_core(model).language_model
+
+
+def liger_unavailable(model, device_type: str) -> str | None:
+    """Why Liger cannot run here (``None``: it can): no CUDA, not installed, or not a Mistral language model."""
+    if device_type != "cuda":
+        return f"Liger's kernels are Triton kernels for CUDA GPUs; this run is on {device_type}"
+    model_type = language_model(model).config.model_type
+    if model_type != "mistral":
+        return f"slakevqa applies Liger to Mistral language models only; this one is {model_type!r}"
+    if importlib.util.find_spec("liger_kernel") is None:
+        return "liger-kernel is not installed: pip install 'slakevqa[gpu]' (or pip install liger-kernel)"
+    try:
+        import liger_kernel.transformers.monkey_patch  # noqa: F401  (imports triton and checks transformers)
+    except ImportError as error:
+        return f"liger-kernel does not import: {error}"
+    return None
+
+
+def resolve_kernels(choice: str, model, device_type: str) -> str:
+    """``liger`` or ``plain``: what ``--kernels CHOICE`` means here; an explicit ``liger`` that cannot run fails.
+
+    >>> resolve_kernels("auto", model, "cpu")
+    'plain'
+    """
+    if choice not in KERNELS:
+        raise UserError(f"--kernels {choice!r}: use one of {', '.join(KERNELS)}")
+    if choice == "plain":
+        return "plain"
+    reason = liger_unavailable(model, device_type)
+    if reason is None:
+        return "liger"
+    if choice == "liger":
+        raise UserError(f"--kernels liger: {reason}; use --kernels auto (Liger where it can run) or plain")
+    return "plain"
+
+
+def apply_liger(model) -> Callable[[], None]:
+    """Liger's RMSNorm, SwiGLU and RoPE in ``model``'s language model (module docstring); returns the undo."""
+    from liger_kernel.transformers.monkey_patch import apply_liger_kernel_to_mistral
+    from transformers.models.mistral import modeling_mistral
+
+    saved = {name: getattr(modeling_mistral, name) for name in LIGER_GLOBALS}
+    already = {id(module) for module in language_model(model).modules() if "forward" in vars(module)}
+    apply_liger_kernel_to_mistral(rope=True, cross_entropy=False, fused_linear_cross_entropy=False,
+                                  rms_norm=True, swiglu=True, model=language_model(model))
+    modeling_mistral.MistralRMSNorm, modeling_mistral.MistralMLP = saved["MistralRMSNorm"], saved["MistralMLP"]
+    patched = [module for module in language_model(model).modules()
+               if "forward" in vars(module) and id(module) not in already]
+
+    def undo() -> None:
+        for name, value in saved.items():
+            setattr(modeling_mistral, name, value)
+        for module in patched:
+            for name in BOUND_METHODS:
+                vars(module).pop(name, None)
+
+    return undo
+
+
+def compile_layers(model, backend: str = "inductor", dynamic: bool | None = True) -> Callable[[], None]:
+    """``torch.compile`` every decoder layer of the language model, for training steps; returns the undo.
+
+    ``dynamic=True``: packed batches change their row count and length every step, so the graph is
+    compiled once for any shape (``None``: first for the first shape, again on the first change).
+    ``backend="aot_eager"`` traces without generating code (tests on machines without a C compiler).
+    Gradient checkpointing stays as configured: transformers 5.17 checkpoints around the layer's call
+    (the compiled code inside), 5.24+ checkpoints its ``forward`` (traced into the compiled graph).
+    """
+    import torch
+
+    layers = list(language_model(model).layers)
+    for layer in layers:
+        layer._compiled_call_impl = training_only(layer, torch.compile(layer._call_impl, backend=backend,
+                                                                       dynamic=dynamic))
+
+    def undo() -> None:
+        for layer in layers:
+            layer._compiled_call_impl = None
+        torch._dynamo.reset()  # drop the graphs (and their guards on what was patched meanwhile)
+
+    return undo
+
+
+def training_only(layer, compiled: Callable) -> Callable:
+    """``compiled`` while ``layer`` trains with gradients, else its eager call (what ``nn.Module.__call__`` picks).
+
+    ``nn.Module.compile`` sets ``_compiled_call_impl`` in the same way; evaluation and generation stay eager
+    because their KV cache reads ``layer_idx`` and so would compile once per layer.
+    """
+    import torch
+
+    def call(*args, **kwargs):
+        if layer.training and torch.is_grad_enabled():
+            return compiled(*args, **kwargs)
+        return layer._call_impl(*args, **kwargs)
+
+    return call
+
+
+def liger_version() -> str:
+    """The installed liger-kernel's version (``unknown`` when installed without its metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("liger-kernel")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def apply_speed_levers(model, kernels: str, compile: bool, device_type: str,
+                       backend: str = "inductor") -> tuple[dict, Callable[[], None]]:
+    """Apply ``--kernels`` and ``--compile_layers``; what was applied (for run_config.json) and the undo.
+
+    Example::
+
+        >>> applied, undo = apply_speed_levers(model, "auto", True, "cuda")
+        >>> applied
+        {'kernels': 'liger', 'liger_version': '0.8.5', 'compile_layers': True}
+    """
+    resolved = resolve_kernels(kernels, model, device_type)
+    undos = [apply_liger(model)] if resolved == "liger" else []
+    if compile:
+        undos.append(compile_layers(model, backend=backend))
+    applied = {"kernels": resolved, "compile_layers": compile}
+    if resolved == "liger":
+        applied = {"kernels": resolved, "liger_version": liger_version(), "compile_layers": compile}
+
+    def undo() -> None:
+        for step in reversed(undos):
+            step()
+
+    return applied, undo
