@@ -27,6 +27,7 @@ BAD = [
     ({"tb_hist_every": 0}, "--tb_hist_every must be at least 1"),
     ({"warmup_ratio": 1.5}, r"--warmup_ratio must be in \[0, 1\]"),
     ({"resume_from_checkpoint": "/no/such/checkpoint"}, "not a slakevqa checkpoint"),
+    ({"kernels": "triton"}, "--kernels must be one of plain, liger, auto"),
 ]
 
 

@@ -64,6 +64,12 @@ class TrainConfig:
         "(sft objective; --no-pack_images: one row per question in random order)"))
     cache_image_features: bool = field(default=True, metadata=_help(
         "with a frozen vision tower, keep each image's vision features and skip the tower after the first time"))
+    kernels: str = field(default="plain", metadata=_help(
+        "the language model's RMSNorm, SwiGLU and RoPE: liger (Liger-Kernel's Triton kernels, CUDA, the gpu extra), "
+        "plain (PyTorch's), or auto (liger where it runs, else plain); see training/kernels.py",
+        choices=("plain", "liger", "auto")))
+    compile_layers: bool = field(default=False, metadata=_help(
+        "torch.compile each decoder layer of the language model for the training steps (one graph for all layers)"))
     # what the model is shown (the same keys as evaluation's)
     inputs: InputSettings = field(default_factory=InputSettings)
     max_answer_len: int = field(default=64, metadata=_help("answer tokens kept, </s> included"))
@@ -247,6 +253,8 @@ NEUTRAL_FIELDS: dict[str, str] = {
     "max_steps": "as num_epochs",
     "gradient_checkpointing": "recomputes activations (RNG state preserved): the same step, less memory",
     "cudnn_attention": "an attention kernel choice, like the device",
+    "kernels": "a kernel choice, like the device (the same math up to rounding)",
+    "compile_layers": "compiled kernels for the same layers, like the device (the same math up to rounding)",
     "cache_image_features": "reuses the frozen tower's own outputs: the same features",
     "logging_steps": "logging cadence", "save_steps": "checkpoint cadence", "eval_steps": "logging cadence",
     "save_total_limit": "how many checkpoints are kept", "resume_from_checkpoint": "a resume flag",

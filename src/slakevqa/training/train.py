@@ -33,6 +33,7 @@ from slakevqa.training.checkpoint import (MODEL_FILE_PATTERNS, finish_publish, l
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.image_features import ImageFeatureCache
+from slakevqa.training.kernels import apply_speed_levers
 from slakevqa.training.loss import answer_loss, out_of_memory_advice, packed_loss
 from slakevqa.training.params import configure_trainable, parameter_counts
 from slakevqa.training.precision import (adapter_layers, adapters_under_autocast, autocast_precision,
@@ -102,6 +103,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     autocast_adapters = adapter_layers(model) if accelerator.mixed_precision == "bf16" else []
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # after peft (Liger's SwiGLU calls peft's wrapped projections) and before DDP/FSDP wrap the model
+    speed, _ = apply_speed_levers(model, cfg.kernels, cfg.compile_layers, accelerator.device.type)
     counts = parameter_counts(model)
     features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator) else None
     encoder = ExampleEncoder(builder, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
@@ -177,7 +180,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         layout = precision_layout(accelerator.unwrap_model(model), accelerator.mixed_precision)
         save_trained(accelerator.unwrap_model(model), processor, out, cfg.model_id, full_state,
                      lambda stage: write_run_config(cfg, stage, n_steps, losses, counts, builder,
-                                                    accelerator, layout, throughput))
+                                                    accelerator, layout, throughput, speed))
     logger.close(encoder.stats(), n_steps, accelerator.unwrap_model(model))  # with a final probe
     results = None
     if cfg.final_eval:
@@ -354,7 +357,13 @@ def check_fsdp_settings(cfg: TrainConfig) -> None:
 
 
 def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, counts: dict,
-                     builder: InputBuilder, accelerator, precision: dict[str, str], throughput: dict) -> None:
+                     builder: InputBuilder, accelerator, precision: dict[str, str], throughput: dict,
+                     speed: dict | None = None) -> None:
+    """``run_config.json``: provenance, precision layout, losses, counts, throughput and the speed levers applied.
+
+    ``speed`` is what ``--kernels``/``--compile_layers`` resolved to (training/kernels.py), e.g.
+    ``{"kernels": "liger", "liger_version": "0.8.5", "compile_layers": true}``.
+    """
     from slakevqa.results import make_provenance
 
     provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
@@ -366,4 +375,4 @@ def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, co
         "final_loss": losses[-1][1] if losses else None, "parameters": counts,
         "closed_vocab": {"file": "closed_vocab.json", "version": builder.vocab.version,
                          "answers": len(builder.vocab.answers)},
-        "mask_stats": builder.mask_stats.as_dict(), "throughput": throughput})
+        "mask_stats": builder.mask_stats.as_dict(), "throughput": throughput, "speed_levers": speed})
