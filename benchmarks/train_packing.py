@@ -18,7 +18,17 @@ split's real questions, prompts and images, batches of ``--batch_size`` question
 * ``+ckpt``: gradient checkpointing; ``+peftcast``: peft's default precision handling
   (fp32 adapters, every adapter input cast to fp32), which ``naive`` always uses and
   ``slakevqa train`` replaces by bf16 autocast (``adapters_under_autocast``); ``+cudnn``:
-  let sdpa pick cuDNN attention (``naive`` always may; see ``slakevqa.attention``).
+  let sdpa pick cuDNN attention (``naive`` always may; see ``slakevqa.attention``);
+* ``+ckpt2``: gradient checkpointing on every second decoder layer of the language model only
+  (less recompute, more memory); ``+liger``: Liger's RMSNorm/SwiGLU/RoPE kernels; ``+compile``:
+  each decoder layer compiled (both from ``slakevqa.training.kernels``, as ``--kernels liger``
+  and ``--compile_layers`` train).
+
+Every mode starts from the same weights (the trainable ones are restored and the RNG reseeded,
+a new optimiser each time) and records every step's loss (``losses``, warmup included), so
+modes with the same batches (every ``packed`` mode) compare loss for loss. Liger and compilation
+are undone after their mode, so any order works; a mode that fails records ``error`` and the
+next one runs. Compile modes compile in their first (warmup) steps: give them ``--warmup 2``.
 
 Reports samples/s, peak memory and model FLOP utilisation. MFU counts the FLOPs of
 the tokens each step actually runs (so packing's saved work is not counted as work):
@@ -30,14 +40,17 @@ vision forward for images not yet cached. Peak: 989 TFLOP/s dense bf16 (H100/H20
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 PEAK_TFLOPS = 989.0
+SUFFIXES = {"ckpt", "ckpt2", "peftcast", "cudnn", "liger", "compile"}
 
 
 def build(tiny: bool, device: str):
@@ -84,8 +97,34 @@ def profile_steps(step, steps: int = 2) -> str:
     return table
 
 
-def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool, peft_cast: bool,
-             cudnn: bool) -> dict:
+def checkpointing(model, every: int) -> None:
+    """Gradient checkpointing on every ``every``-th decoder layer of the language model (0: none)."""
+    from slakevqa.training.kernels import language_model
+
+    if not every:
+        model.gradient_checkpointing_disable()
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for index, layer in enumerate(language_model(model).layers):  # read at each call (transformers 5.17 and 5.24)
+        layer.gradient_checkpointing = index % every == 0
+
+
+def run_mode(model, processor, samples, builder, args, packed: bool, ckpt_every: int, peft_cast: bool,
+             cudnn: bool, liger: bool = False, compile: bool = False) -> dict:
+    """Train ``args.warmup + args.steps`` steps in one mode; the levers it applies are undone on the way out."""
+    from slakevqa.training.kernels import apply_speed_levers
+
+    device = next(model.parameters()).device
+    levers, undo = apply_speed_levers(model, "liger" if liger else "plain", compile, device.type)
+    try:
+        return {**train_steps(model, processor, samples, builder, args, packed, ckpt_every, peft_cast, cudnn),
+                "levers": levers}
+    finally:
+        undo()
+
+
+def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_every: int, peft_cast: bool,
+                cudnn: bool) -> dict:
     import contextlib
 
     import torch
@@ -101,10 +140,7 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool,
     from slakevqa.training.train import image_group_ids
 
     device = next(model.parameters()).device
-    if ckpt:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_disable()
+    checkpointing(model, ckpt_every)
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = True
@@ -123,7 +159,7 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool,
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    state = {"step": 0, "seconds": 0.0, "flops": 0.0, "rows": 0, "tokens": 0}
+    state = {"step": 0, "seconds": 0.0, "flops": 0.0, "rows": 0, "tokens": 0, "losses": []}
 
     def one_step(timed: bool = True) -> None:
         began = time.perf_counter()
@@ -135,6 +171,8 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool,
         with autocast, attention_kernels(cudnn):  # backward too: checkpointing recomputes attention there
             loss = answer_loss(model, batch).loss
             loss.backward()
+        if timed:  # every step of the mode, warmup included (not the profiled ones); read after the step's sync
+            state["losses"].append(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -151,17 +189,41 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt: bool,
         one_step()
     seconds, flops, rows, tokens = state["seconds"], state["flops"], state["rows"], state["tokens"]
     if args.profile and device.type == "cuda":
-        print(f"profile of {2} steps, packed={packed} ckpt={ckpt}:\n" + profile_steps(lambda: one_step(False)))
+        print(f"profile of {2} steps, packed={packed} ckpt_every={ckpt_every}:\n"
+              + profile_steps(lambda: one_step(False)))
     optimizer = None  # free its state before the next mode (one_step above holds the name)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    mode = ("packed" if packed else "naive") + ("+ckpt" if ckpt else "") + ("+peftcast" if peft_cast and packed else "") \
-        + ("+cudnn" if cudnn and packed else "")
-    return {"mode": mode, "batch": args.batch_size,
+    return {"batch": args.batch_size,
             "steps": args.steps, "samples_per_s": round(args.steps * args.batch_size / seconds, 2),
             "rows_per_step": round(rows / args.steps, 2), "tokens_per_step": round(tokens / args.steps),
             "step_s": round(seconds / args.steps, 4), "peak_gib": round(peak, 1) if peak else None,
             "tflops": round(flops / seconds / 1e12, 1),
-            "mfu": round(flops / seconds / 1e12 / PEAK_TFLOPS, 3) if device.type == "cuda" else None}
+            "mfu": round(flops / seconds / 1e12 / PEAK_TFLOPS, 3) if device.type == "cuda" else None,
+            "losses": [round(float(loss), 5) for loss in state["losses"]]}
+
+
+def mode_name(parts: list[str]) -> str:
+    """The mode as results name it: ``naive`` always casts like peft and may use cuDNN, so those go unsaid."""
+    packed = parts[0] == "packed"
+    ckpt = "+ckpt2" if "ckpt2" in parts else "+ckpt" if "ckpt" in parts else ""
+    return (("packed" if packed else "naive") + ckpt + ("+peftcast" if packed and "peftcast" in parts else "")
+            + ("+cudnn" if packed and "cudnn" in parts else "") + ("+liger" if "liger" in parts else "")
+            + ("+compile" if "compile" in parts else ""))
+
+
+def trainable_snapshot(model) -> dict:
+    """A copy of every trainable parameter (LoRA, projector): where each mode starts."""
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def restore(model, snapshot: dict) -> None:
+    import torch
+
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in snapshot:
+                parameter.copy_(snapshot[name])
+    model.zero_grad(set_to_none=True)
 
 
 def parameter_counts(model) -> dict:
@@ -201,6 +263,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    unknown = {part for mode in args.modes.split(",") for part in mode.partition("@")[0].split("+")[1:]} - SUFFIXES
+    if unknown:
+        parser.error(f"--modes: unknown suffix {', '.join(sorted(unknown))}; known: {', '.join(sorted(SUFFIXES))}")
 
     root = Path(args.slake_root)
     samples = load_split(root, args.split, "en")
@@ -209,15 +274,28 @@ def main() -> None:
     model = configure_trainable(model, use_lora=True, lora_r=64, lora_alpha=128, lora_dropout=args.lora_dropout,
                                 lora_target_modules="all-linear", tune_mm_projector=True, freeze_vision_tower=True)
     results, default_batch = [], args.batch_size
+    start = trainable_snapshot(model)
     for mode in args.modes.split(","):  # e.g. packed+ckpt@32: batch size 32
         name, _, size = mode.partition("@")
         args.batch_size = int(size) if size else default_batch
         parts = name.split("+")
-        result = run_mode(model, processor, samples, builder, args, packed=parts[0] == "packed",
-                          ckpt="ckpt" in parts, peft_cast=parts[0] == "naive" or "peftcast" in parts,
-                          cudnn=parts[0] == "naive" or "cudnn" in parts)
-        result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-        result["lora_dropout"] = args.lora_dropout
+        packed = parts[0] == "packed"
+        restore(model, start)  # every mode from the same weights and RNG, with a fresh optimiser
+        torch.manual_seed(0)
+        try:
+            result = run_mode(model, processor, samples, builder, args, packed=packed,
+                              ckpt_every=2 if "ckpt2" in parts else 1 if "ckpt" in parts else 0,
+                              peft_cast=not packed or "peftcast" in parts, cudnn=not packed or "cudnn" in parts,
+                              liger="liger" in parts, compile="compile" in parts)
+        except Exception as error:  # one failing lever (a Triton or compile error, out of memory) skips its mode only
+            traceback.print_exc()
+            result = {"batch": args.batch_size, "error": f"{type(error).__name__}: {error}"[:2000]}
+        if device == "cuda" and "error" in result:  # after the except block: its traceback held the mode's tensors
+            gc.collect()
+            torch.cuda.empty_cache()
+        result = {"mode": mode_name(parts), **result,
+                  "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                  "lora_dropout": args.lora_dropout}
         print(json.dumps(result), flush=True)
         results.append(result)
     if args.out:
