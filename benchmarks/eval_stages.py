@@ -10,7 +10,9 @@ in ``slakevqa eval``'s order (by token budget, then by image), once per setting 
 prefilled once and read in place by every question's row, :mod:`slakevqa.evaluation.row_decoding`),
 ``share`` (the path before it: the prefix prefilled once, then copied into one cache row per
 question, ``model.generate``), ``noshare`` (every question encodes its image); ``+eager``:
-rows without CUDA graphs; ``+cudnn``: sdpa may pick cuDNN attention (:mod:`slakevqa.attention`).
+rows without CUDA graphs; ``+cudnn``: sdpa may pick cuDNN attention (:mod:`slakevqa.attention`);
+``+trained``: each OPEN row stops after its gold answer's tokens + 1, what a fine-tuned model
+costs (eval_throughput.py's ``trained_lengths``; its answers are not compared).
 Every setting's answers are compared with the first setting's, per question type. Pixels are
 preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
 are also answered one at a time (eval_throughput.py's per-question loop), the reference
@@ -22,12 +24,14 @@ toolkit's way. Each stage is timed with CUDA synchronised around it:
 * ``prefill_images``: the image prefixes (once per batch, and again for a call whose images
   the batch's prefill lacks); ``encode_shared_prefix``: copying them into one row per
   question (plus any such second prefill), inside ``score_candidates`` and ``generate``;
-  ``encode_rows``: the questions' tails on rows (``rows`` settings), inside the same two.
+  ``encode_batch``: ``rows`` settings' one packed forward per batch of its images and questions
+  (instead of ``prefill_images``; ``score_candidates`` and ``generate`` then time only what follows).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -36,10 +40,10 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from eval_throughput import build_model  # noqa: E402  (benchmarks/ is not a package)
+from eval_throughput import build_model, trained_lengths  # noqa: E402  (benchmarks/ is not a package)
 
 
-STAGES = ("prepare", "prefill_images", "score_candidates", "generate", "encode_shared_prefix", "encode_rows")
+STAGES = ("prepare", "prefill_images", "score_candidates", "generate", "encode_shared_prefix", "encode_batch")
 
 
 def synchronise() -> None:
@@ -75,15 +79,17 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     engine.builder = replace(engine.builder, settings=replace(engine.builder.settings, cudnn_attention=cudnn))
-    for name in STAGES:
-        timing(engine, name, times)
-    synchronise()
-    began = time.perf_counter()
-    answers = [p for i in range(0, len(samples), batch_size) for p in engine.answer(samples[i:i + batch_size])]
-    synchronise()
-    total = time.perf_counter() - began
-    for name in STAGES:
-        delattr(engine, name)  # back to the class's method
+    lengths = trained_lengths(engine) if "trained" in parts else contextlib.nullcontext()
+    with lengths:
+        for name in STAGES:
+            timing(engine, name, times)
+        synchronise()
+        began = time.perf_counter()
+        answers = [p for i in range(0, len(samples), batch_size) for p in engine.answer(samples[i:i + batch_size])]
+        synchronise()
+        total = time.perf_counter() - began
+        for name in STAGES:
+            delattr(engine, name)  # back to the class's method
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None
     return {"setting": setting, "share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size,
             "seconds": round(total, 2), "q_per_s": round(len(samples) / total, 2), "peak_gib": peak,
@@ -149,7 +155,9 @@ def main() -> None:
     for setting in settings:  # rows@512: the rows setting at batch size 512
         name, _, size = setting.partition("@")
         result = run(engine, samples, int(size) if size else args.batch_size, name)
-        answers.setdefault(setting, result.pop("answers"))
+        answered = result.pop("answers")
+        if "trained" not in setting:
+            answers.setdefault(setting, answered)
         result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         reports.append(result)
         print(json.dumps(result), flush=True)

@@ -20,9 +20,9 @@ Prints questions per second for each, the speed-up, and the share of identical a
 on the questions both answered. A random model never says EOS, so every OPEN answer runs
 its full budget (16 or 48 tokens): the worst case. ``--trained_lengths`` adds a pass of the
 engine in which each OPEN row stops after its gold answer's token count + 1 (the EOS a
-fine-tuned model would say), by a per-row stopping criterion given to ``generate``; a batch
-still decodes until its longest row is done, as with a trained model. Benchmark only: the
-engine itself has no such mode. The naive loop runs on the first ``--naive_limit``
+fine-tuned model would say), by per-row budgets (``greedy_tokens``' ``row_budgets``, or a
+stopping criterion given to ``generate`` on the old path); a batch still decodes until its
+longest row is done, as with a trained model. Benchmark only: ``slakevqa eval`` has no such mode. The naive loop runs on the first ``--naive_limit``
 questions (its rate is per question, so a subset measures it; the whole split would
 take minutes at 7B).
 """
@@ -30,6 +30,7 @@ take minutes at 7B).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -79,10 +80,17 @@ def naive_answer(engine, sample):
         return route.candidates[scores.index(max(scores))]
 
 
-def with_trained_lengths(engine):
-    """``engine``, answering OPEN questions as if each row said EOS after its gold answer's tokens + 1."""
+@contextlib.contextmanager
+def trained_lengths(engine):
+    """``engine`` answering OPEN questions as if each row said EOS after its gold answer's tokens + 1.
+
+    On the default path (:mod:`slakevqa.evaluation.row_decoding`) through ``greedy_tokens``'
+    per-row budgets; on the ``generate`` path by a per-row stopping criterion.
+    """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
+
+    import slakevqa.evaluation.engine as engine_module
 
     class GoldLengthStop(StoppingCriteria):
         def __init__(self, start: int, limits: torch.Tensor) -> None:
@@ -91,7 +99,7 @@ def with_trained_lengths(engine):
         def __call__(self, input_ids, scores, **kwargs):
             return (input_ids.shape[1] - self.start) >= self.limits  # one bool per row
 
-    generate, model_generate, limits = engine.generate, engine.model.generate, []
+    generate, model_generate, greedy, limits = engine.generate, engine.model.generate, engine_module.greedy_tokens, []
 
     def gold_lengths(items, max_new_tokens, prefixes=None):
         limits[:] = [min(max_new_tokens, len(engine.tokenizer(item.sample.answer, add_special_tokens=False)
@@ -103,8 +111,16 @@ def with_trained_lengths(engine):
         stop = GoldLengthStop(ids.shape[1], torch.tensor(limits, device=ids.device))
         return model_generate(**kwargs, stopping_criteria=StoppingCriteriaList([stop]))
 
-    engine.generate, engine.model.generate = gold_lengths, stopping
-    return engine
+    def greedy_gold(*args, **kwargs):
+        return greedy(*args, **kwargs, row_budgets=torch.tensor(limits))
+
+    engine.generate, engine.model.generate, engine_module.greedy_tokens = gold_lengths, stopping, greedy_gold
+    try:
+        yield engine
+    finally:
+        engine.__dict__.pop("generate", None)  # back to the class's methods
+        engine.model.__dict__.pop("generate", None)
+        engine_module.greedy_tokens = greedy
 
 
 def timed(fn, device: str):
@@ -160,9 +176,9 @@ def main() -> None:
     trained = None
     if args.trained_lengths:
         engine.share_prefix = True
-        with_trained_lengths(engine)
-        answered, trained_s = timed(lambda: [p for i in range(0, len(samples), args.batch_size)
-                                             for p in engine.answer(samples[i: i + args.batch_size])], device)
+        with trained_lengths(engine):
+            answered, trained_s = timed(lambda: [p for i in range(0, len(samples), args.batch_size)
+                                                 for p in engine.answer(samples[i: i + args.batch_size])], device)
         raw = [len(engine.tokenizer(p.raw_output, add_special_tokens=False).input_ids) for p in answered
                if p.answer_type == "OPEN"]  # the decoded OPEN answers' tokens
         trained = {"seconds": round(trained_s, 2), "q_per_s": round(len(answered) / trained_s, 2),

@@ -77,6 +77,22 @@ def test_greedy_tokens_equal_generate_with_eos_stops(answered, eos_boost: float)
     assert (ours[:, theirs.shape[1]:] == pad).all()  # generate stops when every row has ended
 
 
+def test_row_budgets_end_rows_early_without_changing_their_tokens(answered) -> None:
+    engine, samples, _ = answered
+    items = [engine.prepare(s) for s in samples if not s.is_closed][:6]
+    eos, pad = engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id
+    limits = [1, 3, 8, 2, 8, 5]
+    with torch.inference_mode():
+        full = greedy_tokens(engine.model, cache_argument(engine.model), engine.encode_rows(items, 8), 8, eos, pad,
+                             cuda_graphs=False)
+        cut = greedy_tokens(engine.model, cache_argument(engine.model), engine.encode_rows(items, 8), 8, eos, pad,
+                            cuda_graphs=False, row_budgets=torch.tensor(limits))
+    assert sum(int(full[row, limit - 1] != pad) for row, limit in enumerate(limits) if limit < 8) >= 3  # cut short
+    for row, limit in enumerate(limits):
+        assert cut[row, :limit].tolist() == full[row, :limit].tolist()
+        assert (cut[row, limit:] == pad).all()
+
+
 def test_other_model_layouts_keep_the_generate_path() -> None:
     assert not supports_shared_prefix(torch.nn.Linear(2, 2))
     assert language_parts(torch.nn.Linear(2, 2)) is None

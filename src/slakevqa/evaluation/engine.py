@@ -27,11 +27,13 @@ from slakevqa.attention import attention_kernels
 from slakevqa.encoding import encode_answer, encode_prompt, image_token_count
 from slakevqa.errors import UserError
 from slakevqa.evaluation.extract import extract_answer, match_candidate
-from slakevqa.evaluation.row_decoding import EncodedRows, candidate_tail_logprobs, encode_tails, greedy_tokens
+from slakevqa.evaluation.packed_prefill import encode_packed
+from slakevqa.evaluation.row_decoding import EncodedRows, candidate_tail_logprobs, greedy_tokens
 from slakevqa.evaluation.shared_prefix import supports_shared_prefix
 from slakevqa.inputs import InputBuilder, SampleView
 from slakevqa.prompts import IMAGE_TOKEN
 from slakevqa.records import Prediction, VQASample
+from slakevqa.training.packing import image_groups
 from slakevqa.vocab import candidate_variants
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Engine:
         with attention_kernels(self.builder.settings.cudnn_attention):
             # One prefill of each image's prefix for the whole batch, shared by CLOSED scoring and
             # every budget group of OPEN generation (each used to prefill it again).
+            if self.on_rows(prepared):  # one packed forward for the batch's images and questions
+                return self._answer(prepared, self.encode_batch(prepared))
             shared = self.shared_prefix_length(prepared)
             return self._answer(prepared, self.prefill_images(prepared, shared) if shared else None)
 
@@ -157,14 +161,15 @@ class Engine:
         return torch.stack([p.pixel_values for p in items]).to(self.device, dtype)
 
     def generate(self, items: list[Prepared], max_new_tokens: int, prefixes=None) -> list[str]:
-        """Decoded answers; ``prefixes``: the batch's image prefill (:meth:`prefill_images`), if any."""
+        """Decoded answers; ``prefixes``: the batch's :meth:`encode_batch` or image prefill (:meth:`prefill_images`)."""
         import torch
 
         sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.do_sample \
             else {"do_sample": False}
         if self.on_rows(items) and not self.settings.do_sample:
             with torch.inference_mode():
-                rows = self.encode_rows(items, max_new_tokens, prefixes)
+                rows = self.batch_rows(items, prefixes)
+                rows = rows[0].select(rows[1], max_new_tokens)
                 out = greedy_tokens(self.model, cache_argument(self.model), rows, max_new_tokens,
                                     self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.cuda_graphs)
             return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out.tolist()]
@@ -197,9 +202,10 @@ class Engine:
                  for variant in variants]
         with torch.inference_mode():
             if self.on_rows(items):
-                encoded = self.encode_rows(items, 0, prefixes)
-                first = encoded.last_logits.float().log_softmax(-1)  # predicts each candidate's first token
-                tails = candidate_tail_logprobs(self.model, cache_argument(self.model), encoded, pairs,
+                encoded, rows = self.batch_rows(items, prefixes)
+                first = encoded.last_logits[rows].float().log_softmax(-1)  # predicts each candidate's first token
+                tails = candidate_tail_logprobs(self.model, cache_argument(self.model), encoded,
+                                                [(rows[q], tokens) for q, tokens in pairs],
                                                 self.tokenizer.pad_token_id)
             else:
                 logits, cache, mask, positions = self.encode_prompts(items, prefixes)
@@ -247,14 +253,25 @@ class Engine:
         return (self.prefix_attention and supports_shared_prefix(self.model)
                 and self.shared_prefix_length(items) > 0)
 
-    def encode_rows(self, items: list[Prepared], extra_columns: int, prefixes=None) -> EncodedRows:
-        """The questions' tails run on their images' prefixes, with room for ``extra_columns`` answer tokens."""
-        shared = self.shared_prefix_length(items)
-        if prefixes is None or any(id(p.pixel_values) not in prefixes[0] for p in items):
-            prefixes = self.prefill_images(items, shared)
-        return encode_tails(self.model, cache_argument(self.model), [p.prompt_ids[shared:] for p in items],
-                            [prefixes[0][id(p.pixel_values)] for p in items], prefixes[1], extra_columns,
-                            self.tokenizer.pad_token_id)
+    def encode_batch(self, items: list[Prepared]) -> "BatchRows":
+        """Every item's prompt run once, packed by image (:mod:`.packed_prefill`): one row per item."""
+        keys = [id(p.pixel_values) for p in items]
+        groups = image_groups(keys)
+        rows = encode_packed(self.model, cache_argument(self.model), [p.prompt_ids for p in items], groups,
+                             self.pixels([items[g[0]] for g in groups]), self.shared_prefix_length(items),
+                             self.tokenizer.pad_token_id)
+        return BatchRows(rows, {id(p): row for row, p in enumerate(items)})
+
+    def batch_rows(self, items: list[Prepared], prefixes=None) -> tuple[EncodedRows, list[int]]:
+        """The batch's encoded rows (:meth:`encode_batch`, afresh if ``prefixes`` lacks an item) and each item's row."""
+        if not isinstance(prefixes, BatchRows) or any(id(p) not in prefixes.row_of for p in items):
+            prefixes = self.encode_batch(items)
+        return prefixes.rows, [prefixes.row_of[id(p)] for p in items]
+
+    def encode_rows(self, items: list[Prepared], extra_columns: int) -> EncodedRows:
+        """``items`` encoded, one row each in order, with room for ``extra_columns`` answer tokens."""
+        rows, order = self.batch_rows(items)
+        return rows.select(order, extra_columns)
 
     def encode_shared_prefix(self, items: list[Prepared], shared: int, prefixes=None):
         """The image prefixes (each image once) in a cache with one row per item, and the rest of the prompts.
@@ -311,6 +328,14 @@ class Engine:
         logprobs = out.logits[:, :-1].float().log_softmax(-1)  # position j predicts token j + 1
         picked = logprobs.gather(-1, tokens[:, 1:, None])[..., 0] * cand_mask[:, 1:]
         return picked.sum(-1).tolist()
+
+
+@dataclass
+class BatchRows:
+    """A batch's :class:`EncodedRows` and the row of each of its items (by ``id``)."""
+
+    rows: EncodedRows
+    row_of: dict[int, int]
 
 
 def cache_argument(model) -> str:

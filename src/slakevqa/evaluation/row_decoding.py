@@ -1,10 +1,11 @@
 """Greedy decoding and candidate scoring on rows that share image prefixes (:mod:`.shared_prefix`).
 
-The engine prefills each image's prefix once (the model's own forward, vision tower
-included); everything after it runs here, on the model's decoder layers:
+The engine runs each batch's images and questions once (the model's own forward, vision
+tower included); everything after it runs here, on the model's decoder layers:
 
-1. :func:`encode_tails` runs every question's tail (``\\n question [/INST]``, left-padded)
-   into a preallocated :class:`RowCache` wide enough for the answer;
+1. :func:`~.packed_prefill.encode_packed` runs every question's tail (``\\n question [/INST]``)
+   with its image's prefix, packed, and leaves one right-aligned :class:`RowCache` row per
+   question, which :meth:`EncodedRows.select` copies with room for the answer;
 2. :func:`greedy_tokens` decodes: argmax, ``</s>`` stops a row (it then emits padding,
    as ``generate`` does), keys and values are written in place, and the host checks
    for the end only every few steps. On CUDA the step is captured once as a CUDA graph
@@ -20,8 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slakevqa.evaluation.shared_prefix import (ImageGroups, RowCache, attention_swapped, language_parts,
-                                               prefix_layers, run_rows)
+from slakevqa.evaluation.shared_prefix import ImageGroups, RowCache, attention_swapped, language_parts, run_rows
 
 STOP_CHECK_EVERY = 8  # decoding steps between host-side "all rows finished?" checks
 
@@ -37,43 +37,29 @@ class EncodedRows:
     last_logits: object    # (rows, vocab): predicts the first answer token
     tail_width: int        # columns the tails take; answers start here
 
+    def select(self, rows: list[int], extra_columns: int) -> "EncodedRows":
+        """Copies of ``rows`` with room for ``extra_columns`` answer tokens (the image prefixes stay shared)."""
+        import torch
 
-def encode_tails(model, cache_keyword: str, tails: list[list[int]], image_of_row: list[int], prefix_cache,
-                 extra_columns: int, pad_id: int) -> EncodedRows:
-    """Run each row's tokens after the shared prefix (left-padded) on top of its image's prefix."""
-    import torch
-
-    _, head = language_parts(model)
-    device = head.weight.device
-    keys, values = prefix_layers(prefix_cache)
-    groups = ImageGroups.build(image_of_row, keys, values, device)
-    width = max(len(t) for t in tails)
-    ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
-    real = torch.zeros((len(tails), width), dtype=torch.bool)
-    for row, tail in enumerate(tails):
-        ids[row, width - len(tail):] = torch.tensor(tail)
-        real[row, width - len(tail):] = True
-    ids, real = ids.to(device), real.to(device)
-    # position ids continue after the prefix and skip the padding, as the repeated-prefix path numbers them
-    positions = groups.prefix_length + (real.long().cumsum(-1) - 1).clamp(min=0)
-    valid = torch.zeros((len(tails), width + extra_columns), dtype=torch.bool, device=device)
-    valid[:, :width] = real
-    causal = torch.ones((width, width + extra_columns), dtype=torch.bool, device=device).tril()
-    cache = RowCache.empty(model, len(tails), width + extra_columns)
-    decoder, _ = language_parts(model)
-    with attention_swapped(decoder):
-        hidden = run_rows(model, ids, positions, cache, groups, valid[:, None, :] & causal, cache_keyword)
-    return EncodedRows(cache, groups, valid, positions[:, -1] + 1, head(hidden[:, -1]), width)
+        index = torch.tensor(rows, dtype=torch.long, device=self.valid.device)
+        width = self.tail_width + extra_columns
+        valid = torch.zeros((len(rows), width), dtype=torch.bool, device=index.device)
+        valid[:, :self.tail_width] = self.valid[index, :self.tail_width]
+        return EncodedRows(self.cache.select(index, width), self.groups.select(rows), valid,
+                           self.next_position[index], self.last_logits[index], self.tail_width)
 
 
 def greedy_tokens(model, cache_keyword: str, rows: EncodedRows, budget: int, eos_id: int, pad_id: int,
-                  cuda_graphs: bool = True):
-    """Greedy answers (rows, budget): token ids, ``pad_id`` after a row's ``</s>``."""
-    import torch
+                  cuda_graphs: bool = True, row_budgets=None):
+    """Greedy answers (rows, budget): token ids, ``pad_id`` after a row's ``</s>``.
 
+    ``row_budgets`` (rows,): a row ends after that many tokens, as if it had said ``</s>``
+    (benchmarks use it to decode what a fine-tuned model would; the batch still runs until
+    its longest row is done).
+    """
     decoder, head = language_parts(model)
     first = rows.last_logits.argmax(-1)
-    state = DecodeState.start(first, rows, budget, pad_id)
+    state = DecodeState.start(first, rows, budget, pad_id, row_budgets)
     state.record(first, eos_id)
     if budget == 1:
         return state.out
@@ -106,27 +92,29 @@ class DecodeState:
     valid: object     # (rows, width)
     done: object      # (rows,) bool
     out: object       # (rows, budget)
+    limits: object    # (rows,) tokens each row may emit
 
     @staticmethod
-    def start(first, rows: EncodedRows, budget: int, pad_id: int) -> "DecodeState":
+    def start(first, rows: EncodedRows, budget: int, pad_id: int, row_budgets=None) -> "DecodeState":
         import torch
 
         device = first.device
+        limits = torch.full_like(first, budget) if row_budgets is None else torch.as_tensor(row_budgets).to(device)
         return DecodeState(first.clone(), rows.next_position.clone(),
                            torch.tensor(rows.tail_width, device=device), torch.tensor(1, device=device),
                            rows.valid.clone(), torch.zeros_like(first, dtype=torch.bool),
-                           torch.full((first.shape[0], budget), pad_id, dtype=torch.long, device=device))
+                           torch.full((first.shape[0], budget), pad_id, dtype=torch.long, device=device), limits)
 
     def record(self, first, eos_id: int) -> None:
         self.out[:, 0] = first
-        self.done |= first == eos_id
+        self.done |= (first == eos_id) | (self.limits <= 1)
 
     def advance(self, predicted, eos_id: int, pad_id: int) -> None:
         import torch
 
         predicted = torch.where(self.done, pad_id, predicted)
         self.out.index_copy_(1, self.step.view(1), predicted[:, None])
-        self.done |= predicted == eos_id
+        self.done |= (predicted == eos_id) | (self.limits <= self.step + 1)
         self.token.copy_(predicted)
         self.position += 1
         self.column += 1

@@ -1,0 +1,84 @@
+"""One forward per batch: each image's prefix and all its questions, packed in one row.
+
+The layout is training's (:mod:`slakevqa.training.packing`)::
+
+    row of image A   <s> [INST] <image>x576 | \\n q1 [/INST] | \\n q2 [/INST] | ... | pad
+    positions        0 ............... P-1  | P  P+1 ...    | P  P+1 ...    |
+    sees             causal                 | prefix + self | prefix + self |
+
+so no question is padded to the longest (a batch of 256 left-padded tails held ~1.8x
+their real tokens on the English test split), the tails' matrix products join the
+prefix's large ones, and the images run through the vision tower once. Afterwards the
+packed cache is split: the prefixes (one row per image) and each question's own keys
+and values, right-aligned in a :class:`~.shared_prefix.RowCache` row, where CLOSED
+scoring and greedy decoding (:mod:`.row_decoding`) continue.
+"""
+
+from __future__ import annotations
+
+from slakevqa.evaluation.shared_prefix import ImageGroups, RowCache, language_parts, prefix_layers
+from slakevqa.training.loss import MASK_SLICING
+from slakevqa.training.packing import IGNORE_INDEX, Row, segment_batch
+
+
+def pack_prompts(prompts: list[list[int]], prefix: int) -> Row:
+    """Tokens, (ignored) labels, positions and segment ids of prompts sharing their first ``prefix`` tokens.
+
+    >>> pack_prompts([[1, 7, 7, 3, 4], [1, 7, 7, 5]], prefix=3)[2:]
+    ([0, 1, 2, 3, 4, 3], [0, 0, 0, 1, 1, 2])
+    """
+    tokens, positions, segments = list(prompts[0][:prefix]), list(range(prefix)), [0] * prefix
+    for k, prompt in enumerate(prompts, start=1):
+        tokens += prompt[prefix:]
+        positions += range(prefix, len(prompt))
+        segments += [k] * (len(prompt) - prefix)
+    return tokens, [IGNORE_INDEX] * len(tokens), positions, segments
+
+
+def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: list[list[int]], pixels,
+                  prefix: int, pad_id: int):
+    """Run ``prompts`` (grouped by image: ``groups[i]`` lists image ``i``'s prompts; ``pixels`` one per
+    group) and return their :class:`~.row_decoding.EncodedRows`, row ``j`` for ``prompts[j]``."""
+    import torch
+
+    from slakevqa.evaluation.engine import returned_cache
+    from slakevqa.evaluation.row_decoding import EncodedRows
+
+    _, head = language_parts(model)
+    device = head.weight.device
+    batch = segment_batch([pack_prompts([prompts[j] for j in group], prefix) for group in groups], pad_id)
+    lengths = torch.tensor([len(p) - prefix for p in prompts])
+    image_of = torch.empty(len(prompts), dtype=torch.long)
+    start = torch.empty(len(prompts), dtype=torch.long)  # each prompt's first packed column after the prefix
+    for image, group in enumerate(groups):
+        column = prefix
+        for j in group:
+            image_of[j], start[j] = image, column
+            column += int(lengths[j])
+    last = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
+    last[image_of, start + lengths - 1] = True  # the column predicting each prompt's first answer token
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
+              "attention_mask": batch["attention_mask"]}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    if MASK_SLICING:  # logits at the marked columns only, row-major
+        keep = last.to(device)
+    else:  # the union of those columns, each row then picks its own
+        keep = torch.nonzero(last.any(dim=0)).flatten().to(device)
+    out = model(**inputs, pixel_values=pixels, use_cache=True, logits_to_keep=keep)
+    rows, columns = torch.nonzero(last, as_tuple=True)  # row-major, as the logits come
+    logits = out.logits if MASK_SLICING else out.logits[rows.to(device), torch.searchsorted(keep, columns.to(device))]
+    order = torch.empty(len(prompts), dtype=torch.long)
+    order[torch.argsort(image_of * last.shape[1] + start + lengths - 1)] = torch.arange(len(prompts))
+    keys, values = prefix_layers(returned_cache(out))
+    width = int(lengths.max())
+    # prompt j's column c (right-aligned, c >= width - length) is packed column start + c - (width - length)
+    column_of = (start - (width - lengths))[:, None] + torch.arange(width)
+    valid = column_of >= start[:, None]
+    column_of = torch.where(valid, column_of, start[:, None]).to(device)
+    image_rows = image_of[:, None].expand(-1, width).to(device)
+    cache = RowCache([k[image_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for k in keys],
+                     [v[image_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for v in values])
+    groups_of_rows = ImageGroups.build(image_of.tolist(), [k[:, :, :prefix].contiguous() for k in keys],
+                                       [v[:, :, :prefix].contiguous() for v in values], device)
+    return EncodedRows(cache, groups_of_rows, valid.to(device), (prefix + lengths).to(device),
+                       logits[order.to(device)], width)
