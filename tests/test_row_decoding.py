@@ -93,6 +93,14 @@ def test_row_budgets_end_rows_early_without_changing_their_tokens(answered) -> N
         assert (cut[row, limit:] == pad).all()
 
 
+def test_batch_encoding_keeps_no_autograd_graph(answered) -> None:
+    """The packed forward runs without autograd (at 7B a batch's saved activations filled an H200)."""
+    engine, samples, _ = answered
+    assert any(p.requires_grad for p in engine.model.parameters())
+    batch = engine.encode_batch([engine.prepare(s) for s in samples[:6]])
+    assert not batch.rows.last_logits.requires_grad and not batch.rows.cache.keys[0].requires_grad
+
+
 def test_other_model_layouts_keep_the_generate_path() -> None:
     assert not supports_shared_prefix(torch.nn.Linear(2, 2))
     assert language_parts(torch.nn.Linear(2, 2)) is None

@@ -255,11 +255,13 @@ class Engine:
 
     def encode_batch(self, items: list[Prepared]) -> "BatchRows":
         """Every item's prompt run once, packed by image (:mod:`.packed_prefill`): one row per item."""
-        keys = [id(p.pixel_values) for p in items]
-        groups = image_groups(keys)
-        rows = encode_packed(self.model, cache_argument(self.model), [p.prompt_ids for p in items], groups,
-                             self.pixels([items[g[0]] for g in groups]), self.shared_prefix_length(items),
-                             self.tokenizer.pad_token_id)
+        import torch
+
+        groups = image_groups([id(p.pixel_values) for p in items])
+        with torch.inference_mode():  # no autograd graph: at 7B a batch's activations would fill the card
+            rows = encode_packed(self.model, cache_argument(self.model), [p.prompt_ids for p in items], groups,
+                                 self.pixels([items[g[0]] for g in groups]), self.shared_prefix_length(items),
+                                 self.tokenizer.pad_token_id)
         return BatchRows(rows, {id(p): row for row, p in enumerate(items)})
 
     def batch_rows(self, items: list[Prepared], prefixes=None) -> tuple[EncodedRows, list[int]]:
