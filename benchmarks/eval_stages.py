@@ -137,6 +137,7 @@ def main() -> None:
                              "flips; scaled, they are as decisive as a trained model's, so answer agreement tests the "
                              "implementation rather than the noise")
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of one batch (CUDA)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
@@ -165,6 +166,14 @@ def main() -> None:
         reports.append(agreement(samples, settings[0], answers[settings[0]], setting, answers[setting]))
         reports[-1]["lm_head_scale"] = args.lm_head_scale
         print(json.dumps(reports[-1]), flush=True)
+    if args.profile and device == "cuda":  # one batch's packed forward and its answers, by CUDA time
+        from train_packing import profile_steps
+
+        batch = samples[:args.batch_size]
+        engine.prefix_attention, engine.cuda_graphs = True, True
+        items = [engine.prepare(s) for s in batch]
+        print(profile_steps(lambda: engine.encode_batch(items), steps=1), flush=True)
+        print(profile_steps(lambda: engine.answer(batch), steps=1), flush=True)
     if args.naive_limit:
         from eval_throughput import naive_answer
 

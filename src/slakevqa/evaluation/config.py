@@ -82,6 +82,12 @@ class EvalConfig:
     share_prefix: bool = field(default=True, metadata=_help(
         "encode each image once per batch and share its prompt prefix across its questions (identical answers; "
         "--no-share_prefix: every question encodes its own image, for comparison)"))
+    prefix_attention: bool = field(default=True, metadata=_help(
+        "with share_prefix, run each batch's images and questions in one packed forward and answer on rows that "
+        "read their image's prefix in place (Llama-family language models; the same answers; "
+        "--no-prefix_attention: copy the prefix into every question's cache and decode with transformers' generate)"))
+    cuda_graphs: bool = field(default=True, metadata=_help(
+        "replay each greedy decoding step as a CUDA graph (CUDA only; --no-cuda_graphs: launch every kernel, slower)"))
     check_batch_invariance: int = field(default=0, metadata=_help(
         "answer the first N questions again one at a time and report every difference"))
     # runtime
@@ -154,6 +160,8 @@ NEUTRAL_FIELDS: dict[str, str] = {
     "mode": "diagnose writes extra files; the answers are the same",
     "batch_size": "answers do not depend on the batch (check_batch_invariance measures it)",
     "share_prefix": "the same answers, computed once per image (engine tests assert equality)",
+    "prefix_attention": "the same answers, the image prefix read in place (tests assert equality with generate)",
+    "cuda_graphs": "the same decoding steps, replayed (a GPU test asserts equality)",
     "cudnn_attention": "an attention kernel choice, like the device",
     "check_batch_invariance": "an extra check after answering; the answers are not changed",
     "device": "where it runs; dtype is recorded",

@@ -255,7 +255,8 @@ def run_kg_ablation(engine: Engine, samples: list[VQASample], rows: list[Predict
         return {**head, "questions": 0, "note": "no kvqa question gets KG facts (no KG/ folder, or no fact "
                                                 "matches): nothing to compare"}
     second = Engine(engine.model, engine.processor, other, settings=engine.settings,
-                    closed_answering=engine.closed_answering, share_prefix=engine.share_prefix)
+                    closed_answering=engine.closed_answering, share_prefix=engine.share_prefix,
+                    prefix_attention=engine.prefix_attention, cuda_graphs=engine.cuda_graphs)
     again = answer_in_batches(second, affected, options.batch_size)
     write_predictions(path, again)
     first = [by_qid[s.qid] for s in affected]

@@ -64,12 +64,14 @@ class TrainConfig:
         "(sft objective; --no-pack_images: one row per question in random order)"))
     cache_image_features: bool = field(default=True, metadata=_help(
         "with a frozen vision tower, keep each image's vision features and skip the tower after the first time"))
-    kernels: str = field(default="plain", metadata=_help(
-        "the language model's RMSNorm, SwiGLU and RoPE: liger (Liger-Kernel's Triton kernels, CUDA, the gpu extra), "
-        "plain (PyTorch's), or auto (liger where it runs, else plain); see training/kernels.py",
-        choices=("plain", "liger", "auto")))
+    kernels: str = field(default="auto", metadata=_help(
+        "the language model's RMSNorm, SwiGLU and RoPE: liger (Liger-Kernel's Triton kernels, CUDA, the gpu extra; "
+        "LoRA steps 1.14x as fast at 7B, the same loss curve), plain (PyTorch's), or auto (liger where it runs, "
+        "else plain); see training/kernels.py", choices=("plain", "liger", "auto")))
     compile_layers: bool = field(default=False, metadata=_help(
-        "torch.compile each decoder layer of the language model for the training steps (one graph for all layers)"))
+        "experimental: torch.compile each decoder layer for the training steps (one graph for all layers); "
+        "1.24x as fast at 7B with checkpointing, but its loss curve left the eager one after the first step "
+        "there (benchmarks/RESULTS.md), so it is off"))
     # what the model is shown (the same keys as evaluation's)
     inputs: InputSettings = field(default_factory=InputSettings)
     max_answer_len: int = field(default=64, metadata=_help("answer tokens kept, </s> included"))

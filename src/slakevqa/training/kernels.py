@@ -30,6 +30,7 @@ How Liger reaches an already built model (liger_kernel/transformers/monkey_patch
 from __future__ import annotations
 
 import importlib.util
+import logging
 from typing import Callable
 
 from slakevqa.errors import UserError
@@ -77,6 +78,8 @@ def resolve_kernels(choice: str, model, device_type: str) -> str:
         return "liger"
     if choice == "liger":
         raise UserError(f"--kernels liger: {reason}; use --kernels auto (Liger where it can run) or plain")
+    if device_type == "cuda":  # a GPU run that could be ~14% faster (benchmarks/RESULTS.md): say why it is not
+        logging.getLogger(__name__).warning("plain kernels: %s", reason)
     return "plain"
 
 
