@@ -318,6 +318,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=560.0,
                         help="seconds for all steps; later steps are skipped once spent")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--steps", default="",
+                        help="comma-separated name prefixes: run only these steps (and give what they need "
+                             "yourself), e.g. 0_,1a_,9 re-runs the fp16 steps after a fix")
     parser.add_argument("--part", choices=("readme", "extra"), default="readme",
                         help="readme: the README's main GPU path (~510 s on an H200); extra: zero-shot eval of "
                              "the original folder, score, full fine-tuning, hybrid objective, diagnose")
@@ -336,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(walk)
     print(" | ".join(f"{k} {v}" for k, v in env.items()), f"| work {walk.work}", flush=True)
     began = time.monotonic()
+    chosen = [prefix for prefix in walk.steps.split(",") if prefix]
     for name, needs, work in (plan_extra(walk) if walk.part == "extra" else plan(walk)):
+        if chosen and not name.startswith(tuple(chosen)):
+            continue
         if work is None:
             walk.record(Outcome(name, "SKIP", 0.0, None, NOT_IN_TINY))
         else:

@@ -98,6 +98,7 @@ class Walk:
     def __init__(self, args: argparse.Namespace) -> None:
         self.tiny, self.work, self.keep = args.tiny, Path(args.work).resolve(), args.keep
         self.part = getattr(args, "part", "readme")
+        self.steps = getattr(args, "steps", "")  # name prefixes to run (gpu_walkthrough.py --steps)
         self.out = Path(args.out or os.environ.get("OUT") or ROOT / "work_walkthrough_out").resolve()
         self.slake = str(Path(args.slake_root).resolve())
         self.deadline = time.monotonic() + args.budget

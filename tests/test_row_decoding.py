@@ -101,6 +101,42 @@ def test_batch_encoding_keeps_no_autograd_graph(answered) -> None:
     assert not batch.rows.last_logits.requires_grad and not batch.rows.cache.keys[0].requires_grad
 
 
+def test_attention_equals_plain_attention_over_prefix_and_own_columns() -> None:
+    """Each row attends to its image's prefix and its own visible columns, heads sharing keys as in
+    grouped-query attention; queries may come in another dtype than the cache (accelerate's fp16 training
+    with Liger's dtype-keeping RoPE: fp16 keys, fp32 queries from layers called directly; it crashed on an H200)."""
+    from types import SimpleNamespace
+
+    from slakevqa.evaluation.shared_prefix import ImageGroups, RowCache, shared_prefix_attention
+
+    torch.manual_seed(0)
+    rows, heads, kv, length, dim, prefix, width = 3, 4, 2, 2, 8, 5, 6
+    image_of = [1, 0, 1]
+    keys, values = torch.randn(2, kv, prefix, dim), torch.randn(2, kv, prefix, dim)
+    new_keys, new_values = torch.randn(rows, kv, length, dim), torch.randn(rows, kv, length, dim)
+    query = torch.randn(rows, heads, length, dim)
+    mask = torch.zeros(rows, length, width, dtype=torch.bool)
+    for i in range(length):
+        mask[:, i, :i + 1] = True
+    mask[0, :, 0] = False  # row 0's first column is padding
+    expected = torch.empty(rows, length, heads, dim)
+    for r in range(rows):
+        for h in range(heads):
+            k = torch.cat([keys[image_of[r], h // 2], new_keys[r, h // 2]])
+            v = torch.cat([values[image_of[r], h // 2], new_values[r, h // 2]])
+            visible = torch.cat([torch.ones(length, prefix, dtype=torch.bool), mask[r, :, :length]], dim=1)
+            scores = (query[r, h] @ k.T / dim ** 0.5).masked_fill(~visible, float("-inf"))
+            expected[r, :, h] = scores.softmax(-1) @ v
+    for dtype, tolerance in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
+        groups = ImageGroups.build(image_of, [keys.to(dtype)], [values.to(dtype)], "cpu")
+        cache = RowCache([torch.zeros(rows, kv, width, dim, dtype=dtype)], [torch.zeros(rows, kv, width, dim, dtype=dtype)])
+        cached_keys, cached_values = cache.update(new_keys, new_values, 0)  # fp32 written into the cache's dtype
+        out, _ = shared_prefix_attention(SimpleNamespace(layer_idx=0), query, cached_keys, cached_values, mask,
+                                         scaling=dim ** -0.5, image_groups=groups)
+        assert out.dtype == torch.float32 and out.shape == expected.shape
+        assert torch.allclose(out, expected, atol=tolerance), dtype
+
+
 def test_other_model_layouts_keep_the_generate_path() -> None:
     assert not supports_shared_prefix(torch.nn.Linear(2, 2))
     assert language_parts(torch.nn.Linear(2, 2)) is None

@@ -118,6 +118,10 @@ class RowCache:
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         import torch
 
+        # a model whose forward runs under autocast (accelerate's fp16 training: fp32 weights) filled the
+        # buffers in the autocast dtype, while layers called directly compute in the weights' dtype
+        key_states = key_states.to(self.keys[layer_idx].dtype)
+        value_states = value_states.to(self.values[layer_idx].dtype)
         if isinstance(self.start, int):
             end = self.start + key_states.shape[2]
             self.keys[layer_idx][:, :, self.start:end] = key_states
@@ -156,7 +160,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling: 
     prefix_k, prefix_v = groups.keys[module.layer_idx], groups.values[module.layer_idx]
     images, members = groups.slot.shape
     prefix = prefix_k.shape[2]
-    q = query.reshape(rows, kv, per_key, dim)  # no broadcast over heads below: matmuls would copy the keys
+    q = query.reshape(rows, kv, per_key, dim).to(key.dtype)  # no broadcast over heads: matmuls would copy keys
 
     def to_images(t):  # (rows, kv, per_key, x) -> (images, kv, members * per_key, x)
         return t[groups.slot].transpose(1, 2).reshape(images, kv, members * per_key, t.shape[-1])
@@ -169,10 +173,10 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling: 
     scores_own = torch.matmul(q, key.transpose(-1, -2)).view(rows, kv, heads // kv, length, key.shape[2])
     scores_own = scores_own.masked_fill(~attention_mask[:, None, None], float("-inf")).view(rows, kv, per_key, -1)
     scores = torch.cat([scores_prefix, scores_own], dim=-1).float() * scaling
-    probs = torch.softmax(scores, dim=-1).to(query.dtype)
+    probs = torch.softmax(scores, dim=-1).to(key.dtype)
     probs_prefix, probs_own = probs.split([prefix, key.shape[2]], dim=-1)
     out = to_rows(torch.matmul(to_images(probs_prefix.contiguous()), prefix_v)) + torch.matmul(probs_own, value)
-    return out.view(rows, heads, length, dim).transpose(1, 2).contiguous(), None
+    return out.view(rows, heads, length, dim).transpose(1, 2).contiguous().to(query.dtype), None
 
 
 def register_attention() -> None:
