@@ -16,6 +16,8 @@
 #         --platform manylinux_2_24_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 #         --platform manylinux2014_x86_64 -d gpu_wheels bitsandbytes==0.50.2
 #         # the box has no network: QLoRA's bitsandbytes travels as this wheel (needs torch, numpy, packaging)
+#     python3 -m pip download --no-deps --only-binary=:all: -d gpu_wheels liger-kernel==0.8.5
+#         # the gpu extra: Liger's Triton kernels for training (pure Python; needs torch, triton)
 #
 # CPU rehearsal here (tiny model of the same architecture, fp32, no QLoRA; a few minutes):
 #
@@ -45,15 +47,20 @@ PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 tiny=0
 for arg in "$@"; do [ "$arg" = "--tiny" ] && tiny=1; done
 
-if [ "$tiny" = 0 ] && ! "$PYTHON" -c "import bitsandbytes" 2>/dev/null; then
-    if ls gpu_wheels/bitsandbytes-*.whl >/dev/null 2>&1; then
-        # --target: a private folder, no write into the box's site-packages; --no-compile: faster.
-        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site gpu_wheels/bitsandbytes-*.whl
-        export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-    else
-        echo "note: no gpu_wheels/bitsandbytes-*.whl and no bitsandbytes installed: the QLoRA steps will fail"
+# The box has no network: QLoRA's bitsandbytes and the gpu extra's liger-kernel (training's default
+# --kernels auto takes it when installed) travel as wheels in gpu_wheels/.
+for package in bitsandbytes liger_kernel; do
+    if [ "$tiny" = 0 ] && ! "$PYTHON" -c "import $package" 2>/dev/null; then
+        if ls gpu_wheels/$package-*.whl >/dev/null 2>&1; then
+            # --target: a private folder, no write into the box's site-packages; --no-compile: faster.
+            "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site gpu_wheels/$package-*.whl
+            case ":${PYTHONPATH:-}:" in *:/tmp/site:*) ;; *) export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" ;; esac
+        else
+            echo "note: no gpu_wheels/$package-*.whl and no $package installed (bitsandbytes: the QLoRA steps fail;"
+            echo "      liger_kernel: training runs --kernels plain)"
+        fi
     fi
-fi
+done
 
 # The Mistral tokenizer: bench_data's copy when present (the box cannot install mistral-common).
 if [ -z "${SLAKEVQA_MISTRAL_TOKENIZER:-}" ] && [ -f bench_data/tokenizer.model ]; then
