@@ -12,7 +12,8 @@ prefilled once and read in place by every question's row, :mod:`slakevqa.evaluat
 question, ``model.generate``), ``noshare`` (every question encodes its image); ``+eager``:
 rows without CUDA graphs; ``+cudnn``: sdpa may pick cuDNN attention (:mod:`slakevqa.attention`);
 ``+trained``: each OPEN row stops after its gold answer's tokens + 1, what a fine-tuned model
-costs (eval_throughput.py's ``trained_lengths``; its answers are not compared).
+costs (eval_throughput.py's ``trained_lengths``; its answers are not compared); ``+liger``:
+Liger's RMSNorm, SwiGLU and RoPE in the model for that setting (CUDA, liger-kernel installed).
 Every setting's answers are compared with the first setting's, per question type. Pixels are
 preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
 are also answered one at a time (eval_throughput.py's per-question loop), the reference
@@ -80,6 +81,7 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     engine.builder = replace(engine.builder, settings=replace(engine.builder.settings, cudnn_attention=cudnn))
     lengths = trained_lengths(engine) if "trained" in parts else contextlib.nullcontext()
+    undo_liger = liger_kernels(engine.model) if "liger" in parts else (lambda: None)
     with lengths:
         for name in STAGES:
             timing(engine, name, times)
@@ -90,10 +92,22 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
         total = time.perf_counter() - began
         for name in STAGES:
             delattr(engine, name)  # back to the class's method
+    undo_liger()
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None
     return {"setting": setting, "share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size,
             "seconds": round(total, 2), "q_per_s": round(len(samples) / total, 2), "peak_gib": peak,
             **{k: round(v, 2) for k, v in times.items()}, "answers": answers}
+
+
+def liger_kernels(model):
+    """Liger's RMSNorm, SwiGLU and RoPE in the model (training's ``--kernels liger``); returns the undo.
+
+    Benchmark only so far: ``slakevqa eval`` runs the plain modules until this is measured
+    (issue 15's next lever: the evaluation forward's elementwise work)."""
+    from slakevqa.training.kernels import apply_liger, resolve_kernels
+
+    resolve_kernels("liger", model, next(model.parameters()).device.type)  # a clear error where it cannot run
+    return apply_liger(model)
 
 
 def agreement(samples, first: str, base: list, setting: str, other: list) -> dict:
