@@ -137,6 +137,20 @@ def test_attention_equals_plain_attention_over_prefix_and_own_columns() -> None:
         assert torch.allclose(out, expected, atol=tolerance), dtype
 
 
+def test_sampling_keeps_the_generate_path(answered) -> None:
+    """``--do_sample`` answers through ``generate``'s sampling, the batch prefilled for it (not packed rows)."""
+    from slakevqa.evaluation.engine import GenerationSettings
+
+    engine, samples, _ = answered
+    sampling = Engine(engine.model, engine.processor, engine.builder,
+                      settings=GenerationSettings(temperature=0.7, do_sample=True))
+    torch.manual_seed(0)
+    answers = sampling.answer(samples[:12])
+    assert not sampling.on_rows([sampling.prepare(s) for s in samples[:12]]) and engine.on_rows(
+        [engine.prepare(s) for s in samples[:12]])
+    assert {p.route for p in answers} >= {"open", "yesno"} and all(p.raw_output or p.scores for p in answers)
+
+
 def test_other_model_layouts_keep_the_generate_path() -> None:
     assert not supports_shared_prefix(torch.nn.Linear(2, 2))
     assert language_parts(torch.nn.Linear(2, 2)) is None

@@ -87,7 +87,8 @@ class EvalConfig:
         "read their image's prefix in place (Llama-family language models; the same answers; "
         "--no-prefix_attention: copy the prefix into every question's cache and decode with transformers' generate)"))
     cuda_graphs: bool = field(default=True, metadata=_help(
-        "replay each greedy decoding step as a CUDA graph (CUDA only; --no-cuda_graphs: launch every kernel, slower)"))
+        "replay each greedy decoding step as a CUDA graph (CUDA only, not with --load_in_4bit/8bit; "
+        "--no-cuda_graphs: launch every kernel, slower)"))
     check_batch_invariance: int = field(default=0, metadata=_help(
         "answer the first N questions again one at a time and report every difference"))
     # runtime

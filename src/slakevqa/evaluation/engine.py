@@ -166,7 +166,7 @@ class Engine:
 
         sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.do_sample \
             else {"do_sample": False}
-        if self.on_rows(items) and not self.settings.do_sample:
+        if self.on_rows(items):
             with torch.inference_mode():
                 rows = self.batch_rows(items, prefixes)
                 rows = rows[0].select(rows[1], max_new_tokens)
@@ -249,8 +249,11 @@ class Engine:
         return {id(p.pixel_values): row for row, p in enumerate(unique)}, returned_cache(out)
 
     def on_rows(self, items: list[Prepared]) -> bool:
-        """Whether ``items`` run on rows that read their image's prefix in place (:mod:`.row_decoding`)."""
-        return (self.prefix_attention and supports_shared_prefix(self.model)
+        """Whether ``items`` run on rows that read their image's prefix in place (:mod:`.row_decoding`).
+
+        Greedy only: ``--do_sample`` keeps ``generate``'s sampling (and its batch's prefill) for the whole batch.
+        """
+        return (self.prefix_attention and not self.settings.do_sample and supports_shared_prefix(self.model)
                 and self.shared_prefix_length(items) > 0)
 
     def encode_batch(self, items: list[Prepared]) -> "BatchRows":

@@ -66,7 +66,9 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     settings = GenerationSettings(cfg.max_new_tokens_open_default, cfg.max_new_tokens_open_abnormality,
                                   cfg.temperature, cfg.do_sample)
     engine = Engine(model, processor, builder, settings=settings, closed_answering=cfg.closed_answering,
-                    share_prefix=cfg.share_prefix, prefix_attention=cfg.prefix_attention, cuda_graphs=cfg.cuda_graphs)
+                    share_prefix=cfg.share_prefix, prefix_attention=cfg.prefix_attention,
+                    # bitsandbytes' quantised matmuls were never captured in a CUDA graph on our GPUs: launched eagerly
+                    cuda_graphs=cfg.cuda_graphs and not (cfg.load_in_4bit or cfg.load_in_8bit))
 
     # ---- answer what is missing, appending as we go
     shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")
