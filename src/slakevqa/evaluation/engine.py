@@ -28,7 +28,8 @@ from slakevqa.encoding import encode_answer, encode_prompt, image_token_count
 from slakevqa.errors import UserError
 from slakevqa.evaluation.extract import extract_answer, match_candidate
 from slakevqa.evaluation.packed_prefill import encode_packed
-from slakevqa.evaluation.row_decoding import EncodedRows, candidate_tail_logprobs, greedy_tokens
+from slakevqa.evaluation.row_decoding import (EncodedRows, candidate_tail_logprobs, candidate_tokens, greedy_tokens,
+                                              later_token_logprobs)
 from slakevqa.evaluation.shared_prefix import supports_shared_prefix
 from slakevqa.inputs import InputBuilder, SampleView
 from slakevqa.prompts import IMAGE_TOKEN
@@ -318,21 +319,13 @@ class Engine:
         """Sum of log-probs of each candidate's tokens after the first, on the repeated prompt cache."""
         import torch
 
-        width = max(len(cand) for _, cand in pairs)
-        if width == 1:
+        if max(len(cand) for _, cand in pairs) == 1:
             return [0.0] * len(pairs)
-        tokens = torch.full((len(pairs), width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
-        cand_mask = torch.zeros_like(tokens)
-        for i, (_, cand) in enumerate(pairs):
-            tokens[i, :len(cand)] = torch.tensor(cand, device=self.device)
-            cand_mask[i, :len(cand)] = 1
-        start = positions[rows, -1:] + 1
-        cand_positions = start + torch.arange(width, device=self.device)
-        out = self.model(input_ids=tokens, attention_mask=torch.cat([mask[rows], cand_mask], dim=1),
+        tokens, real = candidate_tokens(pairs, self.tokenizer.pad_token_id, self.device)
+        cand_positions = positions[rows, -1:] + 1 + torch.arange(tokens.shape[1], device=self.device)
+        out = self.model(input_ids=tokens, attention_mask=torch.cat([mask[rows], real.to(mask.dtype)], dim=1),
                          position_ids=cand_positions, use_cache=True, **{cache_argument(self.model): cache})
-        logprobs = out.logits[:, :-1].float().log_softmax(-1)  # position j predicts token j + 1
-        picked = logprobs.gather(-1, tokens[:, 1:, None])[..., 0] * cand_mask[:, 1:]
-        return picked.sum(-1).tolist()
+        return later_token_logprobs(out.logits, tokens, real)
 
 
 @dataclass

@@ -149,23 +149,37 @@ def capture(step):
     return graph.replay
 
 
-def candidate_tail_logprobs(model, cache_keyword: str, rows: EncodedRows, pairs: list[tuple[int, list[int]]],
-                            pad_id: int) -> list[float]:
-    """Sum of log-probs of each candidate's tokens after the first; ``pairs``: (question row, token ids)."""
+def candidate_tokens(pairs: list[tuple[int, list[int]]], pad_id: int, device):
+    """``(tokens, real)``: each pair's candidate ids right-padded to the longest, and which are real."""
     import torch
 
     width = max(len(tokens) for _, tokens in pairs)
-    if width == 1:
-        return [0.0] * len(pairs)
-    decoder, head = language_parts(model)
-    device = rows.valid.device
-    owners = torch.tensor([q for q, _ in pairs], device=device)
     tokens = torch.full((len(pairs), width), pad_id, dtype=torch.long, device=device)
     real = torch.zeros((len(pairs), width), dtype=torch.bool, device=device)
     for i, (_, cand) in enumerate(pairs):
         tokens[i, :len(cand)] = torch.tensor(cand, device=device)
         real[i, :len(cand)] = True
-    tail = rows.tail_width
+    return tokens, real
+
+
+def later_token_logprobs(logits, tokens, real) -> list[float]:
+    """Per row, the summed log-probabilities of its real tokens after the first (position j predicts j + 1)."""
+    logprobs = logits[:, :-1].float().log_softmax(-1)
+    return (logprobs.gather(-1, tokens[:, 1:, None])[..., 0] * real[:, 1:]).sum(-1).tolist()
+
+
+def candidate_tail_logprobs(model, cache_keyword: str, rows: EncodedRows, pairs: list[tuple[int, list[int]]],
+                            pad_id: int) -> list[float]:
+    """Sum of log-probs of each candidate's tokens after the first; ``pairs``: (question row, token ids)."""
+    import torch
+
+    if max(len(tokens) for _, tokens in pairs) == 1:
+        return [0.0] * len(pairs)
+    decoder, head = language_parts(model)
+    device = rows.valid.device
+    tokens, real = candidate_tokens(pairs, pad_id, device)
+    width, tail = tokens.shape[1], rows.tail_width
+    owners = torch.tensor([q for q, _ in pairs], device=device)
     cache = rows.cache.select(owners, tail + width)
     cache.start = tail
     valid = torch.cat([rows.valid[owners, :tail], real], dim=1)
@@ -174,6 +188,4 @@ def candidate_tail_logprobs(model, cache_keyword: str, rows: EncodedRows, pairs:
     with attention_swapped(decoder):
         hidden = run_rows(model, tokens, positions, cache, rows.groups.select([q for q, _ in pairs]),
                           valid[:, None, :] & causal, cache_keyword)
-    logprobs = head(hidden[:, :-1]).float().log_softmax(-1)  # position j predicts token j + 1
-    picked = logprobs.gather(-1, tokens[:, 1:, None])[..., 0] * real[:, 1:]
-    return picked.sum(-1).tolist()
+    return later_token_logprobs(head(hidden), tokens, real)

@@ -17,11 +17,13 @@ adapters): only the attention function and the cache are ours, through transform
 attention interface (``AttentionInterface.register``) and a cache object whose
 ``update`` writes into preallocated buffers (no per-step ``torch.cat``).
 
-Example (what :mod:`slakevqa.evaluation.engine` does)::
+Example (what :mod:`slakevqa.evaluation.row_decoding` does; the buffers come from
+:mod:`slakevqa.evaluation.packed_prefill`)::
 
-    >>> rows = RowCache.empty(model, n_rows=4, width=40 + 16)      # question tail + answer budget
-    >>> groups = ImageGroups.build([0, 0, 1, 1], prefix_cache)     # rows 0-1 ask about image 0
-    >>> hidden = run_rows(model, ids, positions, rows, groups, start=0, key_mask=mask)
+    >>> groups = ImageGroups.build([0, 0, 1], prefix_keys, prefix_values, "cuda")  # rows 0-1: image 0
+    >>> rows = RowCache(row_keys, row_values, start=40)        # per layer (3, kv, 40 + 16, d): tails + answer
+    >>> with attention_swapped(decoder):
+    ...     hidden = run_rows(model, ids, positions, rows, groups, key_mask, "cache")  # writes columns 40...
 """
 
 from __future__ import annotations
@@ -101,19 +103,6 @@ class RowCache:
     keys: list
     values: list
     start: object = 0
-
-    @staticmethod
-    def empty(model, n_rows: int, width: int) -> "RowCache":
-        import torch
-
-        decoder, _ = language_parts(model)
-        cfg = decoder.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        weight = decoder.embed_tokens.weight
-        shape = (n_rows, cfg.num_key_value_heads, width, head_dim)
-        layers = range(cfg.num_hidden_layers)
-        return RowCache([torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in layers],
-                        [torch.zeros(shape, dtype=weight.dtype, device=weight.device) for _ in layers])
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
         import torch
