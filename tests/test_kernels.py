@@ -141,3 +141,19 @@ def test_train_applies_and_records_the_levers(synth_root: Path, tmp_path: Path, 
     assert run_config["speed_levers"] == {"kernels": "plain", "compile_layers": True}
     assert run_config["config"]["kernels"] == "auto" and len(result.losses) == 2
     torch._dynamo.reset()
+
+
+def test_auto_stays_plain_under_fsdp_and_explicit_choices_pass_through() -> None:
+    """Liger inside FSDP-sharded layers never ran on a GPU here: ``auto`` keeps the plain kernels there."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from slakevqa.training.config import TrainConfig
+    from slakevqa.training.train import kernels_for
+
+    fsdp, ddp = SimpleNamespace(distributed_type=DistributedType.FSDP), SimpleNamespace(
+        distributed_type=DistributedType.MULTI_GPU)
+    assert kernels_for(TrainConfig(kernels="auto"), fsdp) == "plain"
+    assert kernels_for(TrainConfig(kernels="auto"), ddp) == "auto"
+    assert kernels_for(TrainConfig(kernels="liger"), fsdp) == "liger"

@@ -67,7 +67,8 @@ class TrainConfig:
     kernels: str = field(default="auto", metadata=_help(
         "the language model's RMSNorm, SwiGLU and RoPE: liger (Liger-Kernel's Triton kernels, CUDA, the gpu extra; "
         "LoRA steps 1.14x as fast at 7B, the same loss curve), plain (PyTorch's), or auto (liger where it runs, "
-        "else plain); see training/kernels.py", choices=("plain", "liger", "auto")))
+        "else plain; plain under FSDP, where Liger is untested); see training/kernels.py",
+        choices=("plain", "liger", "auto")))
     compile_layers: bool = field(default=False, metadata=_help(
         "experimental: torch.compile each decoder layer for the training steps (one graph for all layers); "
         "1.24x as fast at 7B with checkpointing, but its loss curve left the eager one after the first step "

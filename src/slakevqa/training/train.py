@@ -104,7 +104,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # after peft (Liger's SwiGLU calls peft's wrapped projections) and before DDP/FSDP wrap the model
-    speed, _ = apply_speed_levers(model, cfg.kernels, cfg.compile_layers, accelerator.device.type)
+    speed, _ = apply_speed_levers(model, kernels_for(cfg, accelerator), cfg.compile_layers, accelerator.device.type)
     counts = parameter_counts(model)
     features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator) else None
     encoder = ExampleEncoder(builder, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
@@ -340,6 +340,15 @@ def save_trained(model, processor, out: Path, base: str = "", state_dict: dict |
     if extra is not None:
         extra(stage)
     publish(stage, out)
+
+
+def kernels_for(cfg: TrainConfig, accelerator) -> str:
+    """``--kernels``, except that ``auto`` stays plain under FSDP: Liger inside sharded layers never ran on our GPUs
+    (an explicit ``--kernels liger`` is the user's choice)."""
+    if cfg.kernels == "auto" and is_fsdp(accelerator):
+        logging.getLogger(__name__).info("--kernels auto: plain kernels under FSDP (Liger is untested there)")
+        return "plain"
+    return cfg.kernels
 
 
 def check_fsdp_settings(cfg: TrainConfig) -> None:
