@@ -92,9 +92,9 @@ class Engine:
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
         prepared = [self.prepare(s) for s in samples]
         with attention_kernels(self.builder.settings.cudnn_attention):
-            # One prefill of each image's prefix for the whole batch, shared by CLOSED scoring and
-            # every budget group of OPEN generation (each used to prefill it again).
-            if self.on_rows(prepared):  # one packed forward for the batch's images and questions
+            # One encoding of each image's prefix for the whole batch, shared by CLOSED scoring and
+            # every budget group of OPEN generation: on rows, one packed forward of images and questions.
+            if self.on_rows(prepared):
                 return self._answer(prepared, self.encode_batch(prepared))
             shared = self.shared_prefix_length(prepared)
             return self._answer(prepared, self.prefill_images(prepared, shared) if shared else None)
@@ -169,8 +169,8 @@ class Engine:
             else {"do_sample": False}
         if self.on_rows(items):
             with torch.inference_mode():
-                rows = self.batch_rows(items, prefixes)
-                rows = rows[0].select(rows[1], max_new_tokens)
+                encoded, order = self.batch_rows(items, prefixes)
+                rows = encoded.select(order, max_new_tokens)
                 out = greedy_tokens(self.model, cache_argument(self.model), rows, max_new_tokens,
                                     self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.cuda_graphs)
             return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out.tolist()]
