@@ -154,11 +154,15 @@ def clear_eval_outputs(out: Path) -> None:
 def answer_order(samples: list[VQASample], settings: GenerationSettings) -> list[VQASample]:
     """The order questions are answered in (the file is rewritten in qid order at the end).
 
-    By token budget first: the few abnormality questions (48 tokens; 41 OPEN in the English
-    test split) then fill batches of their own instead of holding a 48-step decode in every
-    batch. Then by image (SLAKE asks ~11 questions per image), so batches share prefixes.
+    Image by image (SLAKE asks ~11 questions per image), so a batch's packed forward holds each
+    image's prefix once; the images that hold a long-budget question (the 48-token abnormality
+    questions, on 41 of the English test split's 96 images) first, so the few rows that decode
+    48 steps fall into the first batches only. Ordering by budget first instead kept 48-step
+    decodes out of most batches, but brought those 41 images back for a second prefill: on the
+    7B shape at batch 256, 115 q/s against 93 (benchmarks/RESULTS.md, issue 15).
     """
-    return sorted(samples, key=lambda s: (settings.budget(s), s.image_key, s.qid))
+    long = {s.image_key for s in samples if settings.budget(s) > settings.max_new_tokens_open_default}
+    return sorted(samples, key=lambda s: (s.image_key not in long, s.image_key, settings.budget(s), s.qid))
 
 
 def shard_by_image(samples: list[VQASample], rank: int, world: int) -> list[VQASample]:
