@@ -5,7 +5,7 @@
     PYTHONPATH=src python benchmarks/eval_stages.py --tiny --slake_root DIR     # CPU smoke test
 
 The English test split is answered by one :class:`~slakevqa.evaluation.engine.Engine`
-in ``slakevqa eval``'s order (by token budget, then by image), once per setting of
+in ``slakevqa eval``'s order (image by image, images with a long-budget question first), once per setting of
 ``--settings``, in that order: ``rows`` (the default since issue 15: each image's prefix
 prefilled once and read in place by every question's row, :mod:`slakevqa.evaluation.row_decoding`),
 ``share`` (the path before it: the prefix prefilled once, then copied into one cache row per
@@ -14,7 +14,9 @@ rows without CUDA graphs; ``+cudnn``: sdpa may pick cuDNN attention (:mod:`slake
 ``+trained``: each OPEN row stops after its gold answer's tokens + 1, what a fine-tuned model
 costs (eval_throughput.py's ``trained_lengths``; its answers are not compared); ``+liger``:
 Liger's RMSNorm, SwiGLU and RoPE in the model for that setting (CUDA, liger-kernel installed);
-``+imageorder``: batches follow :func:`image_first_order` instead of ``slakevqa eval``'s order.
+``+budgetorder``: batches follow :func:`budget_first_order` (``slakevqa eval``'s order before
+issue 15) instead; ``+dense``: the packed forward's attention is sdpa over the dense segment mask
+(``--no-varlen_attention``) instead of flash attention's variable-length kernel.
 Every setting's answers are compared with the first setting's, per question type. Pixels are
 preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
 are also answered one at a time (eval_throughput.py's per-question loop), the reference
@@ -80,10 +82,11 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     engine.prefix_attention, engine.cuda_graphs = parts[0] == "rows", "eager" not in parts
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    engine.builder = replace(engine.builder, settings=replace(engine.builder.settings, cudnn_attention=cudnn))
+    engine.builder = replace(engine.builder, settings=replace(engine.builder.settings, cudnn_attention=cudnn,
+                                                              varlen_attention="dense" not in parts))
     lengths = trained_lengths(engine) if "trained" in parts else contextlib.nullcontext()
     undo_liger = liger_kernels(engine.model) if "liger" in parts else (lambda: None)
-    order = image_first_order(samples, engine.settings) if "imageorder" in parts else samples
+    order = budget_first_order(samples, engine.settings) if "budgetorder" in parts else samples
     with lengths:
         for name in STAGES:
             timing(engine, name, times)
@@ -103,25 +106,21 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
             **{k: round(v, 2) for k, v in times.items()}, "answers": answers}
 
 
-def image_first_order(samples, settings) -> list:
-    """Every image's questions together, the images that hold a long-budget question first.
+def budget_first_order(samples, settings) -> list:
+    """``slakevqa eval``'s order before issue 15: by token budget, then image.
 
-    ``slakevqa eval``'s order (budget first, then image) was chosen when a decoding step cost ~100 ms:
-    the 41 abnormality questions then fill a batch of their own, and their 41 images are prefilled a
-    second time. With rows and CUDA graphs a step costs ~10-17 ms, so this order trades one more
-    48-token group for those prefills: on the English test split at batch 256, 99 image prefills
-    instead of 166 (-39k prefix tokens of the packed forwards' ~141k) and three 48-budget groups
-    (18, 7, 16 rows) instead of two (25, 16).
+    Chosen when a decoding step cost ~100 ms: the 41 abnormality questions fill a batch of their own,
+    but their 41 images are prefilled a second time (166 image prefills for 96 images at batch 256,
+    against 99 in today's image-first order, evaluation/evaluate.py's ``answer_order``).
     """
-    long = {s.image_key for s in samples if settings.budget(s) > settings.max_new_tokens_open_default}
-    return sorted(samples, key=lambda s: (s.image_key not in long, s.image_key, settings.budget(s), s.qid))
+    return sorted(samples, key=lambda s: (settings.budget(s), s.image_key, s.qid))
 
 
 def liger_kernels(model):
     """Liger's RMSNorm, SwiGLU and RoPE in the model (training's ``--kernels liger``); returns the undo.
 
-    Benchmark only so far: ``slakevqa eval`` runs the plain modules until this is measured
-    (issue 15's next lever: the evaluation forward's elementwise work)."""
+    Benchmark only: measured in evaluation it was slower (67.7 q/s against 93.1 at batch 256 on the
+    H200, benchmarks/RESULTS.md), so ``slakevqa eval`` runs the plain modules."""
     from slakevqa.training.kernels import apply_liger, resolve_kernels
 
     resolve_kernels("liger", model, next(model.parameters()).device.type)  # a clear error where it cannot run

@@ -22,7 +22,10 @@ split's real questions, prompts and images, batches of ``--batch_size`` question
 * ``+ckpt2``: gradient checkpointing on every second decoder layer of the language model only
   (less recompute, more memory); ``+liger``: Liger's RMSNorm/SwiGLU/RoPE kernels; ``+compile``:
   each decoder layer compiled (both from ``slakevqa.training.kernels``, as ``--kernels liger``
-  and ``--compile_layers`` train).
+  and ``--compile_layers`` train); ``+varlen``: packed rows' attention through flash attention's
+  variable-length kernel (``slakevqa.segment_attention``, ``--varlen_attention``, the default of
+  ``slakevqa train``) instead of sdpa over the dense segment mask; ``+keepN`` (with ``+ckpt``):
+  the last N decoder layers keep their activations (no recompute), the others are checkpointed.
 
 Every mode starts from the same weights (the trainable ones are restored and the RNG reseeded,
 a new optimiser each time) and records every step's loss (``losses``, warmup included), so
@@ -50,7 +53,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 PEAK_TFLOPS = 989.0
-SUFFIXES = {"ckpt", "ckpt2", "peftcast", "cudnn", "liger", "compile"}
+SUFFIXES = {"ckpt", "ckpt2", "peftcast", "cudnn", "liger", "compile", "varlen", "keepN"}
+
+
+def suffix_kind(part: str) -> str:
+    """``keep8`` -> ``keepN``; other suffixes are themselves."""
+    return "keepN" if part.startswith("keep") and part[4:].isdigit() else part
 
 
 def build(tiny: bool, device: str):
@@ -97,40 +105,43 @@ def profile_steps(step, steps: int = 2) -> str:
     return table
 
 
-def checkpointing(model, every: int) -> None:
-    """Gradient checkpointing on every ``every``-th decoder layer of the language model (0: none)."""
+def checkpointing(model, every: int, keep: int = 0) -> None:
+    """Gradient checkpointing on every ``every``-th decoder layer of the language model (0: none), but not on
+    the last ``keep`` layers."""
     from slakevqa.training.kernels import language_model
 
     if not every:
         model.gradient_checkpointing_disable()
         return
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    for index, layer in enumerate(language_model(model).layers):  # read at each call (transformers 5.17 and 5.24)
-        layer.gradient_checkpointing = index % every == 0
+    layers = language_model(model).layers
+    for index, layer in enumerate(layers):  # read at each call (transformers 5.17 and 5.24)
+        layer.gradient_checkpointing = index % every == 0 and index < len(layers) - keep
 
 
 def run_mode(model, processor, samples, builder, args, packed: bool, ckpt_every: int, peft_cast: bool,
-             cudnn: bool, liger: bool = False, compile: bool = False) -> dict:
+             cudnn: bool, liger: bool = False, compile: bool = False, varlen: bool = False, keep: int = 0) -> dict:
     """Train ``args.warmup + args.steps`` steps in one mode; the levers it applies are undone on the way out."""
     from slakevqa.training.kernels import apply_speed_levers
 
     device = next(model.parameters()).device
     levers, undo = apply_speed_levers(model, "liger" if liger else "plain", compile, device.type)
     try:
-        return {**train_steps(model, processor, samples, builder, args, packed, ckpt_every, peft_cast, cudnn),
-                "levers": levers}
+        return {**train_steps(model, processor, samples, builder, args, packed, ckpt_every, peft_cast, cudnn,
+                              varlen, keep), "levers": levers}
     finally:
         undo()
 
 
 def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_every: int, peft_cast: bool,
-                cudnn: bool) -> dict:
+                cudnn: bool, varlen: bool = False, keep: int = 0) -> dict:
     import contextlib
 
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from slakevqa.attention import attention_kernels
+    from slakevqa.segment_attention import segments_attended
     from slakevqa.training.precision import adapter_layers
 
     from slakevqa.training.examples import ExampleEncoder
@@ -140,7 +151,7 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
     from slakevqa.training.train import image_group_ids
 
     device = next(model.parameters()).device
-    checkpointing(model, ckpt_every)
+    checkpointing(model, ckpt_every, keep)
     for module in model.modules():
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = True
@@ -168,7 +179,8 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
         batch, _ = encoder.batch([samples[i] for i in rows])
         new_images = (len(features.cache) - cached_before) if features else batch["pixel_values"].shape[0]
         batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast, attention_kernels(cudnn):  # backward too: checkpointing recomputes attention there
+        # backward too: checkpointing recomputes attention there
+        with autocast, attention_kernels(cudnn), segments_attended(model, varlen):
             loss = answer_loss(model, batch).loss
             loss.backward()
         if timed:  # every step of the mode, warmup included (not the profiled ones); read after the step's sync
@@ -206,9 +218,10 @@ def mode_name(parts: list[str]) -> str:
     """The mode as results name it: ``naive`` always casts like peft and may use cuDNN, so those go unsaid."""
     packed = parts[0] == "packed"
     ckpt = "+ckpt2" if "ckpt2" in parts else "+ckpt" if "ckpt" in parts else ""
-    return (("packed" if packed else "naive") + ckpt + ("+peftcast" if packed and "peftcast" in parts else "")
+    keep = "".join(f"+{p}" for p in parts if suffix_kind(p) == "keepN")
+    return (("packed" if packed else "naive") + ckpt + keep + ("+peftcast" if packed and "peftcast" in parts else "")
             + ("+cudnn" if packed and "cudnn" in parts else "") + ("+liger" if "liger" in parts else "")
-            + ("+compile" if "compile" in parts else ""))
+            + ("+compile" if "compile" in parts else "") + ("+varlen" if "varlen" in parts else ""))
 
 
 def trainable_snapshot(model) -> dict:
@@ -263,7 +276,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    unknown = {part for mode in args.modes.split(",") for part in mode.partition("@")[0].split("+")[1:]} - SUFFIXES
+    unknown = {suffix_kind(part) for mode in args.modes.split(",") for part in mode.partition("@")[0].split("+")[1:]}
+    unknown -= SUFFIXES
     if unknown:
         parser.error(f"--modes: unknown suffix {', '.join(sorted(unknown))}; known: {', '.join(sorted(SUFFIXES))}")
 
@@ -286,7 +300,8 @@ def main() -> None:
             result = run_mode(model, processor, samples, builder, args, packed=packed,
                               ckpt_every=2 if "ckpt2" in parts else 1 if "ckpt" in parts else 0,
                               peft_cast=not packed or "peftcast" in parts, cudnn=not packed or "cudnn" in parts,
-                              liger="liger" in parts, compile="compile" in parts)
+                              liger="liger" in parts, compile="compile" in parts, varlen="varlen" in parts,
+                              keep=sum(int(p[4:]) for p in parts if suffix_kind(p) == "keepN"))
         except Exception as error:  # one failing lever (a Triton or compile error, out of memory) skips its mode only
             traceback.print_exc()
             result = {"batch": args.batch_size, "error": f"{type(error).__name__}: {error}"[:2000]}

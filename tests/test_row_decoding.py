@@ -13,6 +13,7 @@ from slakevqa.evaluation.engine import Engine, cache_argument
 from slakevqa.evaluation.row_decoding import greedy_tokens
 from slakevqa.evaluation.shared_prefix import ATTENTION_NAME, language_parts, supports_shared_prefix
 from slakevqa.inputs import InputBuilder
+from slakevqa.segment_attention import ATTENTION_NAME as SEGMENTS
 from slakevqa.vocab import build_closed_vocab
 
 
@@ -38,8 +39,8 @@ def test_answers_and_scores_equal_the_repeated_prefix_path(answered) -> None:
         lambda module, *_: calls.append(module.config._attn_implementation))
     after = engine.answer(samples)
     hook.remove()
-    # the images' prefill is the model's own forward; every call after it ran on the rows
-    assert calls[0] == "sdpa" and set(calls[1:]) == {ATTENTION_NAME} and len(calls) > 3
+    # the images' prefill is the model's own forward (packed rows' attention); every call after it ran on the rows
+    assert calls[0] == SEGMENTS and set(calls[1:]) == {ATTENTION_NAME} and len(calls) > 3
     assert engine.model.config.text_config._attn_implementation == "sdpa"  # and the model is left as it was
     assert {p.route for p in after} >= {"open", "yesno"}
     for a, b in zip(after, before):

@@ -39,6 +39,9 @@ class InputSettings:
         "knowledge-based questions)", choices=TRIPLES_MODES))
     cudnn_attention: bool = field(default=False, metadata=_help(
         "let PyTorch use cuDNN attention (it builds a graph per new shape: slow when shapes change every call)"))
+    varlen_attention: bool = field(default=True, metadata=_help(
+        "packed rows (an image prefix, then its questions) attend through flash attention's variable-length "
+        "kernel, each question's keys only (CUDA, bf16/fp16); off: sdpa over the dense segment mask"))
 
     def __post_init__(self) -> None:
         from slakevqa.prompts import get_prompt_style

@@ -164,6 +164,7 @@ NEUTRAL_FIELDS: dict[str, str] = {
     "prefix_attention": "the same answers, the image prefix read in place (tests assert equality with generate)",
     "cuda_graphs": "the same decoding steps, replayed (a GPU test asserts equality)",
     "cudnn_attention": "an attention kernel choice, like the device",
+    "varlen_attention": "an attention kernel choice over the same keys (the same math up to rounding)",
     "check_batch_invariance": "an extra check after answering; the answers are not changed",
     "device": "where it runs; dtype is recorded",
     "report": "report.md/html are written from the results",

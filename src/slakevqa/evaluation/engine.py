@@ -34,6 +34,7 @@ from slakevqa.evaluation.shared_prefix import supports_shared_prefix
 from slakevqa.inputs import InputBuilder, SampleView
 from slakevqa.prompts import IMAGE_TOKEN
 from slakevqa.records import Prediction, VQASample
+from slakevqa.segment_attention import segments_attended
 from slakevqa.training.packing import image_groups
 from slakevqa.vocab import candidate_variants
 
@@ -262,7 +263,8 @@ class Engine:
         import torch
 
         groups = image_groups([id(p.pixel_values) for p in items])
-        with torch.inference_mode():  # no autograd graph: at 7B a batch's activations would fill the card
+        with torch.inference_mode(), segments_attended(self.model, self.builder.settings.varlen_attention):
+            # no autograd graph: at 7B a batch's activations would fill the card
             rows = encode_packed(self.model, cache_argument(self.model), [p.prompt_ids for p in items], groups,
                                  self.pixels([items[g[0]] for g in groups]), self.shared_prefix_length(items),
                                  self.tokenizer.pad_token_id)

@@ -57,9 +57,8 @@ def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: l
             column += int(lengths[j])
     last = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
     last[image_of, start + lengths - 1] = True  # the column predicting each prompt's first answer token
-    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
-              "attention_mask": batch["attention_mask"]}
-    inputs = {k: v.to(device) for k, v in inputs.items()}
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "position_ids", "attention_mask", "segment_layout")
+              if k in batch}  # the layout serves inside segments_attended (slakevqa.segment_attention)
     if MASK_SLICING:  # logits at the marked columns only, row-major
         keep = last.to(device)
     else:  # the union of those columns, each row then picks its own

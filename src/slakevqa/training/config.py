@@ -256,6 +256,7 @@ NEUTRAL_FIELDS: dict[str, str] = {
     "max_steps": "as num_epochs",
     "gradient_checkpointing": "recomputes activations (RNG state preserved): the same step, less memory",
     "cudnn_attention": "an attention kernel choice, like the device",
+    "varlen_attention": "an attention kernel choice over the same keys (the same math up to rounding)",
     "kernels": "a kernel choice, like the device (the same math up to rounding)",
     "compile_layers": "compiled kernels for the same layers, like the device (the same math up to rounding)",
     "cache_image_features": "reuses the frozen tower's own outputs: the same features",

@@ -136,7 +136,7 @@ def packed_loss(model: torch.nn.Module, batch: dict, mc_weight: float) -> tuple[
     from slakevqa.training.choice import choice_loss, needed_positions
 
     need = needed_positions(batch)
-    inputs = model_inputs(model, {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids",
+    inputs = model_inputs(model, {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "segment_layout",
                                                       "pixel_values", "image_features") if k in batch})
     logprobs = logits_where(model, inputs, need).float().log_softmax(-1)
     lookup = torch.full(need.shape, -1, dtype=torch.long, device=need.device)

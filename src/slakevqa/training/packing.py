@@ -43,8 +43,11 @@ def segment_mask(segments: list[int], width: int):
 
 
 def segment_batch(rows: list[Row], pad_id: int) -> dict:
-    """Right-padded ``input_ids``, ``labels``, ``position_ids`` and the ``(R, 1, T, T)`` segment ``attention_mask``."""
+    """Right-padded ``input_ids``, ``labels``, ``position_ids``, the ``(R, 1, T, T)`` segment ``attention_mask``
+    and its ``segment_layout`` (the same visibility as flash attention's sequences: slakevqa.segment_attention)."""
     import torch
+
+    from slakevqa.segment_attention import SegmentLayout
 
     width = max(len(r[0]) for r in rows)
     batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
@@ -55,6 +58,9 @@ def segment_batch(rows: list[Row], pad_id: int) -> dict:
         batch["input_ids"][i, :n], batch["labels"][i, :n] = torch.tensor(tokens), torch.tensor(labels)
         batch["position_ids"][i, :n] = torch.tensor(positions)
     batch["attention_mask"] = torch.stack([segment_mask(r[3], width) for r in rows])[:, None]
+    layout = SegmentLayout.build([r[3] for r in rows], width)
+    if layout is not None:
+        batch["segment_layout"] = layout
     return batch
 
 

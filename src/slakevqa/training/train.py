@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from slakevqa.attention import attention_kernels
+from slakevqa.segment_attention import segments_attended
 from slakevqa.config import config_to_dict
 from slakevqa.data.slake import find_layout, load_split, load_training_split
 from slakevqa.distributed import global_token_mean, is_fsdp, use_cpu
@@ -105,6 +106,9 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # after peft (Liger's SwiGLU calls peft's wrapped projections) and before DDP/FSDP wrap the model
     speed, _ = apply_speed_levers(model, kernels_for(cfg, accelerator), cfg.compile_layers, accelerator.device.type)
+    # packed rows' flash varlen attention (a keyword the compiled layers would guard and recompile on)
+    varlen = cfg.inputs.varlen_attention and not cfg.compile_layers
+    speed["varlen_attention"] = varlen and accelerator.device.type == "cuda"
     counts = parameter_counts(model)
     features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator) else None
     encoder = ExampleEncoder(builder, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
@@ -142,7 +146,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast(), adapters_under_autocast(autocast_adapters), \
-                    attention_kernels(cfg.inputs.cudnn_attention), out_of_memory_advice(cfg, step + 1):
+                    attention_kernels(cfg.inputs.cudnn_attention), segments_attended(model, varlen), \
+                    out_of_memory_advice(cfg, step + 1):
                 if cfg.closed_train_objective == "sft":
                     loss, tokens, row_losses = answer_loss(model, batch)
                 else:

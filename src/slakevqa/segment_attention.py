@@ -1,0 +1,218 @@
+"""Packed rows' attention through flash attention's variable-length kernel, not a dense 4-D mask.
+
+A packed row (training/packing.py, evaluation/packed_prefill.py) holds an image prefix and then
+one segment per question; a segment sees the prefix and, causally, itself. Cut into sequences::
+
+    row        <s> [INST] <image>x576 | \\n q1 [/INST] a1 </s> | \\n q2 [/INST] a2 </s> | pad
+    sequence 0 queries = keys = the prefix
+    sequence 1                          queries q1..    keys = prefix + q1..
+    sequence 2                                                   queries q2..  keys = prefix + q2..
+
+Flash attention takes such sequences back to back (``cu_seqlens``), and with ``is_causal`` a
+query sees the keys up to its own place counted from the *end* of its sequence's keys, which
+is exactly "the whole prefix, then itself causally". With the dense ``(R, 1, T, T)`` mask sdpa
+has to use its memory-efficient kernel and compute every (query, key) pair of the row, masked
+or not: at the 7B shape it was 25% of a LoRA training step's GPU time (benchmarks/RESULTS.md).
+The price of this layout is one gather per layer: each segment's keys are copied next to a copy
+of its prefix's (~150 MB a layer at batch 64; the gradients flow back through the gather).
+
+:func:`segment_attention` is registered with transformers' ``AttentionInterface`` and swapped
+into the language model's config inside :func:`segments_attended`; the layout reaches it as the
+forward's ``segment_layout`` keyword (transformers passes unknown keywords down to attention,
+and gradient checkpointing keeps them for the recomputation). Wherever the layout or the kernel
+cannot serve (CPU, fp32 without autocast, a cache with earlier columns, no layout given) the same
+call runs transformers' sdpa with the dense mask, which every packed batch still carries.
+
+    >>> SegmentLayout.build([[0, 0, 0, 1, 1, 2, -1]], width=7).sequences()
+    [((0, 3), [(0, 3)]), ((3, 5), [(0, 5)]), ((5, 6), [(0, 3), (5, 6)])]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+
+ATTENTION_NAME = "slakevqa_segments"
+HALF = ("float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """Where each sequence's queries and keys lie in the ``(rows, width)`` packed batch.
+
+    ``q_rows``/``q_cols`` list every query token, sequence after sequence (``cu_q`` marks the
+    boundaries); ``k_rows``/``k_cols`` the keys each sequence sees (``cu_k``), a prefix repeated
+    for each of its segments.
+    """
+
+    q_rows: object
+    q_cols: object
+    k_rows: object
+    k_cols: object
+    cu_q: object  # int32 (sequences + 1,)
+    cu_k: object
+    max_q: int
+    max_k: int
+    width: int
+
+    @staticmethod
+    def build(segments: list[list[int]], width: int) -> "SegmentLayout | None":
+        """The layout of right-padded rows of segment ids (0 the prefix, k > 0 a segment, -1 padding).
+
+        None when a row is not "prefix first, each segment in one piece, padding last": then the
+        dense mask serves (no builder of ours makes such rows).
+        """
+        import torch
+
+        spans = [row_spans(row) for row in segments]
+        if any(s is None for s in spans):
+            return None
+        q_rows, q_cols, k_rows, k_cols, q_lengths, k_lengths = [], [], [], [], [], []
+        for r, (prefix, pieces) in enumerate(spans):
+            for queries, keys in ([(prefix, [prefix])] if prefix[1] else []) + [(p, [prefix, p]) for p in pieces]:
+                q_cols.append(torch.arange(*queries))
+                k_cols.extend(torch.arange(*k) for k in keys)
+                q_lengths.append(queries[1] - queries[0])
+                k_lengths.append(sum(b - a for a, b in keys))
+                q_rows.append(torch.full((q_lengths[-1],), r))
+                k_rows.append(torch.full((k_lengths[-1],), r))
+        if not q_lengths:
+            return None
+
+        def cumulative(lengths):
+            return torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+
+        return SegmentLayout(torch.cat(q_rows), torch.cat(q_cols), torch.cat(k_rows), torch.cat(k_cols),
+                             cumulative(q_lengths), cumulative(k_lengths), max(q_lengths), max(k_lengths), width)
+
+    def to(self, device) -> "SegmentLayout":
+        """On ``device`` (``batch = {k: v.to(device) ...}`` moves it with the tensors)."""
+        return replace(self, **{name: getattr(self, name).to(device)
+                                for name in ("q_rows", "q_cols", "k_rows", "k_cols", "cu_q", "cu_k")})
+
+    def sequences(self) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
+        """Each sequence's query columns and key column runs (for reading and tests; one row only)."""
+        out = []
+        for s in range(len(self.cu_q) - 1):
+            q = self.q_cols[int(self.cu_q[s]):int(self.cu_q[s + 1])].tolist()
+            k = self.k_cols[int(self.cu_k[s]):int(self.cu_k[s + 1])].tolist()
+            out.append(((q[0], q[-1] + 1), runs(k)))
+        return out
+
+
+def row_spans(row: list[int]) -> tuple[tuple[int, int], list[tuple[int, int]]] | None:
+    """``((0, P), [(start, end) per segment])`` of one row, or None if it is not prefix-segments-padding.
+
+    >>> row_spans([0, 0, 1, 1, 2, -1])
+    ((0, 2), [(2, 4), (4, 5)])
+    >>> row_spans([0, 1, 2, 1]) is None  # segment 1 in two pieces
+    True
+    """
+    n, prefix = len(row), 0
+    while prefix < n and row[prefix] == 0:
+        prefix += 1
+    pieces, seen, i = [], set(), prefix
+    while i < n:
+        j = i
+        while j < n and row[j] == row[i]:
+            j += 1
+        if row[i] == -1:
+            if j != n:
+                return None  # padding before a segment
+        elif row[i] == 0 or row[i] in seen:
+            return None  # a prefix token after a segment, or a segment in two pieces
+        else:
+            seen.add(row[i])
+            pieces.append((i, j))
+        i = j
+    return (0, prefix), pieces
+
+
+def runs(columns: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of ``columns`` as ``(start, end)``: ``[0, 1, 2, 5, 6] -> [(0, 3), (5, 7)]``."""
+    out: list[tuple[int, int]] = []
+    for c in columns:
+        if out and out[-1][1] == c:
+            out[-1] = (out[-1][0], c + 1)
+        else:
+            out.append((c, c + 1))
+    return out
+
+
+def varlen_kernel(query, dtype):
+    """The flash variable-length kernel if it can run ``query`` in ``dtype`` here, else None."""
+    import torch
+
+    if not query.is_cuda or str(dtype).removeprefix("torch.") not in HALF or query.shape[-1] % 8 \
+            or query.shape[-1] > 256 or torch.cuda.get_device_capability(query.device) < (8, 0):
+        return None
+
+    def flash(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+        # aten's op (what sdpa's flash backend and torch.nn.attention.varlen call) is the same on torch 2.11
+        # and 2.13, and carries its own backward; it takes fewer key heads than query heads (GQA) as they are
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False,
+                                                       scale=scale)[0]
+
+    return flash
+
+
+def compute_dtype(query):
+    """The dtype sdpa would compute in: autocast's inside an autocast region, else the query's."""
+    import torch
+
+    device = query.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+
+
+def segment_attention(module, query, key, value, attention_mask, scaling: float | None = None, dropout: float = 0.0,
+                      segment_layout: SegmentLayout | None = None, **kwargs):
+    """transformers' attention signature: ``query`` ``(R, H, T, d)``, ``key``/``value`` ``(R, kv, T, d)``.
+
+    Returns ``((R, T, H, d), None)``; padding tokens' outputs are zeros (no query ever reads them).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    layout, dtype = segment_layout, compute_dtype(query)
+    window = getattr(module, "sliding_window", None) or kwargs.get("sliding_window")
+    usable = (layout is not None and query.shape[2] == key.shape[2] == layout.width and dropout == 0.0
+              and (window is None or window >= layout.max_k))
+    kernel = varlen_kernel(query, dtype) if usable else None
+    if kernel is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    rows, heads, width, dim = query.shape
+    q = query.transpose(1, 2)[layout.q_rows, layout.q_cols].to(dtype)  # (tokens, H, d), one copy
+    k = key.transpose(1, 2)[layout.k_rows, layout.k_cols].to(dtype)    # (keys, kv, d)
+    v = value.transpose(1, 2)[layout.k_rows, layout.k_cols].to(dtype)
+    out = kernel(q, k, v, layout.cu_q, layout.cu_k, layout.max_q, layout.max_k, scaling or dim ** -0.5)
+    full = out.new_zeros((rows, width, heads, dim))
+    full[layout.q_rows, layout.q_cols] = out
+    return full, None
+
+
+@contextlib.contextmanager
+def segments_attended(model, enabled: bool = True):
+    """Inside the block (forward and backward both), the language model's attention is :func:`segment_attention`.
+
+    The name lives only in the config's in-memory ``_attn_implementation`` (never saved: transformers
+    drops it from ``config.json``), and is put back after the block.
+    """
+    if not enabled:
+        yield
+        return
+    from transformers import AttentionInterface
+
+    from slakevqa.training.image_features import llava_core
+
+    decoder = getattr(llava_core(model), "language_model", None)
+    if decoder is None:  # not a LLaVA layout: its own attention, dense mask
+        yield
+        return
+    AttentionInterface.register(ATTENTION_NAME, segment_attention)
+    config = decoder.config
+    before = config._attn_implementation
+    config._attn_implementation = ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = before

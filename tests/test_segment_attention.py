@@ -1,0 +1,173 @@
+"""Packed rows through flash attention's variable-length layout (slakevqa.segment_attention, issue 15).
+
+The CUDA kernel cannot run here, so the layout, gathers, scatter, keyword plumbing (LLaVA, peft,
+gradient checkpointing) and the swap are checked with a reference kernel of the same contract
+(sequences back to back, causal aligned at the end of each sequence's keys) against the dense
+segment mask; the real kernel against the reference runs where CUDA is.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import slakevqa.segment_attention as segment_module
+from slakevqa.data.slake import find_layout, load_split
+from slakevqa.input_settings import InputSettings
+from slakevqa.inputs import InputBuilder
+from slakevqa.segment_attention import SegmentLayout, row_spans, segments_attended, varlen_kernel
+from slakevqa.training.examples import ExampleEncoder
+from slakevqa.training.loss import answer_loss, packed_loss
+from slakevqa.training.packing import segment_mask
+from slakevqa.training.params import configure_trainable
+from slakevqa.vocab import build_closed_vocab
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    """The flash kernel's contract in plain PyTorch: per sequence, causal aligned at the keys' end, GQA."""
+    out = []
+    for s in range(len(cu_q) - 1):
+        qs, ks, vs = (t[int(c[s]):int(c[s + 1])].transpose(0, 1) for t, c in ((q, cu_q), (k, cu_k), (v, cu_k)))
+        ks, vs = (t.repeat_interleave(qs.shape[0] // t.shape[0], dim=0) for t in (ks, vs))
+        visible = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool).tril(ks.shape[1] - qs.shape[1])
+        out.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible, scale=scale).transpose(0, 1))
+    assert max_q == max(int(cu_q[i + 1] - cu_q[i]) for i in range(len(cu_q) - 1))
+    return torch.cat(out)
+
+
+@pytest.fixture
+def reference_kernel(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The reference kernel wherever the flash one would run; returns the list of its calls' sequence counts."""
+    calls: list[int] = []
+
+    def kernel(query, dtype):
+        def run(q, k, v, cu_q, *rest):
+            calls.append(len(cu_q) - 1)
+            return reference_varlen(q, k, v, cu_q, *rest)
+        return run
+
+    monkeypatch.setattr(segment_module, "varlen_kernel", kernel)
+    return calls
+
+
+def visibility(layout: SegmentLayout) -> torch.Tensor:
+    """The ``(width, width)`` mask the layout's sequences mean, for a one-row layout."""
+    seen = torch.zeros(layout.width, layout.width, dtype=torch.bool)
+    for s in range(len(layout.cu_q) - 1):
+        queries = layout.q_cols[layout.cu_q[s]:layout.cu_q[s + 1]]
+        keys = layout.k_cols[layout.cu_k[s]:layout.cu_k[s + 1]]
+        for i, query in enumerate(queries):
+            seen[query, keys[:len(keys) - len(queries) + i + 1]] = True
+    return seen
+
+
+def test_layout_sees_exactly_what_the_segment_mask_sees() -> None:
+    rng = random.Random(0)
+    for _ in range(50):
+        row = [0] * rng.randint(0, 6)
+        for segment in range(1, rng.randint(1, 5)):
+            row += [segment] * rng.randint(1, 4)
+        width = len(row) + rng.randint(0, 3)
+        layout = SegmentLayout.build([row], width)
+        real = torch.tensor([True] * len(row) + [False] * (width - len(row)))
+        expected = segment_mask(row, width) & real[:, None] & real[None, :]
+        assert torch.equal(visibility(layout), expected), row
+        assert layout.max_q == max(len(range(*p)) for p in [row_spans(row)[0], *row_spans(row)[1]] if p[1] > p[0])
+
+
+@pytest.mark.parametrize("row", [[0, 1, 2, 1], [0, 1, -1, 2], [1, 0, 0]], ids=["split", "pad-inside", "prefix-late"])
+def test_rows_of_other_shapes_have_no_layout(row: list[int]) -> None:
+    assert SegmentLayout.build([[0, 0, 1], row], len(row) + 1) is None
+
+
+def encoder_and_samples(root: Path, processor, objective: str = "sft", pack: bool = True):
+    builder = InputBuilder.create(find_layout(root), build_closed_vocab(load_split(root, "train")))
+    samples = sorted(load_split(root, "train"), key=lambda s: (s.image_key, s.qid))[:14]
+    return ExampleEncoder(builder, processor, 512, 64, objective, pack=pack), samples
+
+
+def loss_and_grads(model, batch: dict, loss) -> tuple[float, dict]:
+    model.zero_grad(set_to_none=True)
+    value = loss(model, batch)
+    value.backward()
+    return float(value.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("objective", ["sft", "hybrid"], ids=["packed-by-image", "choice-segments"])
+def test_varlen_layout_gives_the_dense_masks_loss_and_gradients(synth_root: Path, tiny_model, reference_kernel,
+                                                                 objective: str) -> None:
+    model, processor = tiny_model
+    model = configure_trainable(model, use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    encoder, samples = encoder_and_samples(synth_root, processor, objective, pack=objective == "sft")
+    batch, _ = encoder.batch(samples)
+    assert "segment_layout" in batch
+    if objective == "sft":
+        def loss(m, b):
+            return answer_loss(m, b).loss
+    else:
+        def loss(m, b):
+            return packed_loss(m, b, mc_weight=1.0)[0].loss
+    dense = loss_and_grads(model, batch, loss)
+    assert not reference_kernel  # outside the block: sdpa with the mask
+    with segments_attended(model):
+        varlen = loss_and_grads(model, batch, loss)
+    layers = model.config.text_config.num_hidden_layers
+    assert len(reference_kernel) == 2 * layers  # forward, and again in the checkpointed backward
+    assert model.config.text_config._attn_implementation == "sdpa"  # put back
+    assert varlen[0] == pytest.approx(dense[0], abs=1e-5)
+    assert dense[1].keys() == varlen[1].keys() and any("lora_A" in n for n in dense[1])
+    for name in dense[1]:
+        torch.testing.assert_close(varlen[1][name], dense[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_cpu_takes_the_dense_mask(synth_root: Path, tiny_model) -> None:
+    model, processor = tiny_model
+    encoder, samples = encoder_and_samples(synth_root, processor)
+    batch, _ = encoder.batch(samples)
+    assert varlen_kernel(torch.zeros(1, 2, 3, 8), torch.bfloat16) is None  # CPU: no flash kernel
+    with torch.no_grad():
+        dense = answer_loss(model, batch).loss
+        with segments_attended(model):
+            inside = answer_loss(model, batch).loss
+    assert float(inside) == float(dense)
+
+
+def test_evaluation_answers_equal_with_the_varlen_layout(synth_root: Path, reference_kernel) -> None:
+    from dataclasses import replace
+
+    from slakevqa.evaluation.engine import Engine
+    from slakevqa.models.tiny import build_tiny_llava
+
+    model, processor = build_tiny_llava("bpe", seed=0)
+    builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")))
+    samples = load_split(synth_root, "test")[:24]
+    off = Engine(model, processor, replace(builder, settings=InputSettings(varlen_attention=False))).answer(samples)
+    assert not reference_kernel
+    on = Engine(model, processor, builder).answer(samples)
+    assert reference_kernel  # the packed forward ran on the layout
+    for a, b in zip(on, off):
+        assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
+        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's varlen kernel needs CUDA")
+def test_flash_kernel_equals_the_reference_on_cuda() -> None:
+    torch.manual_seed(0)
+    layout = SegmentLayout.build([[0] * 40 + [1] * 7 + [2] * 12 + [-1] * 3, [0] * 40 + [1] * 20 + [-1] * 2], 62)
+    query = torch.randn(2, 8, 62, 64, device="cuda", dtype=torch.bfloat16)
+    key, value = (torch.randn(2, 2, 62, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    module = torch.nn.Module()
+    out, _ = segment_module.segment_attention(module, query, key, value, None, 0.125,
+                                              segment_layout=layout.to("cuda"))
+    mask = torch.stack([segment_mask(r, 62) for r in ([0] * 40 + [1] * 7 + [2] * 12, [0] * 40 + [1] * 20)])
+    dense = F.scaled_dot_product_attention(query.float(), key.float().repeat_interleave(4, 1),
+                                           value.float().repeat_interleave(4, 1), attn_mask=mask[:, None].cuda(),
+                                           scale=0.125).transpose(1, 2)
+    real = torch.tensor([[True] * 59 + [False] * 3, [True] * 60 + [False] * 2]).cuda()
+    torch.testing.assert_close(out.float()[real], dense[real], atol=2e-2, rtol=2e-2)
