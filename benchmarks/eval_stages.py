@@ -16,7 +16,8 @@ costs (eval_throughput.py's ``trained_lengths``; its answers are not compared); 
 Liger's RMSNorm, SwiGLU and RoPE in the model for that setting (CUDA, liger-kernel installed);
 ``+budgetorder``: batches follow :func:`budget_first_order` (``slakevqa eval``'s order before
 issue 15) instead; ``+dense``: the packed forward's attention is sdpa over the dense segment mask
-(``--no-varlen_attention``) instead of flash attention's variable-length kernel.
+(``--no-varlen_attention``) instead of flash attention's variable-length kernel; ``+pergroup``: one
+decoding call per token budget (16, 48) instead of one per batch.
 Every setting's answers are compared with the first setting's, per question type. Pixels are
 preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
 are also answered one at a time (eval_throughput.py's per-question loop), the reference
@@ -80,6 +81,7 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     times: dict[str, float] = defaultdict(float)
     engine.share_prefix = share
     engine.prefix_attention, engine.cuda_graphs = parts[0] == "rows", "eager" not in parts
+    engine.one_decode_per_batch = "pergroup" not in parts
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     engine.builder = replace(engine.builder, settings=replace(engine.builder.settings, cudnn_attention=cudnn,
@@ -125,6 +127,32 @@ def liger_kernels(model):
 
     resolve_kernels("liger", model, next(model.parameters()).device.type)  # a clear error where it cannot run
     return apply_liger(model)
+
+
+def decode_costs(engine, items) -> dict:
+    """Seconds of one batch's OPEN decoding at budgets 1, 16 and 48, CUDA graphs and eager: per step and fixed.
+
+    A random model never says ``</s>``, so every call runs its whole budget.
+    """
+    opened = [p for p in items if not p.view.route.candidates]
+    prefixes = engine.encode_batch(items)
+    costs: dict = {"open_rows": len(opened)}
+    for graphs in (True, False):
+        engine.cuda_graphs = graphs
+        times = {}
+        for budget in (1, 16, 48, 16):  # the second 16 after warm-up is the one kept
+            synchronise()
+            began = time.perf_counter()
+            engine.generate(opened, budget, prefixes)
+            synchronise()
+            times[budget] = time.perf_counter() - began
+        per_step = (times[48] - times[16]) / 32
+        name = "graphs" if graphs else "eager"
+        costs[name] = {"budget_1_s": round(times[1], 4), "budget_16_s": round(times[16], 4),
+                       "budget_48_s": round(times[48], 4), "per_step_ms": round(per_step * 1000, 2),
+                       "fixed_s": round(times[16] - 15 * per_step, 4)}
+    engine.cuda_graphs = True
+    return costs
 
 
 def agreement(samples, first: str, base: list, setting: str, other: list) -> dict:
@@ -205,6 +233,13 @@ def main() -> None:
         items = [engine.prepare(s) for s in batch]
         print(profile_steps(lambda: engine.encode_batch(items), steps=1), flush=True)
         print(profile_steps(lambda: engine.answer(batch), steps=1), flush=True)
+        print(json.dumps(decode_costs(engine, items)), flush=True)
+        opened = [p for p in items if not p.view.route.candidates]
+        prefixes = engine.encode_batch(items)
+        engine.cuda_graphs = False  # eager steps: every kernel of a step listed
+        print(f"{len(opened)} OPEN rows, 16 eager decoding steps:", flush=True)
+        print(profile_steps(lambda: engine.generate(opened, 16, prefixes), steps=1), flush=True)
+        engine.cuda_graphs = True
     if args.naive_limit:
         from eval_throughput import naive_answer
 

@@ -101,17 +101,18 @@ def trained_lengths(engine):
 
     generate, model_generate, greedy, limits = engine.generate, engine.model.generate, engine_module.greedy_tokens, []
 
-    def gold_lengths(items, max_new_tokens, prefixes=None):
-        limits[:] = [min(max_new_tokens, len(engine.tokenizer(item.sample.answer, add_special_tokens=False)
-                                                 .input_ids) + 1) for item in items]
-        return generate(items, max_new_tokens, prefixes)
+    def gold_lengths(items, max_new_tokens, prefixes=None, budgets=None):
+        budgets = budgets or [max_new_tokens] * len(items)
+        limits[:] = [min(budget, len(engine.tokenizer(item.sample.answer, add_special_tokens=False).input_ids) + 1)
+                     for item, budget in zip(items, budgets)]
+        return generate(items, max_new_tokens, prefixes, budgets)
 
     def stopping(**kwargs):
         ids = kwargs["input_ids"]
         stop = GoldLengthStop(ids.shape[1], torch.tensor(limits, device=ids.device))
         return model_generate(**kwargs, stopping_criteria=StoppingCriteriaList([stop]))
 
-    def greedy_gold(*args, **kwargs):
+    def greedy_gold(*args, row_budgets=None, **kwargs):  # the gold lengths, within each row's own budget
         return greedy(*args, **kwargs, row_budgets=torch.tensor(limits))
 
     engine.generate, engine.model.generate, engine_module.greedy_tokens = gold_lengths, stopping, greedy_gold

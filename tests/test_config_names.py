@@ -109,7 +109,7 @@ def test_every_shared_setting_is_defined_once() -> None:
             assert not names & top, f"{cls.__name__} repeats {names & top}"
             assert names <= {s.name for s in settings_of(cls)}
     assert {"prompt_style", "max_prompt_len", "mask_mode", "mask_pad_ratio", "blank_images", "triples_mode",
-            "cudnn_attention"} == {f.name for f in dataclasses.fields(InputSettings)}
+            "cudnn_attention", "varlen_attention"} == {f.name for f in dataclasses.fields(InputSettings)}
 
 
 def test_groups_are_flat_keys_and_flat_records() -> None:

@@ -157,3 +157,41 @@ def test_auto_stays_plain_under_fsdp_and_explicit_choices_pass_through() -> None
     assert kernels_for(TrainConfig(kernels="auto"), fsdp) == "plain"
     assert kernels_for(TrainConfig(kernels="auto"), ddp) == "auto"
     assert kernels_for(TrainConfig(kernels="liger"), fsdp) == "liger"
+
+
+def test_kept_layers_skip_the_recompute_and_give_the_same_step(synth_root: Path, tiny_model) -> None:
+    from slakevqa.training.kernels import keep_activations
+
+    model, processor = lora_model(tiny_model)
+    batch = packed_batch(synth_root, processor)
+    layers = language_model(model).layers
+    calls: list[int] = []
+    hooks = [layer.mlp.register_forward_pre_hook(lambda module, args, index=i: calls.append(index))
+             for i, layer in enumerate(layers)]  # inside the checkpointed call: the recompute runs it again
+    recomputed = loss_and_grads(model, batch)
+    every_layer_twice = sorted(calls)
+    calls.clear()
+    keep_activations(model, 1)
+    kept = loss_and_grads(model, batch)
+    for hook in hooks:
+        hook.remove()
+    last = len(layers) - 1
+    assert every_layer_twice == sorted(list(range(len(layers))) * 2)  # forward + recompute in the backward
+    assert sorted(calls) == sorted(list(range(last)) * 2 + [last])  # the kept layer ran once
+    assert [layer.gradient_checkpointing for layer in layers] == [True] * last + [False]
+    assert_same(recomputed, kept)
+    with pytest.raises(UserError, match=f"has {len(layers)} decoder layers"):
+        keep_activations(model, len(layers) + 1)
+
+
+def test_keep_needs_checkpointing_and_shows_in_the_memory_advice() -> None:
+    from slakevqa.config import make_config
+    from slakevqa.training.config import TrainConfig
+    from slakevqa.training.loss import memory_advice
+
+    with pytest.raises(UserError, match="turn that on"):
+        make_config(TrainConfig, gradient_checkpointing_keep=4)
+    with pytest.raises(UserError, match="gradient_checkpointing_keep"):
+        make_config(TrainConfig, gradient_checkpointing=True, gradient_checkpointing_keep=-1)
+    advice = memory_advice(make_config(TrainConfig, gradient_checkpointing=True, gradient_checkpointing_keep=8), 1)
+    assert "a smaller --gradient_checkpointing_keep (now 8" in advice

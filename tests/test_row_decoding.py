@@ -177,3 +177,33 @@ def test_cuda_graph_replay_equals_eager_steps_and_generate(answered) -> None:
         assert runs[True][:, :theirs.shape[1]].tolist() == theirs.tolist()
     finally:
         engine.model.to("cpu")
+
+
+def test_one_decoding_call_per_batch_equals_one_call_per_budget(answered, synth_root: Path) -> None:
+    engine, _, _ = answered
+    from dataclasses import replace
+
+    samples = load_split(synth_root, "test")[:40]  # the synthetic SLAKE asks no abnormality question: three become one
+    opened = [i for i, s in enumerate(samples) if s.answer_type == "OPEN"]
+    for i in opened[1:8:3]:
+        samples[i] = replace(samples[i], content_type="Abnormality")
+    assert {engine.settings.budget(s) for s in samples if s.answer_type == "OPEN"} == {16, 48}
+    calls: list[int] = []
+    generate = engine.generate
+
+    def counted(items, max_new_tokens, *args):
+        calls.append(max_new_tokens)
+        return generate(items, max_new_tokens, *args)
+
+    engine.generate = counted
+    try:
+        merged = engine.answer(samples)
+        engine.one_decode_per_batch = False
+        separate = engine.answer(samples)
+    finally:
+        engine.one_decode_per_batch = True
+        del engine.generate
+    assert calls == [48, 16, 48]  # one call for the batch's OPEN rows, then one per budget
+    assert any(len(p.raw_output.split()) > 0 for p in merged if p.raw_output)
+    for a, b in zip(merged, separate):
+        assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)

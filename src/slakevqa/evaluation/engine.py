@@ -70,11 +70,14 @@ class Engine:
         the questions on rows that read that prefix in place (:mod:`.row_decoding`; models of the
         Llama family), else repeat it per question and decode with ``model.generate``.
         ``cuda_graphs``: replay the decoding step as a CUDA graph (CUDA only).
+        On rows, a batch's OPEN questions decode in one call whatever their budgets (each row stops
+        at its own; ``one_decode_per_batch = False``: one call per budget, as ``generate`` does).
         The prompt length and the attention kernels follow ``builder.settings`` (the run's InputSettings).
         """
         self.model, self.processor, self.builder, self.settings = model, processor, builder, settings
         self.closed_answering, self.share_prefix = closed_answering, share_prefix
         self.prefix_attention, self.cuda_graphs = prefix_attention, cuda_graphs
+        self.one_decode_per_batch = True
         self.tokenizer = processor.tokenizer
         self.image_tokens = image_token_count(processor)
 
@@ -108,11 +111,23 @@ class Engine:
         if scored:
             for item, scores in zip(scored, self.score_candidates(scored, prefixes)):
                 results[item.sample.qid] = self.closed_prediction(item, scores)
-        for budget in sorted({self.settings.budget(p.sample) for p in generated}):
-            group = [p for p in generated if self.settings.budget(p.sample) == budget]
-            for item, raw in zip(group, self.generate(group, budget, prefixes)):
+        for group in self.decoding_groups(generated, prefixes):
+            budgets = [self.settings.budget(p.sample) for p in group]
+            for item, raw in zip(group, self.generate(group, max(budgets), prefixes, budgets)):
                 results[item.sample.qid] = self.generated_prediction(item, raw)
         return [results[s.qid] for s in samples]
+
+    def decoding_groups(self, generated: list[Prepared], prefixes) -> list[list[Prepared]]:
+        """The OPEN questions' decoding calls: all at once on rows, else one call per token budget.
+
+        A decoding step reads every weight whatever the rows (at 7B and batch 256 it costs about
+        the same for 18 rows as for 200), so one 48-step call for a batch's few abnormality rows and
+        its 16-token rows beats a 16-step call plus a 48-step call (benchmarks/RESULTS.md, issue 15).
+        """
+        if self.one_decode_per_batch and isinstance(prefixes, BatchRows) and generated:
+            return [generated]
+        budgets = sorted({self.settings.budget(p.sample) for p in generated})
+        return [[p for p in generated if self.settings.budget(p.sample) == b] for b in budgets]
 
     # ---------------------------------------------------------------- building predictions
 
@@ -162,8 +177,12 @@ class Engine:
         dtype = next(self.model.parameters()).dtype
         return torch.stack([p.pixel_values for p in items]).to(self.device, dtype)
 
-    def generate(self, items: list[Prepared], max_new_tokens: int, prefixes=None) -> list[str]:
-        """Decoded answers; ``prefixes``: the batch's :meth:`encode_batch` or image prefill (:meth:`prefill_images`)."""
+    def generate(self, items: list[Prepared], max_new_tokens: int, prefixes=None,
+                 budgets: list[int] | None = None) -> list[str]:
+        """Decoded answers; ``prefixes``: the batch's :meth:`encode_batch` or image prefill (:meth:`prefill_images`).
+
+        ``budgets``: each item's own token budget (at most ``max_new_tokens``; rows only: the
+        ``generate`` path decodes every item to ``max_new_tokens``, so call it per budget)."""
         import torch
 
         sampling = {"do_sample": True, "temperature": self.settings.temperature} if self.settings.do_sample \
@@ -172,9 +191,15 @@ class Engine:
             with torch.inference_mode():
                 encoded, order = self.batch_rows(items, prefixes)
                 rows = encoded.select(order, max_new_tokens)
+                limits = None if budgets is None or min(budgets) == max_new_tokens else torch.tensor(budgets)
                 out = greedy_tokens(self.model, cache_argument(self.model), rows, max_new_tokens,
-                                    self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.cuda_graphs)
-            return [self.tokenizer.decode(row, skip_special_tokens=True).strip() for row in out.tolist()]
+                                    self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.cuda_graphs,
+                                    row_budgets=limits)
+            budgets = budgets or [max_new_tokens] * len(items)
+            return [self.tokenizer.decode(row[:budget], skip_special_tokens=True).strip()
+                    for row, budget in zip(out.tolist(), budgets)]
+        if budgets is not None and min(budgets) < max_new_tokens:
+            raise ValueError("generate() decodes every item to max_new_tokens: call it once per budget")  # a bug
         with torch.inference_mode():
             shared = self.shared_prefix_length(items)
             if shared:  # the image's prefix is in the cache already; generate continues after it

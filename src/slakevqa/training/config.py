@@ -59,6 +59,9 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=_help(
         "auto: bf16 on GPUs that support it, else fp32", choices=PRECISIONS, aliases=("dtype", "torch_dtype")))
     gradient_checkpointing: bool = field(default=False, metadata=_help("trade compute for activation memory"))
+    gradient_checkpointing_keep: int = field(default=0, metadata=_help(
+        "with --gradient_checkpointing, the last N decoder layers keep their activations instead of recomputing "
+        "them: faster, ~1.9 GiB more per layer at 7B and batch 64 (benchmarks/RESULTS.md)"))
     pack_images: bool = field(default=True, metadata=_help(
         "batches follow the image and each image's questions share one row, its prefix computed once "
         "(sft objective; --no-pack_images: one row per question in random order)"))
@@ -72,7 +75,8 @@ class TrainConfig:
     compile_layers: bool = field(default=False, metadata=_help(
         "experimental: torch.compile each decoder layer for the training steps (one graph for all layers); "
         "1.24x as fast at 7B with checkpointing, but its loss curve left the eager one after the first step "
-        "there (benchmarks/RESULTS.md), so it is off"))
+        "there (benchmarks/RESULTS.md), so it is off; with it the packed rows' attention stays sdpa over the dense mask "
+        "(--varlen_attention does not apply)"))
     # what the model is shown (the same keys as evaluation's)
     inputs: InputSettings = field(default_factory=InputSettings)
     max_answer_len: int = field(default=64, metadata=_help("answer tokens kept, </s> included"))
@@ -154,6 +158,9 @@ class TrainConfig:
         unknown = [name for name in self.trackers() if name not in TRACKERS]
         if unknown or not self.report_to.strip():
             raise UserError(f"--report_to {self.report_to!r}: use none, or a comma list of {', '.join(TRACKERS)}")
+        if self.gradient_checkpointing_keep and not self.gradient_checkpointing:
+            raise UserError(f"--gradient_checkpointing_keep {self.gradient_checkpointing_keep} says which layers are "
+                            "not recomputed under --gradient_checkpointing: turn that on, or drop the keep")
         if self.qlora and not self.use_lora:
             raise UserError("--qlora trains LoRA adapters on 4-bit weights: it needs --use_lora")
         if self.num_epochs <= 0 and self.max_steps <= 0:
@@ -190,6 +197,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("lora_alpha", lambda v: v > 0, "positive"),
     ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("unfreeze_last_llm_layers", lambda v: v >= 0, ">= 0"),
+    ("gradient_checkpointing_keep", lambda v: v >= 0, ">= 0 (0 recomputes every layer)"),
     ("logging_steps", lambda v: v >= 1, "at least 1"),
     ("save_steps", lambda v: v >= 1, "at least 1"),
     ("eval_steps", lambda v: v >= 0, ">= 0 (0 turns the evaluation loss off)"),
@@ -255,6 +263,7 @@ NEUTRAL_FIELDS: dict[str, str] = {
                   "its own fingerprint names the trained weights)",
     "max_steps": "as num_epochs",
     "gradient_checkpointing": "recomputes activations (RNG state preserved): the same step, less memory",
+    "gradient_checkpointing_keep": "recomputes fewer activations: the same step, more memory",
     "cudnn_attention": "an attention kernel choice, like the device",
     "varlen_attention": "an attention kernel choice over the same keys (the same math up to rounding)",
     "kernels": "a kernel choice, like the device (the same math up to rounding)",

@@ -179,3 +179,19 @@ def apply_speed_levers(model, kernels: str, compile: bool, device_type: str,
             step()
 
     return applied, undo
+
+
+def keep_activations(model, keep: int) -> None:
+    """Under gradient checkpointing, the last ``keep`` decoder layers of the language model are not recomputed.
+
+    transformers reads each layer's ``gradient_checkpointing`` at every call, so this holds from the next
+    step. At the 7B shape each kept layer costs ~1.9 GiB at batch 64 and saves its forward's recompute:
+    8 kept layers ran 1.06x as fast at 37.5 GiB, 12 1.16x at 46 GiB (benchmarks/RESULTS.md).
+    """
+    layers = language_model(model).layers
+    if keep > len(layers):
+        raise UserError(f"--gradient_checkpointing_keep {keep}: the language model has {len(layers)} decoder layers")
+    for index, layer in enumerate(layers):
+        if index >= len(layers) - keep:
+            layer.gradient_checkpointing = False
+

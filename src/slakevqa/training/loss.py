@@ -171,6 +171,9 @@ def memory_advice(cfg: TrainConfig, step: int) -> str:
     tries = [f"--batch_size {smaller} --grad_accum {accum} (same effective batch)"] if smaller < cfg.batch_size else []
     if not cfg.gradient_checkpointing:
         tries.append("--gradient_checkpointing (recompute activations in the backward pass)")
+    elif cfg.gradient_checkpointing_keep:
+        tries.append(f"a smaller --gradient_checkpointing_keep (now {cfg.gradient_checkpointing_keep}; 0 recomputes "
+                     "every layer)")
     if not cfg.use_lora:
         tries.append("--use_lora (train adapters instead of every LLM weight; no AdamW state for the base)")
     elif not cfg.qlora:

@@ -34,7 +34,7 @@ from slakevqa.training.checkpoint import (MODEL_FILE_PATTERNS, finish_publish, l
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.image_features import ImageFeatureCache
-from slakevqa.training.kernels import apply_speed_levers
+from slakevqa.training.kernels import apply_speed_levers, keep_activations
 from slakevqa.training.loss import answer_loss, out_of_memory_advice, packed_loss
 from slakevqa.training.params import configure_trainable, parameter_counts
 from slakevqa.training.precision import (adapter_layers, adapters_under_autocast, autocast_precision,
@@ -104,6 +104,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     autocast_adapters = adapter_layers(model) if accelerator.mixed_precision == "bf16" else []
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        keep_activations(model, cfg.gradient_checkpointing_keep)
     # after peft (Liger's SwiGLU calls peft's wrapped projections) and before DDP/FSDP wrap the model
     speed, _ = apply_speed_levers(model, kernels_for(cfg, accelerator), cfg.compile_layers, accelerator.device.type)
     # packed rows' flash varlen attention (a keyword the compiled layers would guard and recompile on)
