@@ -15,8 +15,9 @@ rows without CUDA graphs; ``+cudnn``: sdpa may pick cuDNN attention (:mod:`slake
 costs (eval_throughput.py's ``trained_lengths``; its answers are not compared); ``+liger``:
 Liger's RMSNorm, SwiGLU and RoPE in the model for that setting (CUDA, liger-kernel installed);
 ``+budgetorder``: batches follow :func:`budget_first_order` (``slakevqa eval``'s order before
-issue 15) instead; ``+dense``: the packed forward's attention is sdpa over the dense segment mask
-(``--no-varlen_attention``) instead of flash attention's variable-length kernel; ``+pergroup``: one
+issue 15) instead; ``+dense``: ``--no-varlen_attention``: the packed forward's attention is sdpa over the dense
+segment mask and the rows read their prefix through grouped matmuls, instead of flash attention's
+variable-length kernel for both; ``+pergroup``: one
 decoding call per token budget (16, 48) instead of one per batch.
 Every setting's answers are compared with the first setting's, per question type. Pixels are
 preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions

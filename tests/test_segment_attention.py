@@ -27,27 +27,32 @@ from slakevqa.training.params import configure_trainable
 from slakevqa.vocab import build_closed_vocab
 
 
-def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-    """The flash kernel's contract in plain PyTorch: per sequence, causal aligned at the keys' end, GQA."""
-    out = []
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal=True):
+    """The flash kernel's contract in plain PyTorch: per sequence, causal aligned at the keys' end (or no mask),
+    GQA; returns the output and each query's log-sum-exp ``(H, tokens)``."""
+    out, lse = [], []
     for s in range(len(cu_q) - 1):
         qs, ks, vs = (t[int(c[s]):int(c[s + 1])].transpose(0, 1) for t, c in ((q, cu_q), (k, cu_k), (v, cu_k)))
         ks, vs = (t.repeat_interleave(qs.shape[0] // t.shape[0], dim=0) for t in (ks, vs))
-        visible = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool).tril(ks.shape[1] - qs.shape[1])
+        visible = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool)
+        visible = visible.tril(ks.shape[1] - qs.shape[1]) if causal else visible
+        scores = (qs.float() @ ks.float().transpose(-1, -2) * scale).masked_fill(~visible, float("-inf"))
         out.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible, scale=scale).transpose(0, 1))
+        lse.append(torch.logsumexp(scores, dim=-1))
     assert max_q == max(int(cu_q[i + 1] - cu_q[i]) for i in range(len(cu_q) - 1))
-    return torch.cat(out)
+    assert max_k == max(int(cu_k[i + 1] - cu_k[i]) for i in range(len(cu_k) - 1))
+    return torch.cat(out), torch.cat(lse, dim=1)
 
 
 @pytest.fixture
 def reference_kernel(monkeypatch: pytest.MonkeyPatch) -> list:
-    """The reference kernel wherever the flash one would run; returns the list of its calls' sequence counts."""
-    calls: list[int] = []
+    """The reference kernel wherever the flash one would run; returns its calls' ``causal`` flags."""
+    calls: list[bool] = []
 
     def kernel(query, dtype):
-        def run(q, k, v, cu_q, *rest):
-            calls.append(len(cu_q) - 1)
-            return reference_varlen(q, k, v, cu_q, *rest)
+        def run(*args, causal=True):
+            calls.append(causal)
+            return reference_varlen(*args, causal=causal)
         return run
 
     monkeypatch.setattr(segment_module, "varlen_kernel", kernel)
@@ -150,7 +155,9 @@ def test_evaluation_answers_equal_with_the_varlen_layout(synth_root: Path, refer
     off = Engine(model, processor, replace(builder, settings=InputSettings(varlen_attention=False))).answer(samples)
     assert not reference_kernel
     on = Engine(model, processor, builder).answer(samples)
-    assert reference_kernel  # the packed forward ran on the layout
+    layers = model.config.text_config.num_hidden_layers
+    assert reference_kernel[:layers] == [True] * layers  # the packed forward ran on the layout,
+    assert reference_kernel.count(False) > layers  # then the rows' prefix parts (scoring, each decoding step)
     for a, b in zip(on, off):
         assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
         assert a.scores == pytest.approx(b.scores, abs=1e-5)
@@ -171,3 +178,27 @@ def test_flash_kernel_equals_the_reference_on_cuda() -> None:
                                            scale=0.125).transpose(1, 2)
     real = torch.tensor([[True] * 59 + [False] * 3, [True] * 60 + [False] * 2]).cuda()
     torch.testing.assert_close(out.float()[real], dense[real], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's varlen kernel needs CUDA")
+@pytest.mark.parametrize("length", [1, 4], ids=["decoding-step", "candidate-tails"])
+def test_rows_read_their_prefix_through_flash_as_through_grouped_matmuls_on_cuda(length: int) -> None:
+    from types import SimpleNamespace
+
+    from slakevqa.evaluation.shared_prefix import ImageGroups, shared_prefix_attention
+
+    torch.manual_seed(0)
+    images, kv, prefix, dim, heads, width = 3, 2, 40, 64, 8, 10
+    prefix_keys, prefix_values = (torch.randn(images, kv, prefix, dim, device="cuda", dtype=torch.bfloat16)
+                                  for _ in range(2))
+    image_of_row = [0, 2, 0, 2, 2]  # image 1 has no rows
+    query = torch.randn(len(image_of_row), heads, length, dim, device="cuda", dtype=torch.bfloat16)
+    key, value = (torch.randn(len(image_of_row), kv, width, dim, device="cuda", dtype=torch.bfloat16)
+                  for _ in range(2))
+    mask = torch.ones(len(image_of_row), length, width, dtype=torch.bool, device="cuda").tril(width - length)
+    mask[:, :, :2] = False  # left padding
+    outs = [shared_prefix_attention(SimpleNamespace(layer_idx=0), query, key, value, mask, 0.125,
+                                    image_groups=ImageGroups.build(image_of_row, [prefix_keys], [prefix_values],
+                                                                   "cuda", varlen=varlen))[0]
+            for varlen in (False, True)]
+    torch.testing.assert_close(outs[1].float(), outs[0].float(), atol=2e-2, rtol=2e-2)

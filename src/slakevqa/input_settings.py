@@ -41,7 +41,8 @@ class InputSettings:
         "let PyTorch use cuDNN attention (it builds a graph per new shape: slow when shapes change every call)"))
     varlen_attention: bool = field(default=True, metadata=_help(
         "packed rows (an image prefix, then its questions) attend through flash attention's variable-length "
-        "kernel, each question's keys only (CUDA, bf16/fp16); off: sdpa over the dense segment mask"))
+        "kernel, each question's keys only, and evaluation's decoding rows read their image's prefix through it "
+        "(CUDA, bf16/fp16); off: sdpa over the dense segment mask, grouped matmuls for the rows"))
 
     def __post_init__(self) -> None:
         from slakevqa.prompts import get_prompt_style

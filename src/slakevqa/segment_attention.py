@@ -140,18 +140,23 @@ def runs(columns: list[int]) -> list[tuple[int, int]]:
 
 
 def varlen_kernel(query, dtype):
-    """The flash variable-length kernel if it can run ``query`` in ``dtype`` here, else None."""
+    """The flash variable-length kernel if it can run ``query`` in ``dtype`` here, else None.
+
+    ``kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal=True)`` returns the output ``(tokens, H, d)``
+    and the log-sum-exp of each query's scores ``(H, tokens)`` (fp32), which lets a caller merge it
+    with attention over other keys (evaluation/shared_prefix.py)."""
     import torch
 
     if not query.is_cuda or str(dtype).removeprefix("torch.") not in HALF or query.shape[-1] % 8 \
             or query.shape[-1] > 256 or torch.cuda.get_device_capability(query.device) < (8, 0):
         return None
 
-    def flash(q, k, v, cu_q, cu_k, max_q, max_k, scale):
+    def flash(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal=True):
         # aten's op (what sdpa's flash backend and torch.nn.attention.varlen call) is the same on torch 2.11
         # and 2.13, and carries its own backward; it takes fewer key heads than query heads (GQA) as they are
-        return torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False,
-                                                       scale=scale)[0]
+        out, lse = torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False,
+                                                           scale=scale)[:2]
+        return out, lse
 
     return flash
 
@@ -184,7 +189,7 @@ def segment_attention(module, query, key, value, attention_mask, scaling: float 
     q = query.transpose(1, 2)[layout.q_rows, layout.q_cols].to(dtype)  # (tokens, H, d), one copy
     k = key.transpose(1, 2)[layout.k_rows, layout.k_cols].to(dtype)    # (keys, kv, d)
     v = value.transpose(1, 2)[layout.k_rows, layout.k_cols].to(dtype)
-    out = kernel(q, k, v, layout.cu_q, layout.cu_k, layout.max_q, layout.max_k, scaling or dim ** -0.5)
+    out, _ = kernel(q, k, v, layout.cu_q, layout.cu_k, layout.max_q, layout.max_k, scaling or dim ** -0.5)
     full = out.new_zeros((rows, width, heads, dim))
     full[layout.q_rows, layout.q_cols] = out
     return full, None

@@ -292,7 +292,7 @@ class Engine:
             # no autograd graph: at 7B a batch's activations would fill the card
             rows = encode_packed(self.model, cache_argument(self.model), [p.prompt_ids for p in items], groups,
                                  self.pixels([items[g[0]] for g in groups]), self.shared_prefix_length(items),
-                                 self.tokenizer.pad_token_id)
+                                 self.tokenizer.pad_token_id, self.builder.settings.varlen_attention)
         return BatchRows(rows, {id(p): row for row, p in enumerate(items)})
 
     def batch_rows(self, items: list[Prepared], prefixes=None) -> tuple[EncodedRows, list[int]]:

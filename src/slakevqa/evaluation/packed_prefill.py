@@ -36,9 +36,12 @@ def pack_prompts(prompts: list[list[int]], prefix: int) -> Row:
 
 
 def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: list[list[int]], pixels,
-                  prefix: int, pad_id: int):
+                  prefix: int, pad_id: int, varlen: bool = True):
     """Run ``prompts`` (grouped by image: ``groups[i]`` lists image ``i``'s prompts; ``pixels`` one per
-    group) and return their :class:`~.row_decoding.EncodedRows`, row ``j`` for ``prompts[j]``."""
+    group) and return their :class:`~.row_decoding.EncodedRows`, row ``j`` for ``prompts[j]``.
+
+    ``varlen``: the rows read their prefixes through flash attention's variable-length kernel
+    where it runs (:func:`~.shared_prefix.prefix_and_own_attention`)."""
     import torch
 
     from slakevqa.evaluation.engine import returned_cache
@@ -78,6 +81,6 @@ def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: l
     cache = RowCache([k[image_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for k in keys],
                      [v[image_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for v in values])
     groups_of_rows = ImageGroups.build(image_of.tolist(), [k[:, :, :prefix].contiguous() for k in keys],
-                                       [v[:, :, :prefix].contiguous() for v in values], device)
+                                       [v[:, :, :prefix].contiguous() for v in values], device, varlen)
     return EncodedRows(cache, groups_of_rows, valid.to(device), (prefix + lengths).to(device),
                        logits[order.to(device)], width)

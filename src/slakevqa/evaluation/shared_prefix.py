@@ -60,7 +60,10 @@ class ImageGroups:
     """Which prefix each row reads, as gathers that put each image's rows side by side.
 
     ``slot[i, r]`` is the row that is image ``i``'s r-th (row 0 pads images with fewer
-    rows; their results are never read back); ``flat[row]`` is ``i * R + r``.
+    rows; their results are never read back); ``flat[row]`` is ``i * R + r``. For flash
+    attention's variable-length kernel (``varlen``): ``order`` lists the rows image by image
+    (``inverse`` undoes it), ``members`` counts each image's rows, and ``packed_prefix`` holds
+    each layer's prefixes back to back, ``(n_images * P, kv, d)``, made on first use.
     """
 
     slot: object  # (n_images, R) long
@@ -68,9 +71,15 @@ class ImageGroups:
     keys: list    # per layer (n_images, kv, P, d)
     values: list
     image_of_row: list[int]
+    order: object = None    # (rows,) long
+    inverse: object = None  # (rows,) long
+    members: object = None  # (n_images,) long
+    varlen: bool = False
+    packed_prefix: dict = None  # layer -> (keys, values), shared by every select()
 
     @staticmethod
-    def build(image_of_row: list[int], prefix_keys: list, prefix_values: list, device) -> "ImageGroups":
+    def build(image_of_row: list[int], prefix_keys: list, prefix_values: list, device, varlen: bool = False,
+              packed_prefix: dict | None = None) -> "ImageGroups":
         import torch
 
         n_images = prefix_keys[0].shape[0]
@@ -81,11 +90,28 @@ class ImageGroups:
         slot = torch.tensor([m + [0] * (width - len(m)) for m in members], dtype=torch.long, device=device)
         flat = torch.tensor([image * width + members[image].index(row) for row, image in enumerate(image_of_row)],
                             dtype=torch.long, device=device)
-        return ImageGroups(slot, flat, prefix_keys, prefix_values, list(image_of_row))
+        order = [row for m in members for row in m]
+        inverse = [0] * len(order)
+        for position, row in enumerate(order):
+            inverse[row] = position
+        return ImageGroups(slot, flat, prefix_keys, prefix_values, list(image_of_row),
+                           torch.tensor(order, dtype=torch.long, device=device),
+                           torch.tensor(inverse, dtype=torch.long, device=device),
+                           torch.tensor([len(m) for m in members], dtype=torch.long, device=device), varlen,
+                           {} if packed_prefix is None else packed_prefix)
 
     def select(self, rows: list[int]) -> "ImageGroups":
         """The groups of ``rows`` (row indices, repeats allowed): each new row keeps its image."""
-        return ImageGroups.build([self.image_of_row[row] for row in rows], self.keys, self.values, self.flat.device)
+        return ImageGroups.build([self.image_of_row[row] for row in rows], self.keys, self.values, self.flat.device,
+                                 self.varlen, self.packed_prefix)
+
+    def prefix_back_to_back(self, layer: int) -> tuple:
+        """Layer ``layer``'s prefixes as flash attention's sequences: ``(n_images * P, kv, d)`` keys and values."""
+        if layer not in self.packed_prefix:
+            keys, values = self.keys[layer], self.values[layer]
+            self.packed_prefix[layer] = tuple(t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3])
+                                              for t in (keys, values))
+        return self.packed_prefix[layer]
 
     @property
     def prefix_length(self) -> int:
@@ -142,7 +168,12 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling: 
     """
     import torch
 
+    from slakevqa.segment_attention import varlen_kernel
+
     groups = image_groups
+    kernel = varlen_kernel(query, key.dtype) if groups.varlen else None
+    if kernel is not None:
+        return prefix_and_own_attention(kernel, module.layer_idx, query, key, value, attention_mask, scaling, groups)
     rows, heads, length, dim = query.shape
     kv = key.shape[1]
     per_key = heads // kv * length  # queries per key head and row: head h reads key head h // (heads / kv)
@@ -166,6 +197,46 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling: 
     probs_prefix, probs_own = probs.split([prefix, key.shape[2]], dim=-1)
     out = to_rows(torch.matmul(to_images(probs_prefix.contiguous()), prefix_v)) + torch.matmul(probs_own, value)
     return out.view(rows, heads, length, dim).transpose(1, 2).contiguous().to(query.dtype), None
+
+
+def prefix_and_own_attention(kernel, layer: int, query, key, value, attention_mask, scaling: float,
+                              groups: ImageGroups):
+    """:func:`shared_prefix_attention` with the prefix part in flash attention's variable-length kernel.
+
+    Each image is one sequence: its rows' queries (no mask: a question sees its whole prefix)
+    against its prefix's keys, read in place. The row's own columns (a few dozen, masked) take
+    plain matmuls. The two partial softmaxes merge by their log-sum-exps, which is one softmax
+    over prefix + own columns. At the 7B shape the grouped matmuls this replaces, and the copies
+    that feed them, took ~7 of a decoding step's ~15 ms of GPU time (benchmarks/RESULTS.md).
+    """
+    import torch
+
+    rows, heads, length, dim = query.shape
+    kv = key.shape[1]
+    q = query.to(key.dtype)
+    prefix_keys, prefix_values = groups.prefix_back_to_back(layer)
+    prefix = groups.prefix_length
+    by_image = q.transpose(1, 2)[groups.order].reshape(rows * length, heads, dim)
+    cu_q = torch.zeros(groups.members.shape[0] + 1, dtype=torch.int32, device=q.device)
+    cu_q[1:] = torch.cumsum(groups.members * length, 0)
+    cu_k = torch.arange(0, (groups.members.shape[0] + 1) * prefix, prefix, dtype=torch.int32, device=q.device)
+    out_prefix, lse_prefix = kernel(by_image, prefix_keys, prefix_values, cu_q, cu_k,
+                                    int(groups.slot.shape[1]) * length, prefix, scaling, causal=False)
+    out_prefix = out_prefix.view(rows, length, heads, dim)[groups.inverse].transpose(1, 2)  # (rows, H, L, d)
+    lse_prefix = lse_prefix.view(heads, rows, length)[:, groups.inverse].transpose(0, 1)    # (rows, H, L)
+
+    per_key = heads // kv * length  # head h reads key head h // (heads / kv)
+    scores = torch.matmul(q.reshape(rows, kv, per_key, dim), key.transpose(-1, -2))
+    scores = scores.view(rows, kv, heads // kv, length, -1).masked_fill(~attention_mask[:, None, None], float("-inf"))
+    scores = scores.view(rows, kv, per_key, -1).float() * scaling
+    lse_own = torch.logsumexp(scores, dim=-1, keepdim=True)
+    out_own = torch.matmul(torch.exp(scores - lse_own).to(key.dtype), value).view(rows, heads, length, dim)
+    lse_own = lse_own.view(rows, heads, length)
+
+    total = torch.logaddexp(lse_prefix, lse_own)[..., None]
+    out = out_prefix.float() * torch.exp(lse_prefix[..., None] - total) + out_own.float() * torch.exp(
+        lse_own[..., None] - total)
+    return out.transpose(1, 2).contiguous().to(query.dtype), None
 
 
 def register_attention() -> None:
