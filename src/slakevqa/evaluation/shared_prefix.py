@@ -220,8 +220,11 @@ def prefix_and_own_attention(kernel, layer: int, query, key, value, attention_ma
     cu_q = torch.zeros(groups.members.shape[0] + 1, dtype=torch.int32, device=q.device)
     cu_q[1:] = torch.cumsum(groups.members * length, 0)
     cu_k = torch.arange(0, (groups.members.shape[0] + 1) * prefix, prefix, dtype=torch.int32, device=q.device)
-    out_prefix, lse_prefix = kernel(by_image, prefix_keys, prefix_values, cu_q, cu_k,
-                                    int(groups.slot.shape[1]) * length, prefix, scaling, causal=False)
+    # max_q is an upper bound; at 1 FlashAttention-2 assumes one query per sequence (it swaps query heads
+    # into the sequence dimension), which an image without rows here breaks: never pass 1
+    longest = max(2, int(groups.slot.shape[1]) * length)
+    out_prefix, lse_prefix = kernel(by_image, prefix_keys, prefix_values, cu_q, cu_k, longest, prefix, scaling,
+                                    causal=False)
     out_prefix = out_prefix.view(rows, length, heads, dim)[groups.inverse].transpose(1, 2)  # (rows, H, L, d)
     lse_prefix = lse_prefix.view(heads, rows, length)[:, groups.inverse].transpose(0, 1)    # (rows, H, L)
 
