@@ -178,7 +178,7 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
         rows = micro_batch_indices(state["step"], len(samples), args.batch_size, 0, groups=groups)
         batch, _ = encoder.batch([samples[i] for i in rows])
         new_images = (len(features.cache) - cached_before) if features else batch["pixel_values"].shape[0]
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in batch.items() if varlen or k != "segment_layout"}
         # backward too: checkpointing recomputes attention there
         with autocast, attention_kernels(cudnn), segments_attended(model, varlen):
             loss = answer_loss(model, batch).loss

@@ -144,7 +144,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             rows = micro_batch_indices(step * cfg.grad_accum + micro, len(samples), cfg.batch_size, cfg.seed,
                                        accelerator.process_index, accelerator.num_processes, groups)
             batch, stats = encoder.batch([samples[i] for i in rows])
-            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            # without varlen the layout stays out of the forward (compiled layers would guard on it)
+            batch = {k: v.to(accelerator.device) for k, v in batch.items() if varlen or k != "segment_layout"}
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast(), adapters_under_autocast(autocast_adapters), \
                     attention_kernels(cfg.inputs.cudnn_attention), segments_attended(model, varlen), \
