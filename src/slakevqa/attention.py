@@ -1,4 +1,5 @@
-"""Which scaled-dot-product attention kernels PyTorch may pick (``--cudnn_attention``).
+"""Which attention runs: the scaled-dot-product kernels PyTorch may pick (``--cudnn_attention``), and our
+own attention functions swapped into a model for a block (:func:`attention_function`).
 
 On H100/H200 PyTorch (2.5+) prefers cuDNN's attention whenever a mask is given, and
 cuDNN builds and caches an execution graph for every new shape. Evaluation and
@@ -29,3 +30,23 @@ def attention_kernels(cudnn: bool = False) -> Iterator[None]:
 
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
         yield
+
+
+@contextlib.contextmanager
+def attention_function(config, name: str, function) -> Iterator[None]:
+    """Within the block, the layers that ``config`` configures call ``function`` for attention.
+
+    ``function`` is registered with transformers' ``AttentionInterface`` as ``name`` and named in the
+    config's in-memory ``_attn_implementation`` (never saved: transformers drops it from
+    ``config.json``); the implementation before is put back after the block.
+    """
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(name, function)
+    before = config._attn_implementation
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+

@@ -67,23 +67,21 @@ class SegmentLayout:
         spans = [row_spans(row) for row in segments]
         if any(s is None for s in spans):
             return None
-        q_rows, q_cols, k_rows, k_cols, q_lengths, k_lengths = [], [], [], [], [], []
+        q_runs, k_runs, q_lengths, k_lengths = [], [], [], []  # runs: (row, first column, end column)
         for r, (prefix, pieces) in enumerate(spans):
             for queries, keys in ([(prefix, [prefix])] if prefix[1] else []) + [(p, [prefix, p]) for p in pieces]:
-                q_cols.append(torch.arange(*queries))
-                k_cols.extend(torch.arange(*k) for k in keys)
+                q_runs.append((r, *queries))
+                k_runs.extend((r, *k) for k in keys if k[1] > k[0])
                 q_lengths.append(queries[1] - queries[0])
                 k_lengths.append(sum(b - a for a, b in keys))
-                q_rows.append(torch.full((q_lengths[-1],), r))
-                k_rows.append(torch.full((k_lengths[-1],), r))
         if not q_lengths:
             return None
 
         def cumulative(lengths):
             return torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
 
-        return SegmentLayout(torch.cat(q_rows), torch.cat(q_cols), torch.cat(k_rows), torch.cat(k_cols),
-                             cumulative(q_lengths), cumulative(k_lengths), max(q_lengths), max(k_lengths), width)
+        return SegmentLayout(*run_indices(q_runs), *run_indices(k_runs), cumulative(q_lengths),
+                             cumulative(k_lengths), max(q_lengths), max(k_lengths), width)
 
     def to(self, device) -> "SegmentLayout":
         """On ``device`` (``batch = {k: v.to(device) ...}`` moves it with the tensors)."""
@@ -126,6 +124,22 @@ def row_spans(row: list[int]) -> tuple[tuple[int, int], list[tuple[int, int]]] |
             pieces.append((i, j))
         i = j
     return (0, prefix), pieces
+
+
+def run_indices(runs: list[tuple[int, int, int]]) -> tuple:
+    """``(rows, columns)`` of every position of ``(row, start, end)`` runs, in order, without a Python loop
+    per position (a batch of 256 questions has ~160k key positions).
+
+    >>> [t.tolist() for t in run_indices([(0, 0, 2), (1, 5, 8)])]
+    [[0, 0, 1, 1, 1], [0, 1, 5, 6, 7]]
+    """
+    import torch
+
+    rows, starts, ends = torch.tensor(runs, dtype=torch.long).unbind(1)
+    lengths = ends - starts
+    offsets = torch.cumsum(lengths, 0) - lengths  # where each run begins in the output
+    columns = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()))
+    return torch.repeat_interleave(rows, lengths), columns
 
 
 def runs(columns: list[int]) -> list[tuple[int, int]]:
@@ -197,27 +211,17 @@ def segment_attention(module, query, key, value, attention_mask, scaling: float 
 
 @contextlib.contextmanager
 def segments_attended(model, enabled: bool = True):
-    """Inside the block (forward and backward both), the language model's attention is :func:`segment_attention`.
-
-    The name lives only in the config's in-memory ``_attn_implementation`` (never saved: transformers
-    drops it from ``config.json``), and is put back after the block.
-    """
+    """Inside the block (forward and backward both), the language model's attention is :func:`segment_attention`
+    (:func:`slakevqa.attention.attention_function`)."""
     if not enabled:
         yield
         return
-    from transformers import AttentionInterface
-
+    from slakevqa.attention import attention_function
     from slakevqa.training.image_features import llava_core
 
     decoder = getattr(llava_core(model), "language_model", None)
     if decoder is None:  # not a LLaVA layout: its own attention, dense mask
         yield
         return
-    AttentionInterface.register(ATTENTION_NAME, segment_attention)
-    config = decoder.config
-    before = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
-    try:
+    with attention_function(decoder.config, ATTENTION_NAME, segment_attention):
         yield
-    finally:
-        config._attn_implementation = before

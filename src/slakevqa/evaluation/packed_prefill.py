@@ -49,7 +49,8 @@ def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: l
 
     _, head = language_parts(model)
     device = head.weight.device
-    batch = segment_batch([pack_prompts([prompts[j] for j in group], prefix) for group in groups], pad_id)
+    batch = segment_batch([pack_prompts([prompts[j] for j in group], prefix) for group in groups], pad_id,
+                          mask_device=device)  # the dense mask is built where it is used
     lengths = torch.tensor([len(p) - prefix for p in prompts])
     image_of = torch.empty(len(prompts), dtype=torch.long)
     start = torch.empty(len(prompts), dtype=torch.long)  # each prompt's first packed column after the prefix

@@ -28,7 +28,6 @@ Example (what :mod:`slakevqa.evaluation.row_decoding` does; the buffers come fro
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 ATTENTION_NAME = "slakevqa_shared_prefix"
@@ -242,23 +241,11 @@ def prefix_and_own_attention(kernel, layer: int, query, key, value, attention_ma
     return out.transpose(1, 2).contiguous().to(query.dtype), None
 
 
-def register_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION_NAME, shared_prefix_attention)
-
-
-@contextlib.contextmanager
 def attention_swapped(decoder):
     """The decoder's layers use :func:`shared_prefix_attention` inside the block (and their own after)."""
-    register_attention()
-    config = decoder.config
-    before = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
+    from slakevqa.attention import attention_function
+
+    return attention_function(decoder.config, ATTENTION_NAME, shared_prefix_attention)
 
 
 def run_rows(model, input_ids, position_ids, cache: RowCache, groups: ImageGroups, key_mask, cache_keyword: str):

@@ -32,19 +32,29 @@ Row = tuple[list, list, list, list]  # tokens, labels, positions, segment ids (0
 
 def segment_mask(segments: list[int], width: int):
     """``(width, width)`` boolean mask: causal, and a non-prefix token sees the prefix and its own segment only."""
+    return segment_masks([segments], width)[0, 0]
+
+
+def segment_masks(rows: list[list[int]], width: int, device=None):
+    """``(R, 1, width, width)``: :func:`segment_mask` of every row, built on ``device`` (an evaluation batch's
+    ~25 rows of ~1,100 tokens take ~0.1-0.4 s on a CPU, next to nothing on a GPU)."""
     import torch
 
-    seg = torch.full((width,), -1, dtype=torch.long)
-    seg[: len(segments)] = torch.tensor(segments)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    visible = (seg[None, :] == 0) | (seg[None, :] == seg[:, None])
-    mask = causal & visible & (seg[None, :] >= 0)
-    return mask | torch.eye(width, dtype=torch.bool)  # padding rows see themselves: no all-masked softmax row
+    seg = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, segments in enumerate(rows):
+        seg[i, :len(segments)] = torch.tensor(segments)
+    seg = seg.to(device)
+    causal = torch.ones(width, width, dtype=torch.bool, device=seg.device).tril()
+    visible = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+    mask = causal & visible & (seg[:, None, :] >= 0)
+    # padding rows see themselves: no all-masked softmax row
+    return (mask | torch.eye(width, dtype=torch.bool, device=seg.device))[:, None]
 
 
-def segment_batch(rows: list[Row], pad_id: int) -> dict:
+def segment_batch(rows: list[Row], pad_id: int, mask_device=None) -> dict:
     """Right-padded ``input_ids``, ``labels``, ``position_ids``, the ``(R, 1, T, T)`` segment ``attention_mask``
-    and its ``segment_layout`` (the same visibility as flash attention's sequences: slakevqa.segment_attention)."""
+    (on ``mask_device``, default the CPU) and its ``segment_layout`` (the same visibility as flash attention's
+    sequences: slakevqa.segment_attention)."""
     import torch
 
     from slakevqa.segment_attention import SegmentLayout
@@ -57,7 +67,7 @@ def segment_batch(rows: list[Row], pad_id: int) -> dict:
         n = len(tokens)
         batch["input_ids"][i, :n], batch["labels"][i, :n] = torch.tensor(tokens), torch.tensor(labels)
         batch["position_ids"][i, :n] = torch.tensor(positions)
-    batch["attention_mask"] = torch.stack([segment_mask(r[3], width) for r in rows])[:, None]
+    batch["attention_mask"] = segment_masks([r[3] for r in rows], width, mask_device)
     layout = SegmentLayout.build([r[3] for r in rows], width)
     if layout is not None:
         batch["segment_layout"] = layout
