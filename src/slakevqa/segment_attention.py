@@ -23,8 +23,9 @@ and gradient checkpointing keeps them for the recomputation). Wherever the layou
 cannot serve (CPU, fp32 without autocast, a cache with earlier columns, no layout given) the same
 call runs transformers' sdpa with the dense mask, which every packed batch still carries.
 
-    >>> SegmentLayout.build([[0, 0, 0, 1, 1, 2, -1]], width=7).sequences()
-    [((0, 3), [(0, 3)]), ((3, 5), [(0, 5)]), ((5, 6), [(0, 3), (5, 6)])]
+    >>> layout = SegmentLayout.build([[0, 0, 0, 1, 1, 2, -1]], width=7)  # prefix 0-2, segments 3-4 and 5
+    >>> layout.cu_q.tolist(), layout.k_cols.tolist()
+    ([0, 3, 5, 6], [0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 5])
 """
 
 from __future__ import annotations
@@ -88,15 +89,6 @@ class SegmentLayout:
         return replace(self, **{name: getattr(self, name).to(device)
                                 for name in ("q_rows", "q_cols", "k_rows", "k_cols", "cu_q", "cu_k")})
 
-    def sequences(self) -> list[tuple[tuple[int, int], list[tuple[int, int]]]]:
-        """Each sequence's query columns and key column runs (for reading and tests; one row only)."""
-        out = []
-        for s in range(len(self.cu_q) - 1):
-            q = self.q_cols[int(self.cu_q[s]):int(self.cu_q[s + 1])].tolist()
-            k = self.k_cols[int(self.cu_k[s]):int(self.cu_k[s + 1])].tolist()
-            out.append(((q[0], q[-1] + 1), runs(k)))
-        return out
-
 
 def row_spans(row: list[int]) -> tuple[tuple[int, int], list[tuple[int, int]]] | None:
     """``((0, P), [(start, end) per segment])`` of one row, or None if it is not prefix-segments-padding.
@@ -140,17 +132,6 @@ def run_indices(runs: list[tuple[int, int, int]]) -> tuple:
     offsets = torch.cumsum(lengths, 0) - lengths  # where each run begins in the output
     columns = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(int(lengths.sum()))
     return torch.repeat_interleave(rows, lengths), columns
-
-
-def runs(columns: list[int]) -> list[tuple[int, int]]:
-    """Consecutive runs of ``columns`` as ``(start, end)``: ``[0, 1, 2, 5, 6] -> [(0, 3), (5, 7)]``."""
-    out: list[tuple[int, int]] = []
-    for c in columns:
-        if out and out[-1][1] == c:
-            out[-1] = (out[-1][0], c + 1)
-        else:
-            out.append((c, c + 1))
-    return out
 
 
 def varlen_kernel(query, dtype):
