@@ -20,6 +20,7 @@ demo: install
 	$(PY) -m slakevqa demo
 
 test: install
+	$(PY) -m ruff check src tests benchmarks *.py
 	$(PY) -m pytest -q
 
 clean:

@@ -10,7 +10,7 @@ in ``slakevqa eval``'s order (image by image, images with a long-budget question
 prefilled once and read in place by every question's row, :mod:`slakevqa.evaluation.row_decoding`),
 ``share`` (the path before it: the prefix prefilled once, then copied into one cache row per
 question, ``model.generate``), ``noshare`` (every question encodes its image); ``+eager``:
-rows without CUDA graphs; ``+cudnn``: sdpa may pick cuDNN attention (:mod:`slakevqa.attention`);
+rows without CUDA graphs; ``+cudnn``: sdpa may pick cuDNN attention (:mod:`slakevqa.kernels.attention`);
 ``+trained``: each OPEN row stops after its gold answer's tokens + 1, what a fine-tuned model
 costs (eval_throughput.py's ``trained_lengths``; its answers are not compared); ``+liger``:
 Liger's RMSNorm, SwiGLU and RoPE in the model for that setting (CUDA, liger-kernel installed);
@@ -42,12 +42,10 @@ import json
 import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from eval_throughput import build_model, trained_lengths  # noqa: E402  (benchmarks/ is not a package)
-
 
 STAGES = ("prepare", "prefill_images", "score_candidates", "generate", "encode_shared_prefix", "encode_batch")
 
@@ -77,6 +75,8 @@ def timing(engine, name: str, times: dict) -> None:
 def run(engine, samples, batch_size: int, setting: str) -> dict:
     import torch
 
+    from slakevqa.kernels.attention import AttentionSettings
+
     parts = setting.split("+")
     share, cudnn = parts[0] != "noshare", "cudnn" in parts
     times: dict[str, float] = defaultdict(float)
@@ -85,8 +85,7 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     engine.one_decode_per_batch = "pergroup" not in parts
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    engine.builder = replace(engine.builder, settings=replace(engine.builder.settings, cudnn_attention=cudnn,
-                                                              varlen_attention="dense" not in parts))
+    engine.attention = AttentionSettings(cudnn_attention=cudnn, varlen_attention="dense" not in parts)
     lengths = trained_lengths(engine) if "trained" in parts else contextlib.nullcontext()
     undo_liger = liger_kernels(engine.model) if "liger" in parts else (lambda: None)
     order = budget_first_order(samples, engine.settings) if "budgetorder" in parts else samples
@@ -124,7 +123,7 @@ def liger_kernels(model):
 
     Benchmark only: measured in evaluation it was slower (67.7 q/s against 93.1 at batch 256 on the
     H200, benchmarks/RESULTS.md), so ``slakevqa eval`` runs the plain modules."""
-    from slakevqa.training.kernels import apply_liger, resolve_kernels
+    from slakevqa.training.speed_levers import apply_liger, resolve_kernels
 
     resolve_kernels("liger", model, next(model.parameters()).device.type)  # a clear error where it cannot run
     return apply_liger(model)
@@ -182,8 +181,8 @@ def main() -> None:
     from slakevqa.data.slake import find_layout, load_split
     from slakevqa.evaluation.engine import Engine, GenerationSettings
     from slakevqa.evaluation.evaluate import answer_order
-    from slakevqa.inputs import InputBuilder
-    from slakevqa.vocab import ClosedVocab
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.vocab import ClosedVocab
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slake_root", required=True)

@@ -141,8 +141,8 @@ def main() -> None:
 
     from slakevqa.data.slake import find_layout, load_split
     from slakevqa.evaluation.engine import Engine
-    from slakevqa.inputs import InputBuilder
-    from slakevqa.vocab import ClosedVocab
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.vocab import ClosedVocab
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slake_root", required=True)

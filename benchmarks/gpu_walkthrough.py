@@ -49,8 +49,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from walkthrough_runner import (ROOT, Outcome, StepFailed, Walk, environment, last_line, table,  # noqa: E402
-                                write_results)
+from walkthrough_runner import ROOT, Outcome, StepFailed, Walk, environment, last_line, table, write_results  # noqa: E402
 
 STEPS_PY = str(ROOT / "benchmarks" / "walkthrough_steps.py")
 CONFIG = str(ROOT / "configs" / "lora_single_gpu.yaml")

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from slakevqa.records import Prediction
-from slakevqa.results import build_results, write_predictions, write_results
+from slakevqa.runs.results import build_results, write_predictions, write_results
 
 
 def english(path: Path) -> list[dict]:

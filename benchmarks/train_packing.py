@@ -18,12 +18,12 @@ split's real questions, prompts and images, batches of ``--batch_size`` question
 * ``+ckpt``: gradient checkpointing; ``+peftcast``: peft's default precision handling
   (fp32 adapters, every adapter input cast to fp32), which ``naive`` always uses and
   ``slakevqa train`` replaces by bf16 autocast (``adapters_under_autocast``); ``+cudnn``:
-  let sdpa pick cuDNN attention (``naive`` always may; see ``slakevqa.attention``);
+  let sdpa pick cuDNN attention (``naive`` always may; see ``slakevqa.kernels.attention``);
 * ``+ckpt2``: gradient checkpointing on every second decoder layer of the language model only
   (less recompute, more memory); ``+liger``: Liger's RMSNorm/SwiGLU/RoPE kernels; ``+compile``:
-  each decoder layer compiled (both from ``slakevqa.training.kernels``, as ``--kernels liger``
+  each decoder layer compiled (both from ``slakevqa.training.speed_levers``, as ``--kernels liger``
   and ``--compile_layers`` train); ``+varlen``: packed rows' attention through flash attention's
-  variable-length kernel (``slakevqa.segment_attention``, ``--varlen_attention``, the default of
+  variable-length kernel (``slakevqa.kernels.segment_attention``, ``--varlen_attention``, the default of
   ``slakevqa train``) instead of sdpa over the dense segment mask; ``+keepN`` (with ``+ckpt``):
   the last N decoder layers keep their activations (no recompute), the others are checkpointed.
 
@@ -108,7 +108,7 @@ def profile_steps(step, steps: int = 2) -> str:
 def checkpointing(model, every: int, keep: int = 0) -> None:
     """Gradient checkpointing on every ``every``-th decoder layer of the language model (0: none), but not on
     the last ``keep`` layers."""
-    from slakevqa.training.kernels import language_model
+    from slakevqa.training.speed_levers import language_model
 
     if not every:
         model.gradient_checkpointing_disable()
@@ -122,7 +122,7 @@ def checkpointing(model, every: int, keep: int = 0) -> None:
 def run_mode(model, processor, samples, builder, args, packed: bool, ckpt_every: int, peft_cast: bool,
              cudnn: bool, liger: bool = False, compile: bool = False, varlen: bool = False, keep: int = 0) -> dict:
     """Train ``args.warmup + args.steps`` steps in one mode; the levers it applies are undone on the way out."""
-    from slakevqa.training.kernels import apply_speed_levers
+    from slakevqa.training.speed_levers import apply_speed_levers
 
     device = next(model.parameters()).device
     levers, undo = apply_speed_levers(model, "liger" if liger else "plain", compile, device.type)
@@ -140,13 +140,12 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from slakevqa.attention import attention_kernels
-    from slakevqa.segment_attention import segments_attended
-    from slakevqa.training.precision import adapter_layers
-
+    from slakevqa.kernels.attention import attention_kernels
+    from slakevqa.kernels.segment_attention import segments_attended
+    from slakevqa.models.image_features import ImageFeatureCache
     from slakevqa.training.examples import ExampleEncoder
-    from slakevqa.training.image_features import ImageFeatureCache
     from slakevqa.training.loss import answer_loss
+    from slakevqa.training.precision import adapter_layers
     from slakevqa.training.schedule import micro_batch_indices
     from slakevqa.training.train import image_group_ids
 
@@ -240,7 +239,7 @@ def restore(model, snapshot: dict) -> None:
 
 
 def parameter_counts(model) -> dict:
-    from slakevqa.training.image_features import llava_core
+    from slakevqa.models.image_features import llava_core
 
     core = llava_core(model)
     named = list(model.named_parameters())
@@ -258,9 +257,9 @@ def main() -> None:
     import torch
 
     from slakevqa.data.slake import find_layout, load_split
-    from slakevqa.inputs import InputBuilder
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.vocab import ClosedVocab
     from slakevqa.training.params import configure_trainable
-    from slakevqa.vocab import ClosedVocab
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slake_root", required=True)

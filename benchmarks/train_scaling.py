@@ -153,7 +153,6 @@ def run(args: argparse.Namespace) -> Report:
     from accelerate import Accelerator
 
     from slakevqa.distributed import use_cpu
-
     from slakevqa.models.shapes import LLAVA_MED_7B, TINY
 
     accelerator = Accelerator(cpu=use_cpu())

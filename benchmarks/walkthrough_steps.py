@@ -15,7 +15,7 @@ that every step's GPU memory belongs to one process and the driver never holds a
   converting such a folder is what this walkthrough must replay.
 * ``plain``: what a user without slakevqa does with the merged folder: ``AutoProcessor`` +
   ``AutoModelForImageTextToText`` + ``apply_chat_template`` on a real image + ``generate``;
-  the prompt ids must equal ``slakevqa.encoding.encode_prompt``'s token for token.
+  the prompt ids must equal ``slakevqa.inputs.encoding.encode_prompt``'s token for token.
 * ``tb``: the training run's TensorBoard events must hold probe scalars and ``eval/loss``
   at two steps or more.
 """
@@ -59,7 +59,7 @@ def plain(folder: Path, image: Path, question: str, tiny: bool) -> int:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from slakevqa.encoding import encode_prompt
+    from slakevqa.inputs.encoding import encode_prompt
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float32 if tiny else torch.bfloat16

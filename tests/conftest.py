@@ -88,10 +88,10 @@ def tiny_model():
 
 @pytest.fixture(params=[True, False], ids=["boolean-mask", "union-of-positions"])
 def mask_slicing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Run a loss test through both ways of slicing logits (training/loss.py), skipping one this transformers lacks."""
-    import slakevqa.training.loss as loss_module
+    """Run a test through both ways of slicing logits (kernels/compat.py), skipping one this transformers lacks."""
+    from slakevqa.kernels import compat
 
-    if request.param and not loss_module.accepts_mask_logits_to_keep():
+    if request.param and not compat.accepts_mask_logits_to_keep():
         pytest.skip("this transformers has no boolean logits_to_keep")
-    monkeypatch.setattr(loss_module, "MASK_SLICING", request.param)
+    monkeypatch.setattr(compat, "MASK_SLICING", request.param)
     return request.param

@@ -30,8 +30,9 @@ SLAKE_QUESTIONS = (  # real SLAKE English questions (train split)
 
 def sentencepiece_model():
     """The real Mistral-7B SentencePiece model, loaded with sentencepiece itself."""
-    import sentencepiece
     from importlib.resources import files
+
+    import sentencepiece
 
     return sentencepiece.SentencePieceProcessor(
         model_file=str(files("mistral_common") / "data" / "tokenizer.model.v1"))

@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from slakevqa.errors import UserError
 from slakevqa.files import atomic_folder, recover_folder, write_text_atomic
 from slakevqa.models import tiny
 from slakevqa.models.loading import load_model, resolve_folder
-from slakevqa.results import build_results, write_predictions, write_results
+from slakevqa.runs.results import build_results, write_predictions, write_results
 
 quiet = {"log": lambda line: None}
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from slakevqa.attention import attention_kernels
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.evaluation.engine import Engine
-from slakevqa.input_settings import InputSettings
-from slakevqa.inputs import InputBuilder
-from slakevqa.vocab import build_closed_vocab
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.vocab import build_closed_vocab
+from slakevqa.kernels.attention import AttentionSettings, attention_kernels
 
 
 def test_cudnn_attention_is_excluded_inside_the_block_and_restored_after() -> None:
@@ -32,6 +31,6 @@ def test_the_engine_answers_without_cudnn_attention_by_default(synth_root, tiny_
     Engine(model, processor, InputBuilder.create(find_layout(synth_root), vocab)).answer(samples)
     assert seen and not any(seen)
     seen.clear()
-    cudnn = InputBuilder.create(find_layout(synth_root), vocab, settings=InputSettings(cudnn_attention=True))
-    Engine(model, processor, cudnn).answer(samples)
+    builder = InputBuilder.create(find_layout(synth_root), vocab)
+    Engine(model, processor, builder, attention=AttentionSettings(cudnn_attention=True)).answer(samples)
     assert seen and all(seen) == torch.backends.cuda.cudnn_sdp_enabled()

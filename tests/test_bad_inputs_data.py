@@ -25,17 +25,17 @@ from typing import Callable
 
 import numpy as np
 import pytest
-from conftest import default_splits, slake_row, write_mini_slake
 from PIL import Image
 
+from conftest import default_splits, slake_row, write_mini_slake
 from slakevqa.cli import main
 from slakevqa.data import images, masks
 from slakevqa.data.annotations import load_class_map, load_detections
 from slakevqa.data.kg import load_kg
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.errors import DataError
-from slakevqa.inputs import InputBuilder
-from slakevqa.vocab import build_closed_vocab
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.vocab import build_closed_vocab
 
 DEEP_JSON = "[" * 200_000 + "]" * 200_000
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import write_mini_slake
 
+from conftest import write_mini_slake
 from slakevqa.cli import main
 
 
@@ -95,7 +95,7 @@ def vicuna_config(folder: Path) -> None:
 
 
 def half_published(folder: Path) -> None:
-    from slakevqa.training.checkpoint import READY_NAME
+    from slakevqa.models.model_files import READY_NAME
 
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(folder)}))
     (folder / READY_NAME).write_text("")

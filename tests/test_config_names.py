@@ -12,7 +12,8 @@ from slakevqa.config import config_from_args, config_from_dict, config_to_dict, 
 from slakevqa.data.settings import DataSettings
 from slakevqa.errors import UserError
 from slakevqa.evaluation.config import EvalConfig
-from slakevqa.input_settings import InputSettings
+from slakevqa.inputs.settings import InputSettings
+from slakevqa.kernels.attention import AttentionSettings
 from slakevqa.training.config import TrainConfig
 
 OURS = {"model_id": "tiny", "lr": 5e-3, "num_epochs": 2.0, "batch_size": 4, "grad_accum": 2,
@@ -102,14 +103,15 @@ def test_choices_are_checked_for_yaml_and_python_alike(key: str, value: str, tmp
 
 
 def test_every_shared_setting_is_defined_once() -> None:
-    for group in (InputSettings, DataSettings):
+    for group in (InputSettings, DataSettings, AttentionSettings):
         names = {f.name for f in dataclasses.fields(group)}
         for cls in (TrainConfig, EvalConfig):
             top = {f.name for f in dataclasses.fields(cls)}
             assert not names & top, f"{cls.__name__} repeats {names & top}"
             assert names <= {s.name for s in settings_of(cls)}
-    assert {"prompt_style", "max_prompt_len", "mask_mode", "mask_pad_ratio", "blank_images", "triples_mode",
-            "cudnn_attention", "varlen_attention"} == {f.name for f in dataclasses.fields(InputSettings)}
+    assert {"prompt_style", "max_prompt_len", "mask_mode", "mask_pad_ratio", "blank_images",
+            "triples_mode"} == {f.name for f in dataclasses.fields(InputSettings)}
+    assert {"cudnn_attention", "varlen_attention"} == {f.name for f in dataclasses.fields(AttentionSettings)}
 
 
 def test_groups_are_flat_keys_and_flat_records() -> None:
@@ -128,9 +130,11 @@ def test_final_evaluation_asks_as_training_taught(monkeypatch, tmp_path: Path) -
     seen = {}
     monkeypatch.setattr(evaluate_module, "evaluate", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
     cfg = config_from_dict(TrainConfig, {"mask_mode": "masked", "cudnn_attention": True, "blank_images": True,
-                                         "language": "all", "missing_images": "skip", "triples_mode": "off"})
+                                         "language": "all", "missing_images": "skip", "triples_mode": "off",
+                                         "varlen_attention": False})
     final_evaluation(cfg, tmp_path, None, None, tmp_path / "run")
     assert seen["cfg"].inputs == cfg.inputs
+    assert seen["cfg"].attention == cfg.attention == AttentionSettings(cudnn_attention=True, varlen_attention=False)
     assert (seen["cfg"].data.language, seen["cfg"].data.missing_images) == ("all", "skip")
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import default_splits, slake_row, write_mini_slake
-from test_kg import write_kg
-
 from slakevqa.cli import main
+from test_kg import write_kg
 
 MISSING_IMG = 9  # the image every split refers to once and that is not on disk
 

@@ -8,8 +8,15 @@ from pathlib import Path
 import pytest
 
 from slakevqa.evaluation.diagnose import flipped_builder, pick_mask_examples, write_mask_debug
-from slakevqa.evaluation.diagnose_analysis import (errors_by_slice, generic_answers, generic_word, histogram,
-                                                   kg_ablation, routing_errors, yes_no_bias)
+from slakevqa.evaluation.diagnose_analysis import (
+    errors_by_slice,
+    generic_answers,
+    generic_word,
+    histogram,
+    kg_ablation,
+    routing_errors,
+    yes_no_bias,
+)
 from slakevqa.records import Prediction, VQASample
 
 
@@ -178,10 +185,9 @@ def test_kg_ablation_paired_counts() -> None:
 
 def test_flipped_builder_keeps_run_stats_apart(mini_slake: Path) -> None:
     from slakevqa.data.slake import find_layout
-    from slakevqa.inputs import InputBuilder
-    from slakevqa.vocab import ClosedVocab
-
-    from slakevqa.input_settings import InputSettings
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.settings import InputSettings
+    from slakevqa.inputs.vocab import ClosedVocab
 
     builder = InputBuilder.create(find_layout(mini_slake), ClosedVocab.empty(), settings=InputSettings(mask_mode="crop"))
     other = flipped_builder(builder)
@@ -205,8 +211,8 @@ def test_mask_examples_prefer_new_images_then_fill() -> None:
 
 def test_mask_debug_with_masks_off_only_says_so(mini_slake: Path, tmp_path: Path) -> None:
     from slakevqa.data.slake import find_layout
-    from slakevqa.inputs import InputBuilder
-    from slakevqa.vocab import ClosedVocab
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.vocab import ClosedVocab
 
     builder = InputBuilder.create(find_layout(mini_slake), ClosedVocab.empty())
     summary = write_mask_debug(builder, [sample(1, 1, "CT")], tmp_path / "mask_debug", 4)
@@ -227,7 +233,7 @@ class FactEcho:
         self.prefix_attention, self.cuda_graphs = prefix_attention, cuda_graphs
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
-        from slakevqa.prompts import render_generation_prompt
+        from slakevqa.inputs.prompts import render_generation_prompt
 
         views = [self.builder.view(s) for s in samples]
         return [Prediction.from_sample(s, s.answer if v.kg_facts else "unknown",
@@ -238,12 +244,12 @@ def test_kg_ablation_of_a_run_without_facts_answers_again_with_them(tmp_path: Pa
     from slakevqa.data.slake import find_layout, load_split
     from slakevqa.data.synth import write_synthetic_slake
     from slakevqa.evaluation import diagnose
-    from slakevqa.inputs import InputBuilder
-    from slakevqa.vocab import ClosedVocab
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.vocab import ClosedVocab
 
     root = write_synthetic_slake(tmp_path / "Slake1.0", seed=0, images=20).out
     samples = [s for s in load_split(root, "test", "en") if s.is_kvqa]
-    from slakevqa.input_settings import InputSettings
+    from slakevqa.inputs.settings import InputSettings
 
     builder = InputBuilder.create(find_layout(root), ClosedVocab.empty(), settings=InputSettings(triples_mode="off"))
     engine = FactEcho(None, None, builder)
@@ -262,8 +268,8 @@ def test_kg_ablation_of_a_run_without_facts_answers_again_with_them(tmp_path: Pa
 @pytest.fixture(scope="module")
 def diagnosed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ``--mode diagnose`` run on a synthetic SLAKE (27 English test questions, 6 kvqa)."""
-    from slakevqa.data.synth import write_synthetic_slake
     from slakevqa.config import make_config
+    from slakevqa.data.synth import write_synthetic_slake
     from slakevqa.evaluation.config import EvalConfig
     from slakevqa.evaluation.evaluate import evaluate
     from slakevqa.models.tiny import build_tiny_llava

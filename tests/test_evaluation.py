@@ -19,8 +19,8 @@ from slakevqa.evaluation.config import EvalConfig
 from slakevqa.evaluation.engine import Engine
 from slakevqa.evaluation.evaluate import evaluate
 from slakevqa.evaluation.extract import extract_answer, match_candidate
-from slakevqa.inputs import InputBuilder
-from slakevqa.vocab import build_closed_vocab
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.vocab import build_closed_vocab
 
 
 def engine_for(root: Path, model, processor, candidates: str = "auto", closed_answering: str = "score") -> Engine:

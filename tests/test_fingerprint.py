@@ -13,15 +13,15 @@ from slakevqa.models.fingerprint import hub_revision, model_fingerprint, safeten
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
-def write_safetensors(path: Path, shape: list[int], fill: bytes = b"\0") -> None:
+def write_safetensors(path: Path, shape: list[int] | tuple[int, int], fill: bytes = b"\0") -> None:
     """A valid one-tensor float32 safetensors file (8-byte little-endian header length, JSON header, data)."""
     size = 4 * shape[0] * shape[1]
-    header = json.dumps({"w": {"dtype": "F32", "shape": shape, "data_offsets": [0, size]}}).encode()
+    header = json.dumps({"w": {"dtype": "F32", "shape": list(shape), "data_offsets": [0, size]}}).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(len(header).to_bytes(8, "little") + header + fill * size)
 
 
-def model_folder(folder: Path, shape: list[int] = [2, 3]) -> Path:
+def model_folder(folder: Path, shape: tuple[int, int] = (2, 3)) -> Path:
     write_safetensors(folder / "model.safetensors", shape)
     (folder / "config.json").write_text('{"model_type": "llava"}')
     return folder

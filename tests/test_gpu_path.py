@@ -24,9 +24,7 @@ import pytest
 pytest.importorskip("mistral_common")
 
 from conftest import slake_row, write_mini_slake  # noqa: E402
-
 from slakevqa.cli import main  # noqa: E402
-
 
 # Mistral-7B-Instruct-v0.2's chat template in its tokenizer_config.json of December 2023 (public format),
 # which LLaVA-Med v1.5's tokenizer_config.json carries: string content only.
@@ -120,7 +118,7 @@ def hf_inputs(folder: Path, question: str) -> tuple[object, dict]:
 
 @pytest.mark.parametrize("folder", ["converted", "run", "merged"])
 def test_every_written_folder_renders_llava_med_for_image_and_string_messages(walk, folder) -> None:
-    from slakevqa.encoding import encode_prompt, image_token_count
+    from slakevqa.inputs.encoding import encode_prompt, image_token_count
 
     question = "Which organ is abnormal, the heart or the liver? "
     processor, inputs = hf_inputs(walk[folder], question)

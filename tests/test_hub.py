@@ -16,8 +16,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import write_mini_slake
 
+from conftest import write_mini_slake
 from slakevqa.data.hub import fetch_slake
 from slakevqa.data.slake import load_split
 from slakevqa.errors import DataError, UserError

@@ -1,4 +1,4 @@
-"""Speed levers (training/kernels.py) on the tiny Mistral-based LLaVA, on CPU.
+"""Speed levers (training/speed_levers.py) on the tiny Mistral-based LLaVA, on CPU.
 
 Liger's kernels are Triton/CUDA: here only its refusals and the plain fallback can run (the
 GPU benchmark, benchmarks/train_packing.py ``+liger``, measures the kernels themselves).
@@ -18,8 +18,8 @@ import torch
 from slakevqa.data.slake import load_split
 from slakevqa.errors import UserError
 from slakevqa.training.examples import ExampleEncoder
-from slakevqa.training.kernels import apply_speed_levers, language_model, liger_unavailable, resolve_kernels
 from slakevqa.training.params import configure_trainable
+from slakevqa.training.speed_levers import apply_speed_levers, language_model, liger_unavailable, resolve_kernels
 from test_training_packing import assert_same, builder_for, image_ordered, loss_and_grads
 
 
@@ -160,7 +160,7 @@ def test_auto_stays_plain_under_fsdp_and_explicit_choices_pass_through() -> None
 
 
 def test_kept_layers_skip_the_recompute_and_give_the_same_step(synth_root: Path, tiny_model) -> None:
-    from slakevqa.training.kernels import keep_activations
+    from slakevqa.training.speed_levers import keep_activations
 
     model, processor = lora_model(tiny_model)
     batch = packed_batch(synth_root, processor)

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import default_splits, slake_row, write_mini_slake
 
+from conftest import default_splits, slake_row, write_mini_slake
 from slakevqa.cli import main
 from slakevqa.data.kg import format_triple, kg_facts_for, load_kg
 from slakevqa.data.slake import load_split

@@ -18,8 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slakevqa.config import make_config
 from slakevqa.commands.demo import DEMO_TRAINING
+from slakevqa.config import make_config
 from slakevqa.data.synth import write_synthetic_slake
 from slakevqa.evaluation.config import EvalConfig
 from slakevqa.evaluation.evaluate import evaluate

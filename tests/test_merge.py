@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from slakevqa.config import make_config
 from slakevqa.cli import main
+from slakevqa.config import make_config
 from slakevqa.errors import UserError
 from slakevqa.models.loading import load_model
 from slakevqa.models.tiny import build_tiny_llava, save_llava

@@ -11,14 +11,12 @@ from PIL import Image
 
 pytest.importorskip("mistral_common")
 
-from models_helpers import (IMAGE_TOKEN_INDEX, sentencepiece_model, upstream_logits,  # noqa: E402
-                            upstream_pixels, upstream_prompt_ids)
-
+from models_helpers import IMAGE_TOKEN_INDEX, sentencepiece_model, upstream_logits, upstream_pixels, upstream_prompt_ids  # noqa: E402
 from slakevqa.cli import main as cli  # noqa: E402
 from slakevqa.errors import UserError  # noqa: E402
+from slakevqa.inputs.prompts import render_generation_prompt  # noqa: E402
 from slakevqa.models.convert import convert_checkpoint  # noqa: E402
 from slakevqa.models.processor import load_processor  # noqa: E402
-from slakevqa.prompts import render_generation_prompt  # noqa: E402
 from slakevqa.models.tiny import build_tiny_llava  # noqa: E402
 from slakevqa.models.tiny_original import save_llava_med_original  # noqa: E402
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from slakevqa.errors import UserError
+from slakevqa.inputs.prompts import render_generation_prompt
 from slakevqa.models.loading import load_model, pick_dtype
-from slakevqa.prompts import render_generation_prompt
 from slakevqa.models.tiny import build_tiny_llava, save_llava
 from slakevqa.models.tiny_original import save_llava_med_original
 

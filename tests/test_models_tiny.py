@@ -7,7 +7,7 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from slakevqa.prompts import render_generation_prompt
+from slakevqa.inputs.prompts import render_generation_prompt
 from slakevqa.models.shapes import TINY, padded_vocab_size
 from slakevqa.models.tiny import build_tiny_llava
 

@@ -9,7 +9,6 @@ pytest.importorskip("mistral_common")
 pytest.importorskip("sentencepiece")
 
 from models_helpers import SLAKE_QUESTIONS, sentencepiece_model, upstream_prompt_ids  # noqa: E402
-
 from slakevqa.models.processor import build_processor, generation_prompt, load_processor  # noqa: E402
 from slakevqa.models.tokenizer import build_mistral_tokenizer, save_tokenizer  # noqa: E402
 
@@ -78,7 +77,7 @@ def test_chat_template_and_our_encoder_give_the_same_ids_for_every_prompt_style(
     import json
     from pathlib import Path
 
-    from slakevqa.encoding import encode_prompt
+    from slakevqa.inputs.encoding import encode_prompt
 
     golden = json.loads((Path(__file__).parent / "golden" / "prompts.json").read_text(encoding="utf-8"))
     for case in golden.values():

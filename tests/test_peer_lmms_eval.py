@@ -14,8 +14,15 @@ from pathlib import Path
 import pytest
 
 from slakevqa.errors import UserError
-from slakevqa.scoring.peers.lmms_eval import (HEADLINE_KEYS, VERSION, headline, normalize_answer,
-                                              read_log_samples, score, strip_reasoning)
+from slakevqa.scoring.peers.lmms_eval import (
+    HEADLINE_KEYS,
+    VERSION,
+    headline,
+    normalize_answer,
+    read_log_samples,
+    score,
+    strip_reasoning,
+)
 
 
 @pytest.mark.parametrize("prediction, answer, expected", [

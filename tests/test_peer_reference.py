@@ -16,8 +16,16 @@ import pytest
 
 from slakevqa.errors import UserError
 from slakevqa.scoring.peers import reference
-from slakevqa.scoring.peers.reference import (HEADLINE_KEYS, closed_accuracy, exact, extract_open,
-                                              headline, normalize, read_preds, token_f1)
+from slakevqa.scoring.peers.reference import (
+    HEADLINE_KEYS,
+    closed_accuracy,
+    exact,
+    extract_open,
+    headline,
+    normalize,
+    read_preds,
+    token_f1,
+)
 
 
 def test_version_pins_the_commit() -> None:

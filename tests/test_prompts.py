@@ -18,15 +18,20 @@ from pathlib import Path
 import pytest
 
 from slakevqa.errors import UserError
-from slakevqa.prompts import (
-    IMAGE_TOKEN, PROMPT_STYLES, build_user_text, get_prompt_style, render_generation_prompt, render_training_text,
+from slakevqa.inputs.prompts import (
+    IMAGE_TOKEN,
+    PROMPT_STYLES,
+    build_user_text,
+    get_prompt_style,
+    render_generation_prompt,
+    render_training_text,
 )
-from slakevqa.routing import Route
+from slakevqa.inputs.routing import Route
 
 GOLDEN = Path(__file__).parent / "golden" / "prompts.json"
 UPDATE = os.environ.get("SLAKEVQA_UPDATE_GOLDEN") == "1"
 KG_FACTS = ["Lung belong to: Respiratory System", "Heart function: pump blood around the body"]
-# One question per route, with the route computed from it by slakevqa.routing (pinned in test_routing).
+# One question per route, with the route computed from it by slakevqa.inputs.routing (pinned in test_routing).
 CASES: dict[str, tuple[str, Route, str]] = {
     "open": ("What modality is used to take this image?", Route("open"), "MRI"),
     "yesno": ("Does the picture contain liver?", Route("yesno", ("Yes", "No")), "Yes"),

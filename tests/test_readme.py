@@ -43,10 +43,10 @@ def test_tiny_walkthrough_runs_as_written(tmp_path: Path) -> None:
 
 
 def test_flags_doc_is_current() -> None:
-    from slakevqa.flags_doc import render
+    from slakevqa.commands.flags_doc import render
 
     current = (README.parent / "docs" / "flags.md").read_text(encoding="utf-8")
-    assert current == render(), "docs/flags.md is stale: python -m slakevqa.flags_doc > docs/flags.md"
+    assert current == render(), "docs/flags.md is stale: python -m slakevqa.commands.flags_doc > docs/flags.md"
     for flag in ("--model_id", "--lora_target_modules", "--closed_candidate_mode", "--check_batch_invariance",
                  "--mm_use_im_start_end", "--skip_generate", "--tb_probe_size", "--run_final_eval", "--learning_rate"):
         assert f"`{flag}`" in current

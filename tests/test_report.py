@@ -14,10 +14,10 @@ from PIL import Image
 from scoring_fixtures import synthetic_rows
 from slakevqa.cli import main
 from slakevqa.records import Prediction
-from slakevqa.reporting import analysis
 from slakevqa.reporting.plots import histogram, interval_bars
 from slakevqa.reporting.view import paper_comparability
-from slakevqa.results import build_results, write_predictions, write_results
+from slakevqa.runs.results import build_results, write_predictions, write_results
+from slakevqa.scoring import analysis
 
 
 def _closed(qid: int, answer: str, prediction: str, scores: tuple = (), **extra: object) -> Prediction:

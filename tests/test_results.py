@@ -11,8 +11,14 @@ from scoring_fixtures import synthetic_rows
 from slakevqa.cli import main
 from slakevqa.errors import DataError, UserError
 from slakevqa.records import Prediction, VQASample
-from slakevqa.results import (build_results, make_provenance, read_predictions, read_results,
-                              write_predictions, write_results)
+from slakevqa.runs.results import (
+    build_results,
+    make_provenance,
+    read_predictions,
+    read_results,
+    write_predictions,
+    write_results,
+)
 from slakevqa.scoring import DEFAULT_SCORERS
 
 

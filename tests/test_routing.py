@@ -10,16 +10,30 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import slake_row, write_mini_slake
 
-from slakevqa import routing
-from slakevqa.answer_keys import match_key
+from conftest import slake_row, write_mini_slake
 from slakevqa.cli import main
 from slakevqa.commands.routes import route_table
 from slakevqa.data.slake import load_split
 from slakevqa.errors import DataError, UserError
-from slakevqa.routing import Route, is_yes_no_question, parse_options, predict_answer_type, route_closed, route_question
-from slakevqa.vocab import VOCAB_VERSION, ClosedVocab, build_closed_vocab, load_closed_vocab, load_or_build_vocab, save_closed_vocab
+from slakevqa.inputs import routing
+from slakevqa.inputs.answer_keys import match_key
+from slakevqa.inputs.routing import (
+    Route,
+    is_yes_no_question,
+    parse_options,
+    predict_answer_type,
+    route_closed,
+    route_question,
+)
+from slakevqa.inputs.vocab import (
+    VOCAB_VERSION,
+    ClosedVocab,
+    build_closed_vocab,
+    load_closed_vocab,
+    load_or_build_vocab,
+    save_closed_vocab,
+)
 
 VOCAB = ClosedVocab((("Lung", 3), ("T2", 2), ("Transverse Plane", 1)), "train", "0" * 64)
 
@@ -212,7 +226,7 @@ def test_routes_cli_json_on_a_tiny_dataset(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_prompts_and_routing_do_not_import_torch():
-    code = "import sys, slakevqa.prompts, slakevqa.routing, slakevqa.commands.routes; print('torch' in sys.modules)"
+    code = "import sys, slakevqa.inputs.prompts, slakevqa.inputs.routing, slakevqa.commands.routes; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -285,12 +299,12 @@ def test_real_routes_cli_json_schema(slake_root: Path, tmp_path: Path, capsys: p
 def test_answer_keys_is_a_leaf_and_vocab_does_not_import_routing():
     import ast
 
-    from slakevqa import answer_keys
+    from slakevqa.inputs import answer_keys
 
     tree = ast.parse(Path(answer_keys.__file__).read_text(encoding="utf-8"))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not any(name.startswith("slakevqa") for name in imported)
-    code = "import sys, slakevqa.vocab; print('slakevqa.routing' in sys.modules)"
+    code = "import sys, slakevqa.inputs.vocab; print('slakevqa.inputs.routing' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"  # routing -> vocab only: no cycle

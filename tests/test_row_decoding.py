@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from slakevqa.data.slake import find_layout, load_split
-from slakevqa.evaluation.engine import Engine, cache_argument
+from slakevqa.evaluation.engine import Engine
 from slakevqa.evaluation.row_decoding import greedy_tokens
-from slakevqa.evaluation.shared_prefix import ATTENTION_NAME, language_parts, supports_shared_prefix
-from slakevqa.inputs import InputBuilder
-from slakevqa.segment_attention import ATTENTION_NAME as SEGMENTS
-from slakevqa.vocab import build_closed_vocab
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.vocab import build_closed_vocab
+from slakevqa.kernels.compat import cache_argument
+from slakevqa.kernels.segment_attention import ATTENTION_NAME as SEGMENTS
+from slakevqa.kernels.shared_prefix import ATTENTION_NAME, language_parts, supports_shared_prefix
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_attention_equals_plain_attention_over_prefix_and_own_columns() -> None:
     with Liger's dtype-keeping RoPE: fp16 keys, fp32 queries from layers called directly; it crashed on an H200)."""
     from types import SimpleNamespace
 
-    from slakevqa.evaluation.shared_prefix import ImageGroups, RowCache, shared_prefix_attention
+    from slakevqa.kernels.shared_prefix import ImageGroups, RowCache, shared_prefix_attention
 
     torch.manual_seed(0)
     rows, heads, kv, length, dim, prefix, width = 3, 4, 2, 2, 8, 5, 6

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from slakevqa.config import make_config, setting_value, settings_of
 from slakevqa.cli import main
+from slakevqa.config import make_config, setting_value, settings_of
 from slakevqa.errors import UserError
 from slakevqa.evaluation.config import EvalConfig
 from slakevqa.evaluation.evaluate import evaluate
 from slakevqa.models.fingerprint import model_fingerprint
-from slakevqa.run_fingerprint import FINGERPRINT_NAME
+from slakevqa.runs.fingerprint import FINGERPRINT_NAME
 
 
 def eval_cfg(root: Path, out: Path, **overrides) -> EvalConfig:
@@ -169,8 +169,8 @@ def test_a_longer_run_resumes_and_evaluates_its_own_model(yes_no_slake: Path, tm
 
 def test_a_failing_save_leaves_the_previous_output_whole(yes_no_slake: Path, tmp_path: Path, monkeypatch) -> None:
     import slakevqa.models.processor as processor_module
+    from slakevqa.models.model_files import READY_NAME
     from slakevqa.models.tiny import build_tiny_llava
-    from slakevqa.training.checkpoint import READY_NAME
     from slakevqa.training.train import save_trained, train
 
     out = tmp_path / "run"
@@ -191,13 +191,13 @@ def test_a_failing_save_leaves_the_previous_output_whole(yes_no_slake: Path, tmp
 def test_a_save_killed_after_its_commit_is_finished_by_the_next_run(tmp_path: Path, monkeypatch) -> None:
     import os
 
-    from slakevqa.training import checkpoint
+    from slakevqa.models import model_files
 
     out = tmp_path / "run"
     out.mkdir()
     (out / "adapter_model.safetensors").write_text("old weights")
     (out / "adapter_config.json").write_text("old config")
-    stage = checkpoint.start_publish(out)
+    stage = model_files.start_publish(out)
     (stage / "model.safetensors").write_text("new weights")  # a full model replaces an adapter
     (stage / "config.json").write_text("new config")
     real_replace, calls = os.replace, []
@@ -210,11 +210,11 @@ def test_a_save_killed_after_its_commit_is_finished_by_the_next_run(tmp_path: Pa
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.publish(stage, out)
+        model_files.publish(stage, out)
     monkeypatch.undo()
-    assert (out / checkpoint.READY_NAME).is_dir()  # evaluation refuses such a folder (check_not_half_saved)
+    assert (out / model_files.READY_NAME).is_dir()  # evaluation refuses such a folder (check_not_half_saved)
     with pytest.raises(UserError, match="interrupted"):
         evaluate(make_config(EvalConfig, model_id_or_ckpt=str(out), output_dir=str(tmp_path / "e")))
-    checkpoint.finish_publish(out)
+    model_files.finish_publish(out)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert (out / "model.safetensors").read_text() == "new weights"

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-import slakevqa.reporting.analysis
 import slakevqa.reporting.tables
 import slakevqa.scoring
 import slakevqa.scoring.aggregate
+import slakevqa.scoring.analysis
 import slakevqa.scoring.llava_med
 import slakevqa.scoring.normalize
 from slakevqa.errors import UserError
@@ -101,7 +101,7 @@ def test_scored_text_picks_the_field_each_scorer_reads() -> None:
 
 @pytest.mark.parametrize("module", [
     slakevqa.scoring, slakevqa.scoring.llava_med, slakevqa.scoring.normalize,
-    slakevqa.scoring.aggregate, slakevqa.reporting.analysis, slakevqa.reporting.tables,
+    slakevqa.scoring.aggregate, slakevqa.scoring.analysis, slakevqa.reporting.tables,
 ])
 def test_docstring_examples_hold(module: object) -> None:
     failed, attempted = doctest.testmod(module, verbose=False)
@@ -110,7 +110,7 @@ def test_docstring_examples_hold(module: object) -> None:
 
 def test_scoring_and_reports_do_not_import_torch() -> None:
     modules = ["slakevqa.scoring", "slakevqa.scoring.aggregate", "slakevqa.scoring.paired",
-               "slakevqa.results", "slakevqa.reporting.report", "slakevqa.commands.score",
+               "slakevqa.runs.results", "slakevqa.reporting.report", "slakevqa.commands.score",
                "slakevqa.commands.compare", "slakevqa.commands.report"]
     code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
             "print('torch' in sys.modules, 'transformers' in sys.modules)")

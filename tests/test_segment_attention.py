@@ -1,4 +1,4 @@
-"""Packed rows through flash attention's variable-length layout (slakevqa.segment_attention, issue 15).
+"""Packed rows through flash attention's variable-length layout (slakevqa.kernels.segment_attention, issue 15).
 
 The CUDA kernel cannot run here, so the layout, gathers, scatter, keyword plumbing (LLaVA, peft,
 gradient checkpointing) and the swap are checked with a reference kernel of the same contract
@@ -15,16 +15,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import slakevqa.segment_attention as segment_module
+import slakevqa.kernels.segment_attention as segment_module
 from slakevqa.data.slake import find_layout, load_split
-from slakevqa.input_settings import InputSettings
-from slakevqa.inputs import InputBuilder
-from slakevqa.segment_attention import SegmentLayout, row_spans, segments_attended, varlen_kernel
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.vocab import build_closed_vocab
+from slakevqa.kernels.attention import AttentionSettings
+from slakevqa.kernels.packing import segment_mask
+from slakevqa.kernels.segment_attention import SegmentLayout, row_spans, segments_attended, varlen_kernel
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.loss import answer_loss, packed_loss
-from slakevqa.training.packing import segment_mask
 from slakevqa.training.params import configure_trainable
-from slakevqa.vocab import build_closed_vocab
 
 
 def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal=True):
@@ -146,7 +146,6 @@ def test_cpu_takes_the_dense_mask(synth_root: Path, tiny_model) -> None:
 
 
 def test_evaluation_answers_equal_with_the_varlen_layout(synth_root: Path, reference_kernel) -> None:
-    from dataclasses import replace
 
     from slakevqa.evaluation.engine import Engine
     from slakevqa.models.tiny import build_tiny_llava
@@ -154,7 +153,7 @@ def test_evaluation_answers_equal_with_the_varlen_layout(synth_root: Path, refer
     model, processor = build_tiny_llava("bpe", seed=0)
     builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")))
     samples = load_split(synth_root, "test")[:24]
-    off = Engine(model, processor, replace(builder, settings=InputSettings(varlen_attention=False))).answer(samples)
+    off = Engine(model, processor, builder, attention=AttentionSettings(varlen_attention=False)).answer(samples)
     assert not reference_kernel
     on = Engine(model, processor, builder).answer(samples)
     layers = model.config.text_config.num_hidden_layers
@@ -188,7 +187,7 @@ def test_rows_prefix_attention_on_the_reference_kernel_equals_grouped_matmuls(re
     """Image 1 has no rows: with one row per image a decoding step once asked the kernel for max_q 1."""
     from types import SimpleNamespace
 
-    from slakevqa.evaluation.shared_prefix import ImageGroups, shared_prefix_attention
+    from slakevqa.kernels.shared_prefix import ImageGroups, shared_prefix_attention
 
     torch.manual_seed(0)
     prefix_keys, prefix_values = (torch.randn(3, 2, 12, 16) for _ in range(2))
@@ -209,7 +208,7 @@ def test_rows_prefix_attention_on_the_reference_kernel_equals_grouped_matmuls(re
 def test_rows_read_their_prefix_through_flash_as_through_grouped_matmuls_on_cuda(length: int) -> None:
     from types import SimpleNamespace
 
-    from slakevqa.evaluation.shared_prefix import ImageGroups, shared_prefix_attention
+    from slakevqa.kernels.shared_prefix import ImageGroups, shared_prefix_attention
 
     torch.manual_seed(0)
     images, kv, prefix, dim, heads, width = 3, 2, 40, 64, 8, 10

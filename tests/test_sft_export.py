@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import default_splits, slake_row, write_mini_slake
 
+from conftest import default_splits, slake_row, write_mini_slake
 from slakevqa.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

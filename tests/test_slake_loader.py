@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import default_splits, slake_row, write_image, write_mini_slake
 
+from conftest import default_splits, slake_row, write_mini_slake
 from slakevqa.cli import main
-from slakevqa.data.slake import (cross_language_leak, find_layout, load_split, load_training_split)
+from slakevqa.data.slake import cross_language_leak, find_layout, load_split, load_training_split
 from slakevqa.errors import DataError, UserError
-
 
 # ---------------------------------------------------------------- layouts
 

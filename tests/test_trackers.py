@@ -64,8 +64,8 @@ def test_scalars_go_to_another_tracker_without_tensorboard(synth_root: Path, tmp
 
 
 def test_a_missing_tracker_fails_before_the_model_loads(synth_root: Path, tmp_path: Path, monkeypatch) -> None:
-    import slakevqa.training.train as train_module
     import slakevqa.training.trackers as trackers
+    import slakevqa.training.train as train_module
 
     monkeypatch.setattr(trackers, "installed_trackers", lambda: {"tensorboard"})
     monkeypatch.setattr(train_module, "load_for_training", lambda *a: pytest.fail("the model was loaded"))

@@ -14,9 +14,17 @@ import pytest
 import torch
 
 from slakevqa.errors import UserError
-from slakevqa.training.checkpoint import (TRAINABLE_NAME, check_checkpoint, list_checkpoints, load_checkpoint,
-                                          read_trainer_state, register_checkpoint_hooks, resolve_resume,
-                                          save_checkpoint, write_trainer_state)
+from slakevqa.training.checkpoint import (
+    TRAINABLE_NAME,
+    check_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    read_trainer_state,
+    register_checkpoint_hooks,
+    resolve_resume,
+    save_checkpoint,
+    write_trainer_state,
+)
 
 HISTORY = [{"step": 1, "epoch": 0.5, "loss": 2.5, "learning_rate": 0.0, "grad_norm": 1.5},
            {"step": 2, "epoch": 1.0, "loss": 2.25, "learning_rate": 1e-3, "grad_norm": 1.25}]
@@ -54,7 +62,7 @@ def test_resumed_steps_equal_uninterrupted_ones(tmp_path: Path) -> None:
     accelerator, model, optimizer, scheduler = prepared()
     for n in range(1, 4):
         step(model, optimizer, scheduler)
-        save_checkpoint(accelerator, tmp_path, n, lambda folder: write_trainer_state(folder, n, 10, HISTORY[:1]), 2)
+        save_checkpoint(accelerator, tmp_path, n, lambda folder, n=n: write_trainer_state(folder, n, 10, HISTORY[:1]), 2)
     expected = [step(model, optimizer, scheduler) for _ in range(3)] + [random.random()]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-3"]  # save_total_limit
     files = {p.name for p in (tmp_path / "checkpoint-3").iterdir()}

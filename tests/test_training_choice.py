@@ -10,13 +10,13 @@ import torch
 
 from slakevqa.config import make_config
 from slakevqa.data.slake import find_layout, load_split
-from slakevqa.inputs import InputBuilder
-from slakevqa.training.choice import needed_positions, pack_batch, prompt_ends
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.vocab import build_closed_vocab
+from slakevqa.training.choice import needed_positions, prompt_ends
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.loss import answer_loss, logits_where, packed_loss
 from slakevqa.training.train import train
-from slakevqa.vocab import build_closed_vocab
 
 
 def encoder_for(root: Path, processor, objective: str) -> ExampleEncoder:
@@ -73,7 +73,7 @@ def test_mc_objective_supervises_open_answers_and_closed_choices_only(synth_root
     _, processor = tiny_model
     samples = load_split(synth_root, "train")[:8]
     batch, _ = encoder_for(synth_root, processor, "mc").batch(samples)
-    for row, sample in enumerate(samples):
+    for row in range(len(samples)):
         supervised = bool((batch["labels"][row] != -100).any())
         chosen = int(batch["choice_gold"][row]) >= 0
         assert supervised != chosen  # CLOSED with a choice: no answer tokens; everything else: answer tokens

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import slakevqa.training.train as train_module
-from slakevqa.config import make_config
 from slakevqa.cli import main
+from slakevqa.config import make_config
 from slakevqa.errors import UserError
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.loss import out_of_memory_advice

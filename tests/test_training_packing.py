@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from slakevqa.data.slake import find_layout, load_split
-from slakevqa.input_settings import InputSettings
-from slakevqa.inputs import InputBuilder
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.settings import InputSettings
+from slakevqa.inputs.vocab import build_closed_vocab
+from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.training.examples import ExampleEncoder
-from slakevqa.training.image_features import ImageFeatureCache
 from slakevqa.training.loss import answer_loss
 from slakevqa.training.params import configure_trainable
 from slakevqa.training.schedule import epoch_order, micro_batch_indices
 from slakevqa.training.train import image_group_ids
-from slakevqa.vocab import build_closed_vocab
 
 
 def builder_for(root: Path) -> InputBuilder:
@@ -80,7 +80,7 @@ def test_packed_positions_continue_from_the_prefix(synth_root: Path, tiny_model)
     prefix = len(examples[0].input_ids) - examples[0].input_ids[::-1].index(image_id)
     row, positions = batch["input_ids"][0].tolist(), batch["position_ids"][0].tolist()
     at = prefix
-    for k, example in enumerate(examples):
+    for example in examples:
         n = len(example.input_ids) - prefix
         assert row[at:at + n] == list(example.input_ids[prefix:])
         assert positions[at:at + n] == list(range(prefix, prefix + n))

@@ -8,8 +8,13 @@ import torch
 from slakevqa.config import make_config
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.params import configure_trainable
-from slakevqa.training.precision import (adapter_layers, adapters_under_autocast, autocast_precision,
-                                         precision_layout, weight_dtype)
+from slakevqa.training.precision import (
+    adapter_layers,
+    adapters_under_autocast,
+    autocast_precision,
+    precision_layout,
+    weight_dtype,
+)
 
 
 @pytest.mark.parametrize("precision,device,lora,expected", [

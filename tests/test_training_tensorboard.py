@@ -134,8 +134,8 @@ def test_held_out_mode_restores_rng_and_mode(tiny_model) -> None:
 
 def test_answer_loss_rows_match_separate_forwards(synth_root: Path, tiny_model, mask_slicing: bool) -> None:
     from slakevqa.data.slake import find_layout
-    from slakevqa.inputs import InputBuilder
-    from slakevqa.vocab import ClosedVocab
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.vocab import ClosedVocab
     from slakevqa.training.examples import ExampleEncoder
     from slakevqa.training.loss import answer_loss
 

@@ -229,3 +229,11 @@ def _json_line(raw: bytes, path: Path, number: int) -> object:
         raise DataError(path, f"not JSON ({error.msg})", record=f"line {number}") from None
     except RecursionError:
         raise DataError(path, "invalid JSON: nested too deeply", record=f"line {number}") from None
+
+
+def sync_files(folder: Path) -> None:
+    """fsync every file under ``folder``: renamed into place after this, it is on disk, not only in the cache."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())

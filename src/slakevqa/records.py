@@ -87,7 +87,7 @@ class Prediction:
     ``raw_output`` for generated answers, the chosen candidate for candidate
     scoring. ``answer`` is the gold answer, copied from the sample *after* the model
     has answered (the model never sees it). ``route`` is a
-    :data:`slakevqa.routing.ROUTE_KINDS` value (``open``, ``yesno``, ``options``,
+    :data:`slakevqa.inputs.routing.ROUTE_KINDS` value (``open``, ``yesno``, ``options``,
     ``vocab``). ``scores`` holds one log-probability per entry of ``candidates``;
     ``margin`` is best minus second best. ``image_path`` is a string because it
     round-trips through JSON. Extra keys in a line (``route_source``, ...) are ignored.

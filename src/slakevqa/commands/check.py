@@ -69,8 +69,8 @@ def print_parameters(model: PreTrainedModel) -> None:
 
 
 def print_image_tokens(model: PreTrainedModel, processor: ProcessorMixin, question: str) -> None:
+    from slakevqa.inputs.prompts import render_generation_prompt
     from slakevqa.models.inspect import image_token_layout
-    from slakevqa.prompts import render_generation_prompt
 
     layout = image_token_layout(processor, model, question)
     vision = model.config.vision_config

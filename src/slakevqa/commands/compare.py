@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 
 from slakevqa.commands.scoring_args import add_scoring_arguments, check_scoring_arguments
-from slakevqa.reporting.tables import comparison_table, peers_comparison_table
 from slakevqa.files import write_text_atomic
-from slakevqa.results import read_predictions, run_files
+from slakevqa.reporting.tables import comparison_table, peers_comparison_table
+from slakevqa.runs.results import read_predictions, run_files
 from slakevqa.scoring import scorer_versions
 from slakevqa.scoring.aggregate import score_rows
 from slakevqa.scoring.paired import align, compare

@@ -43,12 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slakevqa.reporting.report import write_report
+
     out = check_output_dir(args.out, "--out")
     began = time.perf_counter()
     root = dataset(args, out)
     model_dir = tiny_model(out / "tiny")
     untrained = evaluate_untrained(model_dir, root, out / "untrained", args.overwrite)
     trained = train_tiny(model_dir, root, out / "trained", args.steps, args.overwrite)
+    for folder in (out / "untrained", out / "trained" / "eval_test"):
+        write_report(folder)
     print_comparison(untrained, trained)
     print(f"\nreport: {(out / 'trained' / 'eval_test' / 'report.html').resolve()}")
     print(f"demo finished in {time.perf_counter() - began:.0f} s")

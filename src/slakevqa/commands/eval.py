@@ -18,11 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slakevqa.evaluation.evaluate import evaluate
+    from slakevqa.reporting.report import write_report
     from slakevqa.reporting.tables import headline_table
 
     cfg = config_from_args(EvalConfig, args)
     results = evaluate(cfg)
-    if results:
+    if results:  # the main process only
+        if cfg.report:
+            write_report(cfg.output_dir)
         print(headline_table(results))
         print(f"predictions, results.json and report.html in {cfg.output_dir}")
     return 0

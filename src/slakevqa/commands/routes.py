@@ -2,9 +2,9 @@
 
     slakevqa routes --slake_root ../shared/slake/Slake1.0 --split test --allow_build_vocab [--json]
 
-Routing reads the question only (:mod:`slakevqa.routing`); this report is the one
+Routing reads the question only (:mod:`slakevqa.inputs.routing`); this report is the one
 place that then looks at the gold answer, to count how often it is among the
-candidates. Answers and candidates are compared by :func:`slakevqa.answer_keys.match_key`:
+candidates. Answers and candidates are compared by :func:`slakevqa.inputs.answer_keys.match_key`:
 lowercase, punctuation removed, whitespace collapsed, ``y``/``true`` = ``yes`` and
 ``n``/``false`` = ``no``. ``--json`` prints::
 
@@ -22,12 +22,12 @@ import statistics
 import sys
 from typing import Sequence
 
-from slakevqa.answer_keys import match_key
 from slakevqa.commands.dataset_args import add_dataset_arguments, resolve_dataset_root
 from slakevqa.data.slake import find_layout, load_split
+from slakevqa.inputs.answer_keys import match_key
+from slakevqa.inputs.routing import Route, route_closed
+from slakevqa.inputs.vocab import ClosedVocab, load_or_build_vocab
 from slakevqa.records import VQASample
-from slakevqa.routing import Route, route_closed
-from slakevqa.vocab import ClosedVocab, load_or_build_vocab
 
 CLOSED_ROUTES: tuple[str, ...] = ("yesno", "options", "vocab")
 

@@ -23,8 +23,16 @@ from pathlib import Path
 from slakevqa.commands.dataset_args import add_dataset_arguments
 from slakevqa.commands.scoring_args import add_scoring_arguments, check_scoring_arguments
 from slakevqa.reporting.tables import headline_table, peers_table
-from slakevqa.results import (PREDICTIONS_NAME, RESULTS_NAME, build_results, make_provenance, read_predictions,
-                              read_results, write_predictions, write_results)
+from slakevqa.runs.results import (
+    PREDICTIONS_NAME,
+    RESULTS_NAME,
+    build_results,
+    make_provenance,
+    read_predictions,
+    read_results,
+    write_predictions,
+    write_results,
+)
 from slakevqa.scoring.answer_files import FORMATS, detect_format
 
 

@@ -14,9 +14,10 @@ from typing import ClassVar
 
 from slakevqa.config import Translation, check_choices, check_rules
 from slakevqa.data.settings import DataSettings
-from slakevqa.input_settings import InputSettings
+from slakevqa.inputs.builder import CANDIDATE_SOURCES
+from slakevqa.inputs.settings import InputSettings
+from slakevqa.kernels.attention import AttentionSettings
 from slakevqa.models.loading import PRECISIONS
-from slakevqa.inputs import CANDIDATE_SOURCES
 
 # --closed_answering: how a CLOSED question with candidates is answered.
 CLOSED_ANSWERING: tuple[str, ...] = ("score", "generate")
@@ -58,6 +59,8 @@ class EvalConfig:
                                                      choices=("eval", "diagnose")))
     # what the model is shown (the same keys as training's)
     inputs: InputSettings = field(default_factory=InputSettings)
+    # which attention kernels run (the same keys as training's; fingerprint-neutral)
+    attention: AttentionSettings = field(default_factory=AttentionSettings)
     # routing and CLOSED questions
     route: str = field(default="answer_type", metadata=_help(
         "who decides OPEN vs CLOSED: SLAKE's answer_type metadata or the question-only classifier",
@@ -140,7 +143,7 @@ RULES = (
 )
 
 
-# The run fingerprint (slakevqa.run_fingerprint): the fields whose change changes an answer. A rerun
+# The run fingerprint (slakevqa.runs.fingerprint): the fields whose change changes an answer. A rerun
 # into a used --output_dir resumes only when these, the model's weights, the split file's sha256,
 # the prompt version and the closed vocabulary all match. tests/test_run_fingerprints.py checks that
 # every field is in exactly one of the two lists, so a new field needs a decision here.

@@ -22,19 +22,26 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-
 from slakevqa.data.images import load_rgb
 from slakevqa.data.masks import MaskStats, apply_mask, region_mask
-from slakevqa.encoding import encode_prompt
-from slakevqa.evaluation.diagnose_analysis import (MARGIN_EDGES, TINY_MARGINS, distribution, errors_by_slice,
-                                                   generic_answers, kg_ablation, routing_errors, yes_no_bias)
+from slakevqa.evaluation.diagnose_analysis import (
+    MARGIN_EDGES,
+    TINY_MARGINS,
+    distribution,
+    errors_by_slice,
+    generic_answers,
+    kg_ablation,
+    routing_errors,
+    yes_no_bias,
+)
 from slakevqa.evaluation.diagnose_markdown import render_markdown
 from slakevqa.evaluation.engine import Engine
 from slakevqa.files import write_json_atomic, write_text_atomic
-from slakevqa.inputs import InputBuilder
-from slakevqa.prompts import render_generation_prompt
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.encoding import encode_prompt
+from slakevqa.inputs.prompts import render_generation_prompt
 from slakevqa.records import Prediction, VQASample
-from slakevqa.results import write_predictions
+from slakevqa.runs.results import write_predictions
 
 FORMAT = "slakevqa.diagnostics"
 # Bump when a section's meaning or keys change.
@@ -256,7 +263,8 @@ def run_kg_ablation(engine: Engine, samples: list[VQASample], rows: list[Predict
                                                 "matches): nothing to compare"}
     second = Engine(engine.model, engine.processor, other, settings=engine.settings,
                     closed_answering=engine.closed_answering, share_prefix=engine.share_prefix,
-                    prefix_attention=engine.prefix_attention, cuda_graphs=engine.cuda_graphs)
+                    prefix_attention=engine.prefix_attention, cuda_graphs=engine.cuda_graphs,
+                    attention=engine.attention)
     again = answer_in_batches(second, affected, options.batch_size)
     write_predictions(path, again)
     first = [by_qid[s.qid] for s in affected]

@@ -2,10 +2,10 @@
 
 Each function takes the rows of one run and returns a JSON-ready dict; the
 numbers behind them (confusion counts, yes/no margins, worst errors) come from
-:mod:`slakevqa.reporting.analysis` and :mod:`slakevqa.scoring`, so the report and
+:mod:`slakevqa.scoring.analysis` and :mod:`slakevqa.scoring`, so the report and
 the diagnostics cannot disagree. Yes/no and answers are compared with
 :func:`~slakevqa.scoring.normalize.normalize_answer` (the ``exact`` scorer's
-normaliser); routes and candidates with :func:`~slakevqa.answer_keys.match_key`
+normaliser); routes and candidates with :func:`~slakevqa.inputs.answer_keys.match_key`
 (what routing itself uses), as noted where each is used.
 
 >>> rows = [Prediction(qid=1, question="Is it?", answer="No", answer_type="CLOSED", prediction="Yes",
@@ -22,12 +22,12 @@ from typing import Sequence
 
 import numpy as np
 
-from slakevqa.answer_keys import match_key
 from slakevqa.evaluation.extract import GENERIC_ANSWERS
+from slakevqa.inputs.answer_keys import match_key
+from slakevqa.inputs.routing import predict_answer_type
 from slakevqa.records import Prediction
-from slakevqa.reporting.analysis import OTHER, closed_confusion, worst_errors, yes_no_margins
-from slakevqa.routing import predict_answer_type
 from slakevqa.scoring.aggregate import RESAMPLES, SEED, resample_index, score_rows
+from slakevqa.scoring.analysis import OTHER, closed_confusion, worst_errors, yes_no_margins
 from slakevqa.scoring.normalize import normalize_answer
 from slakevqa.scoring.paired import align, paired_cell
 

@@ -23,20 +23,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from slakevqa.attention import attention_kernels
-from slakevqa.encoding import encode_answer, encode_prompt, image_token_count
 from slakevqa.errors import UserError
 from slakevqa.evaluation.extract import extract_answer, match_candidate
 from slakevqa.evaluation.packed_prefill import encode_packed
-from slakevqa.evaluation.row_decoding import (EncodedRows, candidate_tail_logprobs, candidate_tokens, greedy_tokens,
-                                              later_token_logprobs)
-from slakevqa.evaluation.shared_prefix import supports_shared_prefix
-from slakevqa.inputs import InputBuilder, SampleView
-from slakevqa.prompts import IMAGE_TOKEN
+from slakevqa.evaluation.row_decoding import (
+    EncodedRows,
+    candidate_tail_logprobs,
+    candidate_tokens,
+    greedy_tokens,
+    later_token_logprobs,
+)
+from slakevqa.inputs.builder import InputBuilder, SampleView
+from slakevqa.inputs.encoding import encode_answer, encode_prompt, image_token_count
+from slakevqa.inputs.prompts import IMAGE_TOKEN
+from slakevqa.inputs.vocab import candidate_variants
+from slakevqa.kernels.attention import AttentionSettings, attention_kernels
+from slakevqa.kernels.compat import cache_argument, returned_cache
+from slakevqa.kernels.packing import image_groups
+from slakevqa.kernels.segment_attention import segments_attended
+from slakevqa.kernels.shared_prefix import supports_shared_prefix
 from slakevqa.records import Prediction, VQASample
-from slakevqa.segment_attention import segments_attended
-from slakevqa.training.packing import image_groups
-from slakevqa.vocab import candidate_variants
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -63,7 +70,7 @@ class Engine:
 
     def __init__(self, model, processor, builder: InputBuilder, *, settings: GenerationSettings = GenerationSettings(),
                  closed_answering: str = "score", share_prefix: bool = True, prefix_attention: bool = True,
-                 cuda_graphs: bool = True) -> None:
+                 cuda_graphs: bool = True, attention: AttentionSettings = AttentionSettings()) -> None:
         """``closed_answering``: ``score`` CLOSED candidates by likelihood, or ``generate`` and map onto one.
 
         ``share_prefix``: prefill each image's prefix once per batch. ``prefix_attention``: then run
@@ -72,9 +79,11 @@ class Engine:
         ``cuda_graphs``: replay the decoding step as a CUDA graph (CUDA only).
         On rows, a batch's OPEN questions decode in one call whatever their budgets (each row stops
         at its own; ``one_decode_per_batch = False``: one call per budget, as ``generate`` does).
-        The prompt length and the attention kernels follow ``builder.settings`` (the run's InputSettings).
+        The prompt length follows ``builder.settings`` (the run's InputSettings); ``attention`` says which
+        attention kernels may run (cuDNN's, flash attention's variable-length one).
         """
         self.model, self.processor, self.builder, self.settings = model, processor, builder, settings
+        self.attention = attention
         self.closed_answering, self.share_prefix = closed_answering, share_prefix
         self.prefix_attention, self.cuda_graphs = prefix_attention, cuda_graphs
         self.one_decode_per_batch = True
@@ -95,7 +104,7 @@ class Engine:
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
         prepared = [self.prepare(s) for s in samples]
-        with attention_kernels(self.builder.settings.cudnn_attention):
+        with attention_kernels(self.attention.cudnn_attention):
             # One encoding of each image's prefix for the whole batch, shared by CLOSED scoring and
             # every budget group of OPEN generation: on rows, one packed forward of images and questions.
             if self.on_rows(prepared):
@@ -132,7 +141,7 @@ class Engine:
     # ---------------------------------------------------------------- building predictions
 
     def prompt_text(self, item: Prepared) -> str:
-        from slakevqa.prompts import render_generation_prompt
+        from slakevqa.inputs.prompts import render_generation_prompt
 
         return render_generation_prompt(item.view.user_text)
 
@@ -288,11 +297,11 @@ class Engine:
         import torch
 
         groups = image_groups([id(p.pixel_values) for p in items])
-        with torch.inference_mode(), segments_attended(self.model, self.builder.settings.varlen_attention):
+        with torch.inference_mode(), segments_attended(self.model, self.attention.varlen_attention):
             # no autograd graph: at 7B a batch's activations would fill the card
             rows = encode_packed(self.model, cache_argument(self.model), [p.prompt_ids for p in items], groups,
                                  self.pixels([items[g[0]] for g in groups]), self.shared_prefix_length(items),
-                                 self.tokenizer.pad_token_id, self.builder.settings.varlen_attention)
+                                 self.tokenizer.pad_token_id, self.attention.varlen_attention)
         return BatchRows(rows, {id(p): row for row, p in enumerate(items)})
 
     def batch_rows(self, items: list[Prepared], prefixes=None) -> tuple[EncodedRows, list[int]]:
@@ -361,17 +370,3 @@ class BatchRows:
 
     rows: EncodedRows
     row_of: dict[int, int]
-
-
-def cache_argument(model) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (earlier 5.x): the forward's KV-cache keyword."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
-
-
-def returned_cache(output):
-    """The KV cache of a forward output under either name."""
-    cache = output.get("cache") if hasattr(output, "get") else None
-    return cache if cache is not None else output.past_key_values

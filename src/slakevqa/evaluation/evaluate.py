@@ -1,7 +1,10 @@
 """`evaluate(cfg)`: answer a SLAKE split with a model and score it, top to bottom.
 
     data -> vocabulary -> prompts/images -> model -> resume -> batches (appended, flushed)
-    -> merge shards in qid order -> results.json (all scorers, intervals, provenance) -> report
+    -> merge shards in qid order -> results.json (all scorers, intervals, provenance)
+
+The report is drawn from those files afterwards (``slakevqa.reporting.report.write_report``; the
+``eval`` and ``train`` commands call it when ``report`` is on): reporting sits above evaluation.
 
 Under ``accelerate launch`` process ``r`` of ``w`` answers the questions of its share of
 the images (:func:`shard_by_image`) into ``predictions.rank{r}.jsonl``; the main process
@@ -26,12 +29,18 @@ from slakevqa.evaluation.config import EvalConfig
 from slakevqa.evaluation.engine import Engine, GenerationSettings
 from slakevqa.evaluation.store import PredictionWriter, recover_predictions
 from slakevqa.files import make_output_dir, write_json_atomic
-from slakevqa.inputs import InputBuilder
-from slakevqa.models.loading import check_not_half_saved
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.vocab import ClosedVocab, load_or_build_vocab
+from slakevqa.models.model_files import check_not_half_saved
 from slakevqa.records import Prediction, VQASample
-from slakevqa.results import PREDICTIONS_NAME, RESULTS_NAME, build_results, make_provenance, write_predictions
-from slakevqa.results import write_results
-from slakevqa.vocab import ClosedVocab, load_or_build_vocab
+from slakevqa.runs.results import (
+    PREDICTIONS_NAME,
+    RESULTS_NAME,
+    build_results,
+    make_provenance,
+    write_predictions,
+    write_results,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +77,8 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     engine = Engine(model, processor, builder, settings=settings, closed_answering=cfg.closed_answering,
                     share_prefix=cfg.share_prefix, prefix_attention=cfg.prefix_attention,
                     # bitsandbytes' quantised matmuls were never captured in a CUDA graph on our GPUs: launched eagerly
-                    cuda_graphs=cfg.cuda_graphs and not (cfg.load_in_4bit or cfg.load_in_8bit))
+                    cuda_graphs=cfg.cuda_graphs and not (cfg.load_in_4bit or cfg.load_in_8bit),
+                    attention=cfg.attention)
 
     # ---- answer what is missing, appending as we go
     shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")
@@ -86,7 +96,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
         merge_shards(out, world)
     timing = answer_timing(to_answer, time.perf_counter() - began, world)
 
-    # ---- score, record provenance, report
+    # ---- score, record provenance
     rows = finalise_predictions(out / PREDICTIONS_NAME, samples)
     provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
                                  split_file=layout.split_file(cfg.split), route_source=cfg.route,
@@ -106,10 +116,6 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
         from slakevqa.evaluation.diagnose import run_diagnose
 
         run_diagnose(engine, samples, rows, out / "diagnose")
-    if cfg.report:
-        from slakevqa.reporting.report import write_report
-
-        write_report(out)
     return results
 
 
@@ -118,8 +124,8 @@ def claim_eval_folder(cfg: EvalConfig, out: Path, split_file: Path, prompt_versi
     """Record this run's fingerprint in ``out``, or refuse a folder that holds another run's answers."""
     from slakevqa.evaluation.config import RESULT_FIELDS
     from slakevqa.models.loading import pick_device, pick_dtype
-    from slakevqa.results import sha256_file
-    from slakevqa.run_fingerprint import claim_folder, config_values, make_fingerprint, model_values, vocab_sha256
+    from slakevqa.runs.fingerprint import claim_folder, config_values, make_fingerprint, model_values, vocab_sha256
+    from slakevqa.runs.results import sha256_file
 
     values = {**model_values(cfg.model_id_or_ckpt, cfg.model_base), "split_file": split_file.name,
               "split_sha256": sha256_file(split_file), "prompt_version": prompt_version,

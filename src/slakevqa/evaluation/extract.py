@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from slakevqa.answer_keys import match_key
+from slakevqa.inputs.answer_keys import match_key
 
 _ANSWER_PREFIX = re.compile(r"^\s*(?:the\s+)?answer\s*(?:is)?\s*[:\-]\s*", re.I)
 GENERIC_ANSWERS: frozenset[str] = frozenset({"image", "picture", "photo", "scan", "xray", "x ray", "x-ray"})

@@ -1,6 +1,6 @@
 """One forward per batch: each image's prefix and all its questions, packed in one row.
 
-The layout is training's (:mod:`slakevqa.training.packing`)::
+The layout is training's (:mod:`slakevqa.kernels.packing`)::
 
     row of image A   <s> [INST] <image>x576 | \\n q1 [/INST] | \\n q2 [/INST] | ... | pad
     positions        0 ............... P-1  | P  P+1 ...    | P  P+1 ...    |
@@ -16,9 +16,9 @@ scoring and greedy decoding (:mod:`.row_decoding`) continue.
 
 from __future__ import annotations
 
-from slakevqa.evaluation.shared_prefix import ImageGroups, RowCache, language_parts, prefix_layers
-from slakevqa.training.loss import MASK_SLICING
-from slakevqa.training.packing import IGNORE_INDEX, Row, segment_batch
+from slakevqa.kernels import compat
+from slakevqa.kernels.packing import IGNORE_INDEX, Row, segment_batch
+from slakevqa.kernels.shared_prefix import ImageGroups, RowCache, language_parts, prefix_layers
 
 
 def pack_prompts(prompts: list[list[int]], prefix: int) -> Row:
@@ -44,7 +44,6 @@ def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: l
     where it runs (:func:`~.shared_prefix.prefix_and_own_attention`)."""
     import torch
 
-    from slakevqa.evaluation.engine import returned_cache
     from slakevqa.evaluation.row_decoding import EncodedRows
 
     _, head = language_parts(model)
@@ -62,17 +61,17 @@ def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: l
     last = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
     last[image_of, start + lengths - 1] = True  # the column predicting each prompt's first answer token
     inputs = {k: batch[k].to(device) for k in ("input_ids", "position_ids", "attention_mask", "segment_layout")
-              if k in batch}  # the layout serves inside segments_attended (slakevqa.segment_attention)
-    if MASK_SLICING:  # logits at the marked columns only, row-major
+              if k in batch}  # the layout serves inside segments_attended (slakevqa.kernels.segment_attention)
+    if compat.MASK_SLICING:  # logits at the marked columns only, row-major
         keep = last.to(device)
     else:  # the union of those columns, each row then picks its own
         keep = torch.nonzero(last.any(dim=0)).flatten().to(device)
     out = model(**inputs, pixel_values=pixels, use_cache=True, logits_to_keep=keep)
     rows, columns = torch.nonzero(last, as_tuple=True)  # row-major, as the logits come
-    logits = out.logits if MASK_SLICING else out.logits[rows.to(device), torch.searchsorted(keep, columns.to(device))]
+    logits = out.logits if compat.MASK_SLICING else out.logits[rows.to(device), torch.searchsorted(keep, columns.to(device))]
     order = torch.empty(len(prompts), dtype=torch.long)
     order[torch.argsort(image_of * last.shape[1] + start + lengths - 1)] = torch.arange(len(prompts))
-    keys, values = prefix_layers(returned_cache(out))
+    keys, values = prefix_layers(compat.returned_cache(out))
     width = int(lengths.max())
     # prompt j's column c (right-aligned, c >= width - length) is packed column start + c - (width - length)
     column_of = (start - (width - lengths))[:, None] + torch.arange(width)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slakevqa.evaluation.shared_prefix import ImageGroups, RowCache, attention_swapped, language_parts, run_rows
+from slakevqa.kernels.shared_prefix import ImageGroups, RowCache, attention_swapped, language_parts, run_rows
 
 STOP_CHECK_EVERY = 8  # decoding steps between host-side "all rows finished?" checks
 

@@ -13,8 +13,14 @@ Public API (torch and transformers are imported only when a function runs)::
 
 from slakevqa.models.convert import ConversionReport, convert_checkpoint
 from slakevqa.models.loading import LoadedModel, load_model
-from slakevqa.models.processor import (LLAVA_MED_CHAT_TEMPLATE, build_image_processor, build_processor,
-                                       expand_to_square, generation_prompt, load_processor)
+from slakevqa.models.processor import (
+                                       LLAVA_MED_CHAT_TEMPLATE,
+                                       build_image_processor,
+                                       build_processor,
+                                       expand_to_square,
+                                       generation_prompt,
+                                       load_processor,
+)
 from slakevqa.models.shapes import LLAVA_MED_7B, TINY, LlavaShape, llava_config
 from slakevqa.models.tiny import build_tiny_llava, save_llava
 from slakevqa.models.tiny_original import save_llava_med_original

@@ -321,7 +321,7 @@ def file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """:func:`original.tensor_shapes`, with a damaged or refused weight file as a one-line UserError naming it."""
     import pickle
 
-    from slakevqa.models.loading import safetensors_problem, unreadable_weights
+    from slakevqa.models.model_files import safetensors_problem, unreadable_weights
 
     problem = safetensors_problem(path) if path.suffix == ".safetensors" else None
     if problem:

@@ -1,7 +1,7 @@
 """How a loaded model fits together: parameter counts, image tokens, one generation.
 
 Used by ``slakevqa check`` and the root ``test.py``. Prompts are slakevqa's own
-(:func:`slakevqa.prompts.render_generation_prompt`, what training and evaluation feed),
+(:func:`slakevqa.inputs.prompts.render_generation_prompt`, what training and evaluation feed),
 not whatever chat template a checkpoint carries. Every mismatch that would make
 training or evaluation fail later (no ``<image>`` token, the processor expanding an
 image to a different number of tokens than the vision tower produces) raises a
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from slakevqa.errors import UserError
-from slakevqa.prompts import render_generation_prompt
+from slakevqa.inputs.prompts import render_generation_prompt
 
 if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
     import torch

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 from slakevqa.errors import UserError
 from slakevqa.models import original
+from slakevqa.models.model_files import check_not_half_saved, check_weight_files, unreadable_weights
 from slakevqa.models.processor import load_processor
 from slakevqa.models.supported import check_supported
 
@@ -214,56 +215,6 @@ def quantization_config(bits: int, dtype: str):
                               bnb_4bit_compute_dtype=getattr(torch, dtype), llm_int8_skip_modules=skip)
 
 
-def safetensors_problem(path: Path) -> str | None:
-    """What is wrong with a safetensors file's layout (cut short, bad header), or None; reads the header only."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little")
-        if len(head) < 8 or 8 + length > size:
-            return f"cut short: {size} bytes, too few for its own header"
-        try:
-            header = json.loads(handle.read(length))
-            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            return "its header is not a safetensors header"
-    if 8 + length + end != size:
-        return f"{'cut short' if 8 + length + end > size else 'longer than its header says'}: {size} bytes, " \
-               f"its header describes {8 + length + end}"
-    return None
-
-
-def check_weight_files(folder: Path) -> None:
-    """A one-line UserError naming the first damaged ``*.safetensors`` file of ``folder`` (headers only, cheap).
-
-    Without it, safetensors raises a traceback that names no file.
-    """
-    for path in sorted(Path(folder).glob("*.safetensors")):
-        problem = safetensors_problem(path)
-        if problem:
-            raise UserError(f"{path}: damaged weights file ({problem}); an interrupted download or copy? "
-                            "fetch or write it again")
-
-
-def unreadable_weights(folder: Path, error: Exception) -> UserError | None:
-    """The one-line UserError for a ``.bin`` that ``torch.load(weights_only=True)`` refused or could not read.
-
-    ``folder`` is the weight file itself when known, else the folder (its ``*.bin`` files are named).
-    None when ``error`` is something else.
-    """
-    import pickle
-
-    bins = [Path(folder)] if Path(folder).is_file() else sorted(Path(folder).glob("*.bin"))
-    where = str(bins[0]) if len(bins) == 1 else f"{folder}/*.bin ({len(bins)} files)"
-    if isinstance(error, pickle.UnpicklingError):
-        return UserError(f"{where}: refused: this pickle holds more than tensors, and .bin weights are only read "
-                         "with torch.load(weights_only=True) (safe); use safetensors weights, or convert the file "
-                         "yourself only if you trust its source")
-    if isinstance(error, RuntimeError) and "PytorchStreamReader" in str(error):
-        return UserError(f"{where}: damaged weights file ({str(error).splitlines()[0]}); fetch or write it again")
-    return None
-
-
 def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool, bits: int = 0):
     """``AutoModelForImageTextToText`` in ``dtype`` on ``device`` with sdpa attention (``bits`` 4 or 8: quantised LM)."""
     import pickle
@@ -322,15 +273,6 @@ def adapter_base(adapter: Path, base: str | None) -> str:
     if not name:
         raise UserError(f"{adapter}: adapter_config.json names no base model; pass --base")
     return name
-
-
-def check_not_half_saved(spec: str | Path | None) -> None:
-    """A training output whose save was interrupted (its staged files not yet in place) is not a whole model."""
-    from slakevqa.training.checkpoint import READY_NAME
-
-    if spec and (Path(spec) / READY_NAME).exists():
-        raise UserError(f"{spec}: its last save was interrupted before all files were in place; run the same "
-                        "training command again to finish it")
 
 
 def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "auto",

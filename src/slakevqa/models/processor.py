@@ -3,7 +3,7 @@
 Everything that turns (image, question) into model inputs for a LLaVA-Med-style model
 lives here, so training and evaluation cannot disagree.
 
-Chat format: :data:`slakevqa.prompts.LLAVA_MED_CHAT_TEMPLATE` (``[INST] <image>\\n{text} [/INST]``),
+Chat format: :data:`slakevqa.inputs.prompts.LLAVA_MED_CHAT_TEMPLATE` (``[INST] <image>\\n{text} [/INST]``),
 the one definition our encoder renders too. :func:`save_processor` writes it into every
 folder slakevqa saves, whatever template the checkpoint came with (LLaVA-Med's own
 tokenizer_config.json carries Mistral-Instruct's text-only one).
@@ -25,8 +25,8 @@ from PIL import Image
 
 from slakevqa.data.images import to_rgb
 from slakevqa.errors import UserError
+from slakevqa.inputs.prompts import LLAVA_MED_CHAT_TEMPLATE
 from slakevqa.models.tokenizer import IMAGE_TOKEN, save_tokenizer
-from slakevqa.prompts import LLAVA_MED_CHAT_TEMPLATE
 
 if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
     from transformers import PreTrainedTokenizerBase, ProcessorMixin
@@ -156,9 +156,9 @@ def chat_template_problem(processor: ProcessorMixin, question: str = "Is there a
 
     Renders and tokenises an image+text message exactly as a Hugging Face user would
     (``apply_chat_template(..., tokenize=True)``) and compares the ids with
-    :func:`slakevqa.encoding.encode_prompt`, token for token.
+    :func:`slakevqa.inputs.encoding.encode_prompt`, token for token.
     """
-    from slakevqa.encoding import encode_prompt, image_token_count
+    from slakevqa.inputs.encoding import encode_prompt, image_token_count
 
     if not getattr(processor, "chat_template", None):
         return "no chat template"

@@ -2,7 +2,7 @@
 
 Every prompt slakevqa builds, and the chat template it writes into the folders it saves, is
 LLaVA-Med v1.5's Mistral format (``[INST] <image>\\n{question} [/INST]``, one definition in
-:mod:`slakevqa.prompts`). A checkpoint trained on another format would be asked in the wrong
+:mod:`slakevqa.inputs.prompts`). A checkpoint trained on another format would be asked in the wrong
 one and answer off-format without any error, so it is refused before its weights load:
 
 =====================================================  =========================================

@@ -13,9 +13,10 @@ from html import escape
 from pathlib import Path
 
 from slakevqa.records import Prediction
-from slakevqa.reporting import analysis, plots
+from slakevqa.reporting import plots
 from slakevqa.reporting.tables import format_cell, peer_rows
 from slakevqa.reporting.view import BAR_SCORERS, PEERS_NOTE, RunView, provenance_lines, slice_fields
+from slakevqa.scoring import analysis
 from slakevqa.scoring.aggregate import GROUPS
 
 THUMBNAIL_PX = 160

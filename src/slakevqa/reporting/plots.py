@@ -36,7 +36,7 @@ def interval_bars(labels: Sequence[str], series: dict[str, Sequence[dict]],
     for row, label in enumerate(labels):
         y0 = top + row * group_height
         parts.append(_text(left - 8, y0 + group_height / 2 + 4, label[:28], "end"))
-        for k, (name, cells) in enumerate(series.items()):
+        for k, cells in enumerate(series.values()):
             parts += _bar(cells[row], left, plot_width, y0 + 4 + k * row_height, row_height - 3,
                           PALETTE[k % len(PALETTE)])
     parts.append("</svg>")
@@ -91,7 +91,7 @@ def histogram(series: dict[str, Sequence[float]], bins: int = 30, width: int = 7
     bin_width = (width - left - right) / bins
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">']
     parts += _legend([f"gold {name} (n={len(vs)})" for name, vs in series.items()], left, 14)
-    for k, (name, c) in enumerate(counts.items()):
+    for k, c in enumerate(counts.values()):
         colour = PALETTE[k % len(PALETTE)]
         for i, count in enumerate(c):
             h = (bottom - top) * count / peak

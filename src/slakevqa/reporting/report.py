@@ -14,12 +14,12 @@ from typing import Sequence
 
 import numpy as np
 
+from slakevqa.files import write_text_atomic
 from slakevqa.records import Prediction
-from slakevqa.reporting import analysis
 from slakevqa.reporting.html import render_html
 from slakevqa.reporting.tables import headline_table, markdown_table, peers_table, slice_table
 from slakevqa.reporting.view import BAR_SCORERS, PEERS_NOTE, RunView, load_run, provenance_lines, slice_fields
-from slakevqa.files import write_text_atomic
+from slakevqa.scoring import analysis
 
 
 def render_markdown(view: RunView) -> str:

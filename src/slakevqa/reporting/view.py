@@ -10,8 +10,8 @@ import numpy as np
 
 from slakevqa.models.fingerprint import describe_fingerprint
 from slakevqa.records import SLICE_FIELDS, Prediction
-from slakevqa.reporting import analysis
-from slakevqa.results import build_results, read_predictions, read_results, run_files
+from slakevqa.runs.results import build_results, read_predictions, read_results, run_files
+from slakevqa.scoring import analysis
 from slakevqa.scoring.aggregate import score_rows
 
 BAR_SCORERS: tuple[str, ...] = ("llava_med", "exact")

@@ -15,8 +15,7 @@ import numpy as np
 
 from slakevqa.errors import DataError
 from slakevqa.records import SLICE_FIELDS, Prediction
-from slakevqa.scoring.aggregate import (RESAMPLES, SEED, cell_masks, interval, place,
-                                        resample_index)
+from slakevqa.scoring.aggregate import RESAMPLES, SEED, cell_masks, interval, place, resample_index
 
 
 def align(rows_a: Sequence[Prediction], rows_b: Sequence[Prediction],

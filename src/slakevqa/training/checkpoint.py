@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from slakevqa.errors import UserError
+from slakevqa.files import sync_files
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE_NAME, TRAINABLE_NAME = "trainer_state.json", "trainable.safetensors"
@@ -204,66 +205,3 @@ def read_trainer_state(path: Path) -> dict:
     return state
 
 
-def sync_files(folder: Path) -> None:
-    """fsync every file under ``folder``: renamed into place after this, it is on disk, not only in the cache."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-
-
-# ---- the trained model's files, published whole
-#
-# save_trained writes into OUTPUT_DIR/.trained.partial, renames it .trained.ready when every file is
-# written and synced (the commit point), then moves each file over the old one and removes the folder.
-# A kill before the commit leaves the old output untouched (the partial folder is removed by the next
-# save); a kill after it leaves .trained.ready, which the next training run (or save) finishes moving,
-# and which evaluation refuses to load until then.
-PARTIAL_NAME, READY_NAME, MANIFEST_NAME = ".trained.partial", ".trained.ready", ".files.json"
-# Files of a saved model of either kind: the ones the new save lacks are removed with the old output.
-MODEL_FILE_PATTERNS = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "config.json",
-                       "generation_config.json", "model.safetensors", "model-*.safetensors",
-                       "model.safetensors.index.json", "pytorch_model*.bin")
-
-
-def start_publish(output_dir: str | Path) -> Path:
-    """An empty staging folder beside the output (a stale one from a killed save is removed first)."""
-    finish_publish(output_dir)
-    stage = Path(output_dir) / PARTIAL_NAME
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir(parents=True)
-    return stage
-
-
-def publish(stage: Path, output_dir: str | Path) -> None:
-    """Commit the staged files (list, sync, rename the folder), then move them into ``output_dir``."""
-    files = sorted(path.name for path in stage.iterdir())
-    (stage / MANIFEST_NAME).write_text(json.dumps(files), encoding="utf-8")
-    sync_files(stage)
-    stage.rename(Path(output_dir) / READY_NAME)
-    finish_publish(output_dir)
-
-
-def finish_publish(output_dir: str | Path) -> None:
-    """Move a committed save's files into place; idempotent, so a kill here is finished by the next call.
-
-    Old model files the new save does not have (a full model replaced by an adapter, or the
-    reverse) are removed first: left beside the new ones they would change what loads.
-    """
-    out = Path(output_dir)
-    ready = out / READY_NAME
-    if not ready.is_dir():
-        return
-    names = set(json.loads((ready / MANIFEST_NAME).read_text(encoding="utf-8")))
-    for pattern in MODEL_FILE_PATTERNS:
-        for old in out.glob(pattern):
-            if old.name not in names:
-                old.unlink()
-    moving = [path for path in ready.iterdir() if path.name != MANIFEST_NAME]
-    for path in sorted(moving, key=lambda p: (p.suffix != ".safetensors", p.name)):  # weights first
-        target = out / path.name
-        if path.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(path, target)
-    (ready / MANIFEST_NAME).unlink()
-    ready.rmdir()

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slakevqa.answer_keys import match_key
-from slakevqa.encoding import IGNORE_INDEX, EncodedExample, encode_answer
-from slakevqa.routing import Route
-from slakevqa.training.packing import Row, segment_batch
-from slakevqa.vocab import ClosedVocab, candidate_variants
+from slakevqa.inputs.answer_keys import match_key
+from slakevqa.inputs.encoding import IGNORE_INDEX, EncodedExample, encode_answer
+from slakevqa.inputs.routing import Route
+from slakevqa.inputs.vocab import ClosedVocab, candidate_variants
+from slakevqa.kernels.packing import Row, segment_batch
 
 OBJECTIVES: tuple[str, ...] = ("sft", "mc", "hybrid")
 

@@ -18,7 +18,8 @@ from typing import Any, Callable, ClassVar
 
 from slakevqa.config import Translation, check_choices, check_rules
 from slakevqa.data.settings import DataSettings
-from slakevqa.input_settings import InputSettings
+from slakevqa.inputs.settings import InputSettings
+from slakevqa.kernels.attention import AttentionSettings
 from slakevqa.models.loading import PRECISIONS
 
 
@@ -70,7 +71,7 @@ class TrainConfig:
     kernels: str = field(default="auto", metadata=_help(
         "the language model's RMSNorm, SwiGLU and RoPE: liger (Liger-Kernel's Triton kernels, CUDA, the gpu extra; "
         "LoRA steps 1.14x as fast at 7B, the same loss curve), plain (PyTorch's), or auto (liger where it runs, "
-        "else plain; plain under FSDP, where Liger is untested); see training/kernels.py",
+        "else plain; plain under FSDP, where Liger is untested); see training/speed_levers.py",
         choices=("plain", "liger", "auto")))
     compile_layers: bool = field(default=False, metadata=_help(
         "experimental: torch.compile each decoder layer for the training steps (one graph for all layers); "
@@ -79,6 +80,8 @@ class TrainConfig:
         "(--varlen_attention does not apply)"))
     # what the model is shown (the same keys as evaluation's)
     inputs: InputSettings = field(default_factory=InputSettings)
+    # which attention kernels run (the same keys as evaluation's; fingerprint-neutral)
+    attention: AttentionSettings = field(default_factory=AttentionSettings)
     max_answer_len: int = field(default=64, metadata=_help("answer tokens kept, </s> included"))
     closed_train_objective: str = field(default="sft", metadata=_help(
         "CLOSED questions: sft (answer tokens), mc (candidate cross-entropy), hybrid (both)",
@@ -239,7 +242,7 @@ def _quantization_bit(bits: object) -> dict:
     return {"qlora": True}
 
 
-# The run fingerprint (slakevqa.run_fingerprint): the fields whose change changes the trained weights.
+# The run fingerprint (slakevqa.runs.fingerprint): the fields whose change changes the trained weights.
 # A rerun into a used --output_dir continues from its checkpoint only when these, the base model's
 # weights, the split file's sha256, the prompt version and the closed vocabulary all match.
 # tests/test_run_fingerprints.py checks that every field is in exactly one of the two lists.

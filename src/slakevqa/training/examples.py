@@ -7,7 +7,7 @@ region), so both are computed once per run, not once per epoch.
 Three layouts of a batch:
 
 * ``sft``: one right-padded row per question (``input_ids``, ``attention_mask``, ``labels``);
-* ``sft`` with ``pack``: one row per image, its questions as segments (:mod:`slakevqa.training.packing`);
+* ``sft`` with ``pack``: one row per image, its questions as segments (:mod:`slakevqa.kernels.packing`);
 * ``mc``/``hybrid``: one row per question with its candidates as segments (:mod:`slakevqa.training.choice`).
 
 Images come as ``pixel_values``, one per row, or, with an :class:`ImageFeatureCache`
@@ -16,13 +16,13 @@ Images come as ``pixel_values``, one per row, or, with an :class:`ImageFeatureCa
 
 from __future__ import annotations
 
-from slakevqa.inputs import InputBuilder
-from slakevqa.prompts import IMAGE_TOKEN
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.encoding import EncodedExample, batch_stats, encode_example, image_token_count, pad_batch
+from slakevqa.inputs.prompts import IMAGE_TOKEN
+from slakevqa.kernels.packing import pack_by_image
+from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.records import VQASample
-from slakevqa.encoding import EncodedExample, batch_stats, encode_example, image_token_count, pad_batch
 from slakevqa.training.choice import Choice, make_choice, pack_batch
-from slakevqa.training.image_features import ImageFeatureCache
-from slakevqa.training.packing import pack_by_image
 
 
 class ExampleEncoder:

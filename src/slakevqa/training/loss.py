@@ -23,10 +23,11 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Iterator, NamedTuple
 
-from slakevqa.encoding import IGNORE_INDEX
 from slakevqa.errors import UserError
-from slakevqa.training.image_features import with_image_embeddings
-from slakevqa.training.packing import per_sample_losses
+from slakevqa.inputs.encoding import IGNORE_INDEX
+from slakevqa.kernels import compat
+from slakevqa.kernels.packing import per_sample_losses
+from slakevqa.models.image_features import with_image_embeddings
 
 if TYPE_CHECKING:  # annotations only: torch is imported inside functions to keep imports cheap
     import torch
@@ -52,16 +53,6 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(supervised, as_tuple=False).flatten()
 
 
-def accepts_mask_logits_to_keep() -> bool:
-    """Whether this transformers slices hidden states with a 2-D boolean ``logits_to_keep``."""
-    import inspect
-
-    from transformers import modeling_utils
-
-    slicer = getattr(modeling_utils, "slice_logits_to_keep", None)
-    return slicer is not None and "bool" in inspect.getsource(slicer)
-
-
 def answer_loss(model: torch.nn.Module, batch: dict) -> AnswerLoss:
     """Cross-entropy on answer tokens: the batch's token mean, its token count and every row's own mean.
 
@@ -70,13 +61,12 @@ def answer_loss(model: torch.nn.Module, batch: dict) -> AnswerLoss:
         loss, tokens, row_losses = answer_loss(model, batch)
         loss.backward()            # row_losses are detached: for logging only
     """
-    import torch.nn.functional as F
-
     import torch
+    import torch.nn.functional as F
 
     labels = batch["labels"]
     inputs = model_inputs(model, {k: v for k, v in batch.items() if k not in ("labels", "sample_index")})
-    if MASK_SLICING:
+    if compat.MASK_SLICING:
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX  # position t predicts token t + 1
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits  # (N, V), row-major over keep
@@ -96,7 +86,7 @@ def answer_loss(model: torch.nn.Module, batch: dict) -> AnswerLoss:
         targets[:, positions] = picked
     counts = (targets != IGNORE_INDEX).sum(dim=1)
     loss = per_token.sum() / counts.sum()  # 0/0 = nan for a batch without answers, as mean reduction gives
-    if "sample_index" in batch:  # packed rows (training/packing.py): one loss per question, not per row
+    if "sample_index" in batch:  # packed rows (kernels/packing.py): one loss per question, not per row
         owners = batch["sample_index"]
         rows = per_sample_losses(per_token.detach(), targets, owners, int(owners.max()) + 1)
     else:
@@ -104,11 +94,9 @@ def answer_loss(model: torch.nn.Module, batch: dict) -> AnswerLoss:
     return AnswerLoss(loss, int(counts.sum()), rows)
 
 
-MASK_SLICING = accepts_mask_logits_to_keep()
-
 
 def model_inputs(model: torch.nn.Module, inputs: dict) -> dict:
-    """The forward's keyword arguments: cached ``image_features`` become ``inputs_embeds`` (training/image_features.py)."""
+    """The forward's keyword arguments: cached ``image_features`` become ``inputs_embeds`` (models/image_features.py)."""
     return with_image_embeddings(model, inputs) if "image_features" in inputs else inputs
 
 
@@ -116,7 +104,7 @@ def logits_where(model: torch.nn.Module, inputs: dict, need: torch.Tensor) -> to
     """Logits at the ``need`` positions only, ``(N, V)`` in row-major order of ``need``."""
     import torch
 
-    if MASK_SLICING:
+    if compat.MASK_SLICING:
         return model(**inputs, logits_to_keep=need, use_cache=False).logits
     positions = torch.nonzero(need.any(dim=0)).flatten()  # the union; then pick each row's own
     logits = model(**inputs, logits_to_keep=positions, use_cache=False).logits  # (B, P, V)

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Iterator
 from slakevqa.data.masks import MaskStats, region_mask
 from slakevqa.data.slake import load_split
 from slakevqa.errors import UserError
-from slakevqa.inputs import InputBuilder
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.kernels.attention import AttentionSettings
 from slakevqa.records import ANSWER_TYPES, Prediction, VQASample
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.grid import Thumbnail
@@ -109,12 +110,13 @@ class Probe:
     encoder: ExampleEncoder
     processor: object
     batch_size: int
+    attention: AttentionSettings
 
     def answer(self, model: torch.nn.Module) -> list[Prediction]:
         """The probe questions answered by the evaluation engine, in probe order."""
         from slakevqa.evaluation.engine import Engine
 
-        engine = Engine(model, self.processor, self.builder)
+        engine = Engine(model, self.processor, self.builder, attention=self.attention)
         predictions: list[Prediction] = []
         with held_out_mode(model):
             for at in range(0, len(self.questions), self.batch_size):
@@ -167,7 +169,7 @@ def build_probe(cfg: TrainConfig, root: Path, train_samples: list[VQASample], bu
     records = held_out[: DRY_RUN_LIMIT if cfg.dry_run else EVAL_LOSS_RECORDS]
     return Probe(balanced_subset(pool, size, cfg.seed), records, source, own,
                  ExampleEncoder(own, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len), processor,
-                 cfg.batch_size)
+                 cfg.batch_size, cfg.attention)
 
 
 def runs_alone(accelerator: object) -> bool:
@@ -207,7 +209,7 @@ def answers_table(predictions: list[Prediction]) -> str:
 
 def prompt_previews(samples: list[VQASample], builder: InputBuilder) -> str:
     """The exact training texts of ``samples`` (prompt and supervised answer), as markdown code blocks."""
-    from slakevqa.prompts import render_training_text
+    from slakevqa.inputs.prompts import render_training_text
 
     blocks = []
     for sample in samples:

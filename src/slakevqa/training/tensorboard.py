@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from slakevqa.config import config_to_dict
 from slakevqa.data.stats import split_stats
-from slakevqa.inputs import InputBuilder
+from slakevqa.inputs.builder import InputBuilder
 from slakevqa.records import ANSWER_TYPES, Prediction, VQASample
 from slakevqa.training.grid import probe_grid
 from slakevqa.training.params import component_of

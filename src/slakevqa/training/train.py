@@ -18,33 +18,52 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from slakevqa.attention import attention_kernels
-from slakevqa.segment_attention import segments_attended
 from slakevqa.config import config_to_dict
 from slakevqa.data.slake import find_layout, load_split, load_training_split
 from slakevqa.distributed import global_token_mean, is_fsdp, use_cpu
 from slakevqa.errors import UserError
 from slakevqa.files import write_json_atomic
-from slakevqa.results import sha256_file
-from slakevqa.inputs import InputBuilder
-from slakevqa.vocab import build_closed_vocab, save_closed_vocab
-from slakevqa.training.checkpoint import (MODEL_FILE_PATTERNS, finish_publish, list_checkpoints, load_checkpoint,
-                                          publish, read_trainer_state, register_checkpoint_hooks, resolve_resume,
-                                          save_checkpoint, start_publish, write_trainer_state)
+from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
+from slakevqa.kernels.attention import attention_kernels
+from slakevqa.kernels.segment_attention import segments_attended
+from slakevqa.models.image_features import ImageFeatureCache
+from slakevqa.models.model_files import MODEL_FILE_PATTERNS, finish_publish, publish, start_publish
+from slakevqa.runs.results import sha256_file
+from slakevqa.training.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    read_trainer_state,
+    register_checkpoint_hooks,
+    resolve_resume,
+    save_checkpoint,
+    write_trainer_state,
+)
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
-from slakevqa.training.image_features import ImageFeatureCache
-from slakevqa.training.kernels import apply_speed_levers, keep_activations
 from slakevqa.training.loss import answer_loss, out_of_memory_advice, packed_loss
 from slakevqa.training.params import configure_trainable, parameter_counts
-from slakevqa.training.precision import (adapter_layers, adapters_under_autocast, autocast_precision,
-                                         precision_layout, training_device_type, weight_dtype)
+from slakevqa.training.precision import (
+    adapter_layers,
+    adapters_under_autocast,
+    autocast_precision,
+    precision_layout,
+    training_device_type,
+    weight_dtype,
+)
 from slakevqa.training.probe import build_probe
-from slakevqa.training.trackers import check_trackers_installed
-from slakevqa.training.schedule import (SCHEDULE_VERSION, build_scheduler, micro_batch_indices, steps_per_epoch,
-                                        total_steps, warmup_steps)
+from slakevqa.training.schedule import (
+    SCHEDULE_VERSION,
+    build_scheduler,
+    micro_batch_indices,
+    steps_per_epoch,
+    total_steps,
+    warmup_steps,
+)
+from slakevqa.training.speed_levers import apply_speed_levers, keep_activations
 from slakevqa.training.tensorboard import TrainLogger
 from slakevqa.training.throughput import peak_memory_per_process, throughput_summary
+from slakevqa.training.trackers import check_trackers_installed
 
 log = logging.getLogger(__name__)
 DRY_RUN_RECORDS, DRY_RUN_STEPS = 8, 2
@@ -56,7 +75,8 @@ class TrainResult:
     steps: int
     losses: list[list[float]]  # [step, loss] per optimiser step, this process's view
     parameter_counts: dict
-    results: dict | None = None  # the final evaluation's results.json
+    results: dict | None = None  # the final evaluation's results.json (empty on processes other than the main one)
+    final_eval_dir: Path | None = None  # where the final evaluation wrote its answers and results
 
 
 def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
@@ -108,7 +128,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     # after peft (Liger's SwiGLU calls peft's wrapped projections) and before DDP/FSDP wrap the model
     speed, _ = apply_speed_levers(model, kernels_for(cfg, accelerator), cfg.compile_layers, accelerator.device.type)
     # packed rows' flash varlen attention (a keyword the compiled layers would guard and recompile on)
-    varlen = cfg.inputs.varlen_attention and not cfg.compile_layers
+    varlen = cfg.attention.varlen_attention and not cfg.compile_layers
     speed["varlen_attention"] = varlen and accelerator.device.type == "cuda"
     counts = parameter_counts(model)
     features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator) else None
@@ -148,7 +168,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             batch = {k: v.to(accelerator.device) for k, v in batch.items() if varlen or k != "segment_layout"}
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast(), adapters_under_autocast(autocast_adapters), \
-                    attention_kernels(cfg.inputs.cudnn_attention), segments_attended(model, varlen), \
+                    attention_kernels(cfg.attention.cudnn_attention), segments_attended(model, varlen), \
                     out_of_memory_advice(cfg, step + 1):
                 if cfg.closed_train_objective == "sft":
                     loss, tokens, row_losses = answer_loss(model, batch)
@@ -200,7 +220,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             results = final_evaluation(cfg, root, None, None, out)
         else:
             results = final_evaluation(cfg, root, accelerator.unwrap_model(model), processor, out)
-    return TrainResult(out, n_steps, losses, counts, results)
+    return TrainResult(out, n_steps, losses, counts, results, final_eval_folder(cfg, out) if cfg.final_eval else None)
 
 
 def resume(cfg: TrainConfig, out: Path, accelerator, n_steps: int) -> tuple[list[dict], int]:
@@ -235,9 +255,9 @@ def write_state(cfg: TrainConfig, folder: Path, history: list[dict], n_steps: in
 def claim_train_folder(cfg: TrainConfig, out: Path, split_file: Path, builder: InputBuilder, accelerator) -> None:
     """Record this run's fingerprint in ``out``, or refuse a folder that holds another run's checkpoints/model.
 
-    An interrupted save is finished first (its files are whole: see ``checkpoint.publish``).
+    An interrupted save is finished first (its files are whole: see ``models.model_files.publish``).
     """
-    from slakevqa.run_fingerprint import claim_folder, config_values, make_fingerprint, model_values, vocab_sha256
+    from slakevqa.runs.fingerprint import claim_folder, config_values, make_fingerprint, model_values, vocab_sha256
     from slakevqa.training.config import RESULT_FIELDS
 
     if accelerator.is_main_process:
@@ -285,6 +305,11 @@ def mc_weight(cfg: TrainConfig) -> float:
     return 1.0 if cfg.closed_train_objective == "mc" else cfg.closed_mc_weight
 
 
+def final_eval_folder(cfg: TrainConfig, out: Path) -> Path:
+    """Where the final evaluation writes: ``OUTPUT_DIR/eval_<split>``."""
+    return out / f"eval_{cfg.final_eval_split}"
+
+
 def final_evaluation(cfg: TrainConfig, root: Path, model, processor, out: Path) -> dict | None:
     """The evaluation engine on ``final_eval_split`` with the in-memory model and the training's prompt settings."""
     from slakevqa.evaluation.config import EvalConfig
@@ -292,8 +317,8 @@ def final_evaluation(cfg: TrainConfig, root: Path, model, processor, out: Path) 
 
     data = replace(cfg.data, data_source="local", slake_root=str(root))  # the folder training read
     eval_cfg = EvalConfig(model_id_or_ckpt=str(out), data=data,
-                          split=cfg.final_eval_split, output_dir=str(out / f"eval_{cfg.final_eval_split}"),
-                          inputs=cfg.inputs, seed=cfg.seed, limit=DRY_RUN_RECORDS if cfg.dry_run else 0)
+                          split=cfg.final_eval_split, output_dir=str(final_eval_folder(cfg, out)),
+                          inputs=cfg.inputs, attention=cfg.attention, seed=cfg.seed, limit=DRY_RUN_RECORDS if cfg.dry_run else 0)
     return evaluate(eval_cfg, model, processor, replace_changed=True)  # a longer run's model: answered afresh
 
 
@@ -323,7 +348,7 @@ def save_trained(model, processor, out: Path, base: str = "", state_dict: dict |
     """The adapter (peft format) under LoRA, else the full model; the processor beside it.
 
     Written into a staging folder beside ``out`` with ``extra(stage)`` (``run_config.json``), then
-    moved into place (:func:`~slakevqa.training.checkpoint.publish`): a kill leaves either the old
+    moved into place (:func:`~slakevqa.models.model_files.publish`): a kill leaves either the old
     output or the new one, never half a model, and the old output stays until the new one is whole.
 
     An adapter names ``base`` (``--model_id``; an absolute path when it is a local
@@ -377,10 +402,10 @@ def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, co
                      speed: dict | None = None) -> None:
     """``run_config.json``: provenance, precision layout, losses, counts, throughput and the speed levers applied.
 
-    ``speed`` is what ``--kernels``/``--compile_layers`` resolved to (training/kernels.py), e.g.
+    ``speed`` is what ``--kernels``/``--compile_layers`` resolved to (training/speed_levers.py), e.g.
     ``{"kernels": "liger", "liger_version": "0.8.5", "compile_layers": true}``.
     """
-    from slakevqa.results import make_provenance
+    from slakevqa.runs.results import make_provenance
 
     provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
                                  split_file=find_layout(builder.layout.root).split_file(cfg.split),

@@ -42,7 +42,7 @@ BOUND_METHODS: tuple[str, ...] = ("forward", "extra_repr", "_get_name")  # what 
 
 def language_model(model):
     """The decoder stack (``MistralModel``: ``layers``, ``norm``) inside peft / DDP / LLaVA wrappers."""
-    from slakevqa.training.image_features import llava_core
+    from slakevqa.models.image_features import llava_core
 
     return llava_core(model).language_model
 

@@ -22,11 +22,11 @@ from slakevqa.data.images import load_rgb
 from slakevqa.data.kg import KnowledgeGraph, kg_facts_for, load_kg
 from slakevqa.data.masks import MaskStats, condition_image
 from slakevqa.data.slake import SlakeLayout
-from slakevqa.input_settings import InputSettings
-from slakevqa.prompts import PromptStyle, build_user_text, get_prompt_style
+from slakevqa.inputs.prompts import PromptStyle, build_user_text, get_prompt_style
+from slakevqa.inputs.routing import YES_NO, Route, parse_options, route_question
+from slakevqa.inputs.settings import InputSettings
+from slakevqa.inputs.vocab import ClosedVocab
 from slakevqa.records import VQASample
-from slakevqa.routing import YES_NO, Route, parse_options, route_question
-from slakevqa.vocab import ClosedVocab
 
 # --closed_candidates: where CLOSED candidates come from.
 CANDIDATE_SOURCES: tuple[str, ...] = ("auto", "yesno", "parse_options", "vocab")

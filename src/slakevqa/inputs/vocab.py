@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from slakevqa.answer_keys import match_key
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.errors import DataError, UserError
 from slakevqa.files import write_json_atomic
+from slakevqa.inputs.answer_keys import match_key
 from slakevqa.records import VQASample
 
 VOCAB_FORMAT = "slakevqa.closed_vocab"

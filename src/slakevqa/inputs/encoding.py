@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slakevqa.errors import UserError
-from slakevqa.prompts import IMAGE_TOKEN, render_generation_prompt, render_training_text
+from slakevqa.inputs.prompts import IMAGE_TOKEN, render_generation_prompt, render_training_text
 
 IGNORE_INDEX = -100
 

@@ -1,6 +1,6 @@
 """Packed rows' attention through flash attention's variable-length kernel, not a dense 4-D mask.
 
-A packed row (training/packing.py, evaluation/packed_prefill.py) holds an image prefix and then
+A packed row (kernels/packing.py, evaluation/packed_prefill.py) holds an image prefix and then
 one segment per question; a segment sees the prefix and, causally, itself. Cut into sequences::
 
     row        <s> [INST] <image>x576 | \\n q1 [/INST] a1 </s> | \\n q2 [/INST] a2 </s> | pad
@@ -139,7 +139,7 @@ def varlen_kernel(query, dtype):
 
     ``kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal=True)`` returns the output ``(tokens, H, d)``
     and the log-sum-exp of each query's scores ``(H, tokens)`` (fp32), which lets a caller merge it
-    with attention over other keys (evaluation/shared_prefix.py)."""
+    with attention over other keys (kernels/shared_prefix.py)."""
     import torch
 
     if not query.is_cuda or str(dtype).removeprefix("torch.") not in HALF or query.shape[-1] % 8 \
@@ -193,12 +193,12 @@ def segment_attention(module, query, key, value, attention_mask, scaling: float 
 @contextlib.contextmanager
 def segments_attended(model, enabled: bool = True):
     """Inside the block (forward and backward both), the language model's attention is :func:`segment_attention`
-    (:func:`slakevqa.attention.attention_function`)."""
+    (:func:`slakevqa.kernels.attention.attention_function`)."""
     if not enabled:
         yield
         return
-    from slakevqa.attention import attention_function
-    from slakevqa.training.image_features import llava_core
+    from slakevqa.kernels.attention import attention_function
+    from slakevqa.models.image_features import llava_core
 
     decoder = getattr(llava_core(model), "language_model", None)
     if decoder is None:  # not a LLaVA layout: its own attention, dense mask

@@ -16,7 +16,7 @@ positions), and the loss, a token mean over the same answer tokens, equals the
 unpacked batch's (tested within 1e-5 in fp32, gradients too). Segments are cut
 from the already encoded examples, never re-tokenised.
 
-Rows are grouped by the pixel key (:meth:`slakevqa.inputs.InputBuilder.pixel_key`):
+Rows are grouped by the pixel key (:meth:`slakevqa.inputs.builder.InputBuilder.pixel_key`):
 with a mask mode each question has its own pixels, hence its own row.
 
 :func:`segment_mask` and :func:`segment_batch` are the shared mechanism: the CLOSED
@@ -25,7 +25,7 @@ choice objective (:mod:`slakevqa.training.choice`) packs candidate segments with
 
 from __future__ import annotations
 
-from slakevqa.encoding import IGNORE_INDEX, EncodedExample
+from slakevqa.inputs.encoding import IGNORE_INDEX, EncodedExample
 
 Row = tuple[list, list, list, list]  # tokens, labels, positions, segment ids (0 = shared prefix)
 
@@ -54,10 +54,10 @@ def segment_masks(rows: list[list[int]], width: int, device=None):
 def segment_batch(rows: list[Row], pad_id: int, mask_device=None) -> dict:
     """Right-padded ``input_ids``, ``labels``, ``position_ids``, the ``(R, 1, T, T)`` segment ``attention_mask``
     (on ``mask_device``, default the CPU) and its ``segment_layout`` (the same visibility as flash attention's
-    sequences: slakevqa.segment_attention)."""
+    sequences: slakevqa.kernels.segment_attention)."""
     import torch
 
-    from slakevqa.segment_attention import SegmentLayout
+    from slakevqa.kernels.segment_attention import SegmentLayout
 
     width = max(len(r[0]) for r in rows)
     batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),

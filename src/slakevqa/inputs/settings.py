@@ -28,7 +28,7 @@ def _help(text: str, **extra: object) -> dict:
 
 @dataclass(frozen=True)
 class InputSettings:
-    prompt_style: str = field(default="short", metadata=_help("named prompt style (slakevqa.prompts)"))
+    prompt_style: str = field(default="short", metadata=_help("named prompt style (slakevqa.inputs.prompts)"))
     max_prompt_len: int = field(default=512, metadata=_help("prompt tokens kept, image tokens excluded"))
     mask_mode: str = field(default="none", metadata=_help("segmentation conditioning", choices=MASK_MODES))
     mask_pad_ratio: float = field(default=0.10, metadata=_help("crop margin as a share of the region size"))
@@ -37,15 +37,9 @@ class InputSettings:
     triples_mode: str = field(default="real_only", metadata=_help(
         "KG facts in prompts: off, real_only (every record with a real triple), kvqa_real_only (only "
         "knowledge-based questions)", choices=TRIPLES_MODES))
-    cudnn_attention: bool = field(default=False, metadata=_help(
-        "let PyTorch use cuDNN attention (it builds a graph per new shape: slow when shapes change every call)"))
-    varlen_attention: bool = field(default=True, metadata=_help(
-        "packed rows (an image prefix, then its questions) attend through flash attention's variable-length "
-        "kernel, each question's keys only, and evaluation's decoding rows read their image's prefix through it "
-        "(CUDA, bf16/fp16); off: sdpa over the dense segment mask, grouped matmuls for the rows"))
 
     def __post_init__(self) -> None:
-        from slakevqa.prompts import get_prompt_style
+        from slakevqa.inputs.prompts import get_prompt_style
 
         check_choices(self)
         check_rules(self, RULES)

@@ -26,7 +26,7 @@ Example, style ``short`` for an options question::
 The model layer tokenises these strings with the tokenizer's BOS added (as
 upstream ``tokenizer_image_token`` does) and expands ``<image>`` into the image
 features; these functions add no BOS themselves. The gold answer never enters a
-prompt: the builder takes the question and its :class:`~slakevqa.routing.Route`,
+prompt: the builder takes the question and its :class:`~slakevqa.inputs.routing.Route`,
 both computed from the question alone.
 """
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from slakevqa.errors import UserError
-from slakevqa.routing import Route
+from slakevqa.inputs.routing import Route
 
 IMAGE_TOKEN = "<image>"
 
@@ -141,7 +141,7 @@ def build_user_text(question: str, route: Route, style: PromptStyle, kg_context:
     it is used for OPEN and CLOSED routes alike. A stray ``<image>`` in the
     question is removed, as upstream LLaVA-Med does, so the image comes once and first.
 
-    >>> from slakevqa.routing import Route
+    >>> from slakevqa.inputs.routing import Route
     >>> print(build_user_text("Which organ is abnormal, heart or lung?",
     ...       Route("options", ("heart", "lung")), PROMPT_STYLES["short"], ["Heart belong to: circulatory system"]))
     Answer the question about this medical image with a single answer and nothing else.

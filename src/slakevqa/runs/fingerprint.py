@@ -30,7 +30,7 @@ from slakevqa.errors import UserError
 from slakevqa.files import write_json_atomic
 
 FINGERPRINT_NAME = "run_fingerprint.json"
-FORMAT, VERSION = "slakevqa.run_fingerprint", 1
+FORMAT, VERSION = "slakevqa.run_fingerprint", 1  # the file format's name, kept from before the runs package
 
 
 def config_values(config: object, result_fields: tuple[str, ...]) -> dict:

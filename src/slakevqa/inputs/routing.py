@@ -29,11 +29,11 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from slakevqa.answer_keys import match_key
 from slakevqa.errors import UserError
+from slakevqa.inputs.answer_keys import match_key
 
 if TYPE_CHECKING:
-    from slakevqa.vocab import ClosedVocab
+    from slakevqa.inputs.vocab import ClosedVocab
 
 ROUTE_KINDS: tuple[str, ...] = ("open", "yesno", "options", "vocab")
 ROUTE_SOURCES: tuple[str, ...] = ("answer_type", "predicted")
@@ -66,7 +66,7 @@ class Route:
     CLOSED (``answer_type`` = SLAKE's metadata, ``predicted`` = the question-only
     classifier).
 
-    >>> from slakevqa.vocab import ClosedVocab
+    >>> from slakevqa.inputs.vocab import ClosedVocab
     >>> route_closed("Which organ is abnormal, heart or lung?", ClosedVocab.empty())
     Route(kind='options', candidates=('heart', 'lung'), source_text='heart or lung', route_source='answer_type')
     """
@@ -246,7 +246,7 @@ def route_closed(question: str, vocab: ClosedVocab) -> Route:
 
     Raises UserError when the vocabulary is needed but empty.
 
-    >>> from slakevqa.vocab import ClosedVocab
+    >>> from slakevqa.inputs.vocab import ClosedVocab
     >>> route_closed("Does the picture contain liver?", ClosedVocab.empty()).candidates
     ('Yes', 'No')
     """
@@ -289,7 +289,7 @@ def route_question(question: str, dataset_answer_type: str, vocab: ClosedVocab,
     ``dataset_answer_type`` is SLAKE's ``answer_type`` metadata (never the answer);
     it is ignored when ``route_source == "predicted"``.
 
-    >>> from slakevqa.vocab import ClosedVocab
+    >>> from slakevqa.inputs.vocab import ClosedVocab
     >>> route_question("What modality is used to take this image?", "OPEN", ClosedVocab.empty())
     Route(kind='open', candidates=(), source_text='', route_source='answer_type')
     """

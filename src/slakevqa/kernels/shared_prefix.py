@@ -130,7 +130,6 @@ class RowCache:
     start: object = 0
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
-        import torch
 
         # a model whose forward runs under autocast (accelerate's fp16 training: fp32 weights) filled the
         # buffers in the autocast dtype, while layers called directly compute in the weights' dtype
@@ -167,7 +166,7 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling: 
     """
     import torch
 
-    from slakevqa.segment_attention import varlen_kernel
+    from slakevqa.kernels.segment_attention import varlen_kernel
 
     groups = image_groups
     kernel = varlen_kernel(query, key.dtype) if groups.varlen else None
@@ -243,7 +242,7 @@ def prefix_and_own_attention(kernel, layer: int, query, key, value, attention_ma
 
 def attention_swapped(decoder):
     """The decoder's layers use :func:`shared_prefix_attention` inside the block (and their own after)."""
-    from slakevqa.attention import attention_function
+    from slakevqa.kernels.attention import attention_function
 
     return attention_function(decoder.config, ATTENTION_NAME, shared_prefix_attention)
 

@@ -1,5 +1,6 @@
-"""Which attention runs: the scaled-dot-product kernels PyTorch may pick (``--cudnn_attention``), and our
-own attention functions swapped into a model for a block (:func:`attention_function`).
+"""Which attention runs: the switches (:class:`AttentionSettings`), the scaled-dot-product kernels PyTorch may
+pick (``--cudnn_attention``), and our own attention functions swapped into a model for a block
+(:func:`attention_function`).
 
 On H100/H200 PyTorch (2.5+) prefers cuDNN's attention whenever a mask is given, and
 cuDNN builds and caches an execution graph for every new shape. Evaluation and
@@ -17,7 +18,23 @@ memory-efficient and math kernels only, which need no per-shape build.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Iterator
+
+
+@dataclass(frozen=True)
+class AttentionSettings:
+    """The attention kernels a run may use: the same answers and losses up to rounding, so no run fingerprint
+    counts them (training's and evaluation's configs list them as neutral). Both configs hold one as
+    ``attention``; its fields are flat keys and flags (``--no-varlen_attention``), and training's final
+    evaluation runs with the training's own."""
+
+    cudnn_attention: bool = field(default=False, metadata={"help": (
+        "let PyTorch use cuDNN attention (it builds a graph per new shape: slow when shapes change every call)")})
+    varlen_attention: bool = field(default=True, metadata={"help": (
+        "packed rows (an image prefix, then its questions) attend through flash attention's variable-length "
+        "kernel, each question's keys only, and evaluation's decoding rows read their image's prefix through it "
+        "(CUDA, bf16/fp16); off: sdpa over the dense segment mask, grouped matmuls for the rows")})
 
 
 @contextlib.contextmanager
