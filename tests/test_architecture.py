@@ -7,6 +7,7 @@ still a dependency, it only moves the cost.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,15 @@ def graph() -> dict[str, set[str]]:
 def test_every_package_has_a_layer() -> None:
     packages = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
     assert packages == set(LAYERS) - {""}
+
+
+def test_docs_architecture_lists_the_layers_in_this_order() -> None:
+    """docs/architecture.md's package table names the same layers, lowest first."""
+    page = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = page.split("## Packages and the direction of imports", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith(("| package", "| ---"))]
+    named = [re.search(r"`(\w+)/`", row).group(1) if row.startswith("| `") else "" for row in rows]
+    assert named == list(LAYERS)
 
 
 def test_imports_run_one_way(graph: dict[str, set[str]]) -> None:

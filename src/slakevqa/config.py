@@ -15,10 +15,11 @@ A config field documents itself through ``metadata={"help": ...}``::
 and a YAML file holds the same names::
 
     # slakevqa eval --config configs/eval_test.yaml
-    batch_size: 32
+    batch_size: 64
     split: test
 
-Settings that several configs share live in one group dataclass (``inputs: InputSettings``):
+Settings that several configs share live in one group dataclass (``inputs: InputSettings``,
+``attention: AttentionSettings``, ``data: DataSettings``):
 its fields are flat keys and flags of every config that holds it (``mask_mode: crop``, not
 ``inputs: {mask_mode: crop}``), defined and validated once.
 

@@ -2,7 +2,7 @@
 
     slakevqa train --model_id microsoft/llava-med-v1.5-mistral-7b --slake_root data/Slake1.0 \\
         --output_dir runs/lora --use_lora --lora_r 64 --lora_target_modules all-linear
-    accelerate launch -m slakevqa train --config configs/lora_multi_gpu.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m slakevqa train --config configs/lora_single_gpu.yaml
 """
 
 from __future__ import annotations

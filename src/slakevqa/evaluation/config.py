@@ -1,10 +1,10 @@
 """`EvalConfig`: the reference toolkit's evaluation flags plus ours, typed, with help.
 
-    # slakevqa eval --config configs/eval_test.yaml
+    # slakevqa eval --config my_eval.yaml     (configs/eval_test.yaml is a full example)
     model_id_or_ckpt: runs/lora
     slake_root: data/Slake1.0
     split: test
-    batch_size: 32
+    batch_size: 64
 """
 
 from __future__ import annotations

@@ -1,20 +1,24 @@
 """The answering engine: batched OPEN generation and CLOSED candidate scoring.
 
-OPEN questions are generated greedily (left padding, stop at ``</s>``), with a
-longer budget for abnormality questions, and the answer is extracted from the
-first non-empty line.
-
+OPEN questions are generated greedily (stop at ``</s>``), with a longer budget for
+abnormality questions, and the answer is extracted from the first non-empty line.
 CLOSED questions are answered by likelihood: each candidate is scored by the mean
 log-probability of the tokens training would supervise for it (`` {candidate} </s>``),
 the best over its spellings (the question's ``left`` and the training answers' ``Left``).
-The prompt of a batch of questions (image included) is encoded **once**; its KV
-cache is then repeated for each (question, candidate) pair and only the candidate
-tokens run through the model::
 
-    prompts  [q1 q2 q3]  --forward once-->  cache, last logits (first candidate token)
-    pairs    [q1:Yes q1:No q2:T1 q2:T2 q3:...]  --forward on cache rows [1 1 2 2 3 ...]-->  the rest
+The default path (``share_prefix`` and ``prefix_attention`` on, a Llama-family language model)::
 
-Rows are left-padded with explicit position ids, so a question gets the same
+    batch of questions, grouped by image
+      --one packed forward (.packed_prefill)-->  each image's prefix once, every question's tail after it
+      --split into rows (kernels/shared_prefix.py)-->  one row per question that reads its image's prefix in place
+      --.row_decoding-->  CLOSED: candidate tails scored on copies of their question's row
+                          OPEN: one greedy decoding call for the batch (CUDA graphs on CUDA),
+                                each row stopping at its own budget
+
+Without ``prefix_attention`` (other models, ``--no-prefix_attention``) each image's prefix is
+encoded once, repeated into every question's cache, and ``model.generate`` decodes on left-padded
+rows with explicit position ids; ``--no-share_prefix`` encodes every question with its own image.
+Every path gives the same answers (tests/test_evaluation_paths.py), and a question gets the same
 answer whatever batch it is in (``--check_batch_invariance``).
 """
 

@@ -10,11 +10,15 @@ sequence). Packed, a micro-batch holds one row per distinct image::
     sees       causal               | prefix + itself       | prefix + itself       | itself
 
 Every question segment sees the prefix and, causally, itself only, with positions
-continuing from the prefix end, through a 4-D boolean attention mask. So each
-answer token's logits are those of the unpacked row (same keys, values and rotary
-positions), and the loss, a token mean over the same answer tokens, equals the
-unpacked batch's (tested within 1e-5 in fp32, gradients too). Segments are cut
-from the already encoded examples, never re-tokenised.
+continuing from the prefix end. So each answer token's logits are those of the
+unpacked row (same keys, values and rotary positions), and the loss, a token mean
+over the same answer tokens, equals the unpacked batch's (tested within 1e-5 in fp32,
+gradients too). Segments are cut from the already encoded examples, never re-tokenised.
+
+A packed batch carries that visibility twice: as the ``segment_layout`` that flash attention's
+variable-length kernel reads (:mod:`slakevqa.kernels.segment_attention`: the default on CUDA in
+bf16/fp16, each question attending to its own keys only) and as a dense 4-D boolean
+``attention_mask`` for sdpa wherever that kernel cannot serve (CPU, fp32, ``--no-varlen_attention``).
 
 Rows are grouped by the pixel key (:meth:`slakevqa.inputs.builder.InputBuilder.pixel_key`):
 with a mask mode each question has its own pixels, hence its own row.

@@ -1,6 +1,7 @@
 """``load_model``: one entry point for every checkpoint kind we meet.
 
-* a Hugging Face LLaVA-family folder or hub id (``llava``, ``llava_next``, ...),
+* a Hugging Face LLaVA folder or hub id with a Mistral language model (``model_type: llava``; any
+  other architecture or language model is refused before its weights load: :mod:`.supported`),
 * an original LLaVA-Med checkpoint (``model_type: llava_mistral``): converted once
   into ``$SLAKEVQA_CACHE/converted/<name>-<hash>`` (default ``~/.cache/slakevqa``),
 * a LoRA adapter folder (``adapter_config.json``) on top of its base, optionally merged.
