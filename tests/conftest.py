@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny SLAKE written on the fly in any layout, and real SLAKE via SLAKE_ROOT."""
+"""Shared fixtures: a tiny SLAKE written on the fly in any layout, real SLAKE via SLAKE_ROOT, a plain-PyTorch
+stand-in for flash attention's variable-length kernel, and a tiny LoRA adapter folder on its base."""
 
 from __future__ import annotations
 
@@ -95,3 +96,64 @@ def mask_slicing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         pytest.skip("this transformers has no boolean logits_to_keep")
     monkeypatch.setattr(compat, "MASK_SLICING", request.param)
     return request.param
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal=True):
+    """The flash kernel's contract in plain PyTorch: per sequence, causal aligned at the keys' end (or no mask),
+    GQA; returns the output and each query's log-sum-exp ``(H, tokens)``."""
+    import torch
+    import torch.nn.functional as F
+
+    out, lse = [], []
+    for s in range(len(cu_q) - 1):
+        qs, ks, vs = (t[int(c[s]):int(c[s + 1])].transpose(0, 1) for t, c in ((q, cu_q), (k, cu_k), (v, cu_k)))
+        ks, vs = (t.repeat_interleave(qs.shape[0] // t.shape[0], dim=0) for t in (ks, vs))
+        visible = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool)
+        visible = visible.tril(ks.shape[1] - qs.shape[1]) if causal else visible
+        scores = (qs.float() @ ks.float().transpose(-1, -2) * scale).masked_fill(~visible, float("-inf"))
+        out.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible, scale=scale).transpose(0, 1))
+        lse.append(torch.logsumexp(scores, dim=-1))
+    assert max_q >= max(int(cu_q[i + 1] - cu_q[i]) for i in range(len(cu_q) - 1))  # an upper bound
+    assert max_k >= max(int(cu_k[i + 1] - cu_k[i]) for i in range(len(cu_k) - 1))
+    # FlashAttention-2 takes max_q == 1 to mean one query per sequence (it then folds query heads into it)
+    assert max_q > 1 or q.shape[0] == len(cu_q) - 1, "max_q 1 with sequences of other lengths crashes the kernel"
+    return torch.cat(out), torch.cat(lse, dim=1)
+
+
+@pytest.fixture
+def reference_kernel(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The reference kernel wherever the flash one would run (kernels/segment_attention.py's ``varlen_kernel``:
+    the CUDA kernel cannot run here); returns its calls' ``causal`` flags."""
+    import slakevqa.kernels.segment_attention as segment_module
+
+    calls: list[bool] = []
+
+    def kernel(query, dtype):
+        def run(*args, causal=True):
+            calls.append(causal)
+            return reference_varlen(*args, causal=causal)
+        return run
+
+    monkeypatch.setattr(segment_module, "varlen_kernel", kernel)
+    return calls
+
+
+@pytest.fixture(scope="session")
+def lora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny base folder and a LoRA adapter folder that names it, built once (merge's atomic outputs in
+    test_files_atomic.py, damaged weights in test_models_weight_files.py); tests must leave both as they are."""
+    from peft import LoraConfig, get_peft_model
+
+    from slakevqa.models import tiny
+
+    root = tmp_path_factory.mktemp("lora")
+    base = tiny.save_llava(*tiny.build_tiny_llava("bpe", seed=3), root / "base")
+    peft_model = get_peft_model(tiny.build_tiny_llava("bpe", seed=3)[0],
+                                LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)",
+                                           init_lora_weights=False))
+    adapter = root / "runs" / "lora"
+    peft_model.save_pretrained(str(adapter))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    (adapter / "closed_vocab.json").write_text('["left", "right"]\n')
+    return {"base": base, "adapter": adapter}

@@ -78,6 +78,15 @@ def test_docs_architecture_lists_the_layers_in_this_order() -> None:
     assert named == list(LAYERS)
 
 
+def test_every_file_docs_architecture_names_exists() -> None:
+    page = (PACKAGE.parents[1] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    tests = set(re.findall(r"tests/test_\w+\.py", page))
+    modules = set(re.findall(r"`((?:\w+/)+\w+\.py)`", page)) - tests
+    assert tests and modules
+    assert [t for t in sorted(tests) if not (PACKAGE.parents[1] / t).is_file()] == []
+    assert [m for m in sorted(modules) if not (PACKAGE / m).is_file()] == []
+
+
 def test_imports_run_one_way(graph: dict[str, set[str]]) -> None:
     upward = [f"{module} imports {target} ({LAYERS[layer_of(target)] or 'root'} is above "
               f"{LAYERS[layer_of(module)] or 'root'})"

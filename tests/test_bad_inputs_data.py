@@ -1,4 +1,5 @@
-"""Bad inputs at the data layer (issue 14): every case is one located line or a counted skip, and no input changes.
+"""Bad inputs at the data layer (src/slakevqa/data/: splits, images, masks, boxes, KG): every case is one located
+line or a counted skip, and no input changes.
 
 One table, one test: each case breaks a fresh mini-SLAKE in one way, runs one entry point
 (load a split, read the KG, the class map or the boxes, condition an image, the CLI) and

@@ -1,4 +1,5 @@
-"""Bad inputs around runs (issue 14): configs, answer files, checkpoints and output folders.
+"""Bad inputs around runs (the commands, src/slakevqa/commands/ through slakevqa.cli): configs, answer files,
+checkpoints and output folders.
 
 The companion of tests/test_bad_inputs_data.py (data files, images, masks, boxes, KG): one
 table, one test. Each case builds what it needs in a fresh folder, runs one command line and

@@ -1,5 +1,6 @@
-"""The evaluation engine: exact candidate scores from one prompt encoding, batch invariance,
-resumable predictions after SIGKILL, and the run files."""
+"""The evaluation engine and run (src/slakevqa/evaluation/engine.py, evaluate.py): exact candidate scores from
+one prompt encoding, ``--closed_answering generate``, answer extraction, batch invariance, resumable predictions
+after SIGKILL, and the run files. That every evaluation path gives the same answers: tests/test_evaluation_paths.py."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from slakevqa.evaluation.evaluate import evaluate
 from slakevqa.evaluation.extract import extract_answer, match_candidate
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab
+from slakevqa.reporting.report import write_report
 
 
 def engine_for(root: Path, model, processor, candidates: str = "auto", closed_answering: str = "score") -> Engine:
@@ -67,24 +69,42 @@ def test_nan_candidate_scores_are_a_named_error_not_an_answer(synth_root: Path, 
         engine.answer(closed)
 
 
-def test_batched_answers_equal_one_at_a_time(synth_root: Path, tiny_model) -> None:
-    engine = engine_for(synth_root, *tiny_model)
-    samples = load_split(synth_root, "test")[:12]
-    batched = engine.answer(samples)
-    single = [engine.answer([s])[0] for s in samples]
-    assert [p.qid for p in batched] == [s.qid for s in samples]
-    assert {p.route for p in batched} >= {"open", "yesno"}
-    for a, b in zip(batched, single):
-        assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
-        assert a.scores == pytest.approx(b.scores, abs=1e-5)
-
-
-def test_generate_mode_maps_free_text_onto_candidates(synth_root: Path, tiny_model) -> None:
+def test_generate_mode_maps_free_text_onto_candidates(synth_root: Path, tiny_model,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``closed_answering="generate"``: CLOSED questions are generated, not scored, and the extracted free text
+    becomes the candidate it names; text naming no candidate is kept as extracted."""
     engine = engine_for(synth_root, *tiny_model, closed_answering="generate")
-    sample = next(s for s in load_split(synth_root, "test") if s.is_closed)
-    prediction = engine.answer([sample])[0]
-    assert prediction.raw_output != "" or prediction.prediction == ""
-    assert prediction.scores == () and prediction.candidates
+    closed = [s for s in load_split(synth_root, "test") if s.is_closed][:6]
+    candidates = [engine.builder.view(s).route.candidates for s in closed]
+    assert candidates == [("CT", "MRI"), ("Yes", "No"), ("Yes", "No"), ("left", "right"), ("Yes", "No"), ("Yes", "No")]
+    scripted = {  # qid -> (the model's raw output, the prediction it becomes)
+        closed[0].qid: ("Answer: mri\nT2 weighted, axial.", "MRI"),  # answer prefix, first line, another case
+        closed[1].qid: ("yes, it does.", "Yes"),  # the candidate's words inside a sentence
+        closed[2].qid: ("I cannot tell.", "I cannot tell."),  # no candidate: the extracted text is kept
+        closed[3].qid: ("It is on the RIGHT side.\n", "right"),  # the candidate's own spelling
+        closed[4].qid: ("Answer:\n\n  Unclear on this slice.  ", "Unclear on this slice."),  # the first non-empty line
+    }  # closed[5] keeps the tiny model's own output
+    generated: dict[int, str] = {}
+    real_generate = engine.generate
+
+    def generate(items, max_new_tokens, *args):
+        texts = real_generate(items, max_new_tokens, *args)
+        generated.update({item.sample.qid: text for item, text in zip(items, texts)})
+        return [scripted.get(item.sample.qid, (text,))[0] for item, text in zip(items, texts)]
+
+    monkeypatch.setattr(engine, "generate", generate)
+    monkeypatch.setattr(engine, "score_candidates", lambda *_: pytest.fail("generate mode scored candidates"))
+    predictions = engine.answer(closed)
+    assert sorted(generated) == sorted(s.qid for s in closed)  # every CLOSED question was generated
+    for sample, prediction, route_candidates in zip(closed, predictions, candidates):
+        raw, expected = scripted.get(sample.qid, (generated[sample.qid], None))
+        if expected is None:  # the model's own free text: mapped the same way
+            expected = match_candidate(extract_answer(raw), route_candidates) or extract_answer(raw)
+        assert prediction.qid == sample.qid and prediction.raw_output == raw
+        assert prediction.prediction == expected, raw
+        assert prediction.scores == () and prediction.margin is None
+        assert prediction.candidates == route_candidates and prediction.route == engine.builder.view(sample).route.kind
+    assert predictions[-1].raw_output != "" or predictions[-1].prediction == ""
 
 
 def test_forced_candidate_modes(synth_root: Path, tiny_model) -> None:
@@ -117,6 +137,8 @@ def test_run_files_and_invariance_report(synth_root: Path, tmp_path: Path, tiny_
     assert on_disk["metrics"]["exact"]["overall"]["n"] == 20
     assert on_disk["provenance"]["prompt_version"] == "short@v1" and on_disk["provenance"]["split_sha256"]
     assert results["batch_invariance"]["differences"] == 0
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "report.md").exists()  # the commands write it
+    write_report(tmp_path)
     assert (tmp_path / "report.html").is_file() and (tmp_path / "report.md").is_file()
 
 
@@ -178,27 +200,9 @@ def test_tiny_model_on_the_real_test_split(slake_root: Path, tmp_path: Path) -> 
     assert results["counts"]["routes"] == {"open": 645, "options": 61, "yesno": 355}
     assert results["metrics"]["llava_med"]["CLOSED"]["n"] == 416
     assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 1061
-    assert (tmp_path / "report.html").stat().st_size > 10_000
-
-
-def test_shared_image_prefix_equals_per_question_encoding(synth_root: Path, tiny_model) -> None:
-    """Each image encoded once per batch, its prefix cache shared: the same answers as encoding every question."""
-    engine = engine_for(synth_root, *tiny_model)
-    engine.share_prefix = True
-    samples = load_split(synth_root, "test")[:24]
-    items = [engine.prepare(s) for s in samples]
-    assert engine.shared_prefix_length(items) == 5 + engine.image_tokens  # <s> [INST] ▁ <image>×16
-    assert len({id(i.pixel_values) for i in items}) < len(items)  # several questions per image
-    calls: list[int] = []
-    hook = engine.model.model.vision_tower.register_forward_hook(lambda *_: calls.append(1))
-    shared = engine.answer(samples)
-    assert calls == [1]  # one prefill of the batch's images, shared by CLOSED scoring and OPEN generation
-    hook.remove()
-    engine.share_prefix = False
-    alone = engine.answer(samples)
-    for a, b in zip(shared, alone):
-        assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
-        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+    assert not (tmp_path / "report.html").exists() and not (tmp_path / "report.md").exists()  # the commands write it
+    write_report(tmp_path)
+    assert (tmp_path / "report.html").stat().st_size > 10_000 and (tmp_path / "report.md").is_file()
 
 
 def test_answer_order_keeps_each_images_questions_together_long_budget_images_first(slake_root) -> None:

@@ -1,7 +1,7 @@
 """It learns: the tiny model, trained on the synthetic SLAKE with the demo's settings, answers
 held-out CLOSED questions that need the image, and the same model trained on blanked images cannot.
 
-Issue 5's target is >= 0.90 held-out CLOSED within 5 minutes of training on the 2-core machine
+The target is >= 0.90 held-out CLOSED within 5 minutes of training on the 2-core machine
 and >= 0.80 within 3. Time is not asserted (tests are not timed); steps stand for it, from the
 rate measured on that machine (benchmarks/RESULTS.md, "Learning on CPU": 13-15 steps/s with the
 demo's settings, so 2,000 steps take about 2.5 minutes and 3,000 about 3.5). Measured there:

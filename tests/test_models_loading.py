@@ -1,4 +1,5 @@
-"""load_model: HF folders, original LLaVA-Med folders (converted once), LoRA adapters, safety."""
+"""load_model: HF folders, original LLaVA-Med folders (converted once), LoRA adapters, safety; and what a model
+argument names (resolve_folder): a local folder unless it is clearly a hub id, hub ids from the hub's cache."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from slakevqa.errors import UserError
 from slakevqa.inputs.prompts import render_generation_prompt
-from slakevqa.models.loading import load_model, pick_dtype
+from slakevqa.models.loading import load_model, pick_dtype, resolve_folder
 from slakevqa.models.tiny import build_tiny_llava, save_llava
 from slakevqa.models.tiny_original import save_llava_med_original
 
@@ -153,3 +154,54 @@ def test_four_bit_loading_needs_cuda_and_bitsandbytes(tmp_path: Path) -> None:
                 quantization_config(bits, "bf16")
     with pytest.raises(UserError, match="4-bit and 8-bit loading at once"):
         load_model(tmp_path, load_in_4bit=True, load_in_8bit=True, **quiet)
+
+
+MODEL_ARGUMENTS = {  # argument -> (hub repo asked for, or None; the error's start when one is expected)
+    "runs/lora": (None, "runs/lora: no such model folder ('runs' exists here"),
+    "./runs/lora": (None, "./runs/lora: no such model folder"),
+    "runs/lora/checkpoint-100": (None, "runs/lora/checkpoint-100: no such model folder"),
+    "lora": (None, "lora: no such model folder"),
+    "runs/real": (None, None),
+    "microsoft/llava-med-v1.5-mistral-7b": ("microsoft/llava-med-v1.5-mistral-7b", None),
+    "hf://runs/lora": ("runs/lora", None),
+}
+
+
+@pytest.mark.parametrize("argument", MODEL_ARGUMENTS)
+def test_a_model_argument_is_local_unless_it_is_clearly_a_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 argument: str) -> None:
+    import huggingface_hub
+
+    repo, error = MODEL_ARGUMENTS[argument]
+    (tmp_path / "runs" / "real").mkdir(parents=True)
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "model.safetensors").write_bytes(b"")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **_: calls.append(repo_id)
+                        or str(tmp_path / "snapshot"))
+    monkeypatch.chdir(tmp_path)
+    if error:
+        with pytest.raises(UserError) as raised:
+            resolve_folder(argument)
+        assert str(raised.value).startswith(error) and "\n" not in str(raised.value)
+        if "exists here" in error:
+            assert f"hf://{argument}" in str(raised.value)  # says how to ask for the hub
+    else:
+        assert resolve_folder(argument) == (tmp_path / "snapshot" if repo else Path(argument))
+    assert calls == ([repo] if repo else [])
+
+
+def test_the_readme_hub_id_resolves_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--microsoft--llava-med-v1.5-mistral-7b"
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    (repo / "snapshots" / commit / "model.safetensors").write_bytes(b"")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_folder("microsoft/llava-med-v1.5-mistral-7b") == repo / "snapshots" / commit

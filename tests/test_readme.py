@@ -39,6 +39,8 @@ def test_tiny_walkthrough_runs_as_written(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "work/run/eval/results.json").read_text())
     assert results["counts"]["total"] > 600
     assert (tmp_path / "work/run/eval/report.html").is_file()
+    # the train command writes its final evaluation's report, the eval command its own (before `report` redraws it)
+    assert (tmp_path / "work/run/eval_test/report.html").is_file()
     assert (tmp_path / "work/run/model.safetensors").is_file()
 
 

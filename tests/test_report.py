@@ -1,4 +1,5 @@
-"""Report figures' numbers, report.md / report.html from files alone, and a real browser render."""
+"""Report figures' numbers, report.md / report.html from files alone, images embedded only from inside the
+dataset folder, and a real browser render."""
 
 from __future__ import annotations
 
@@ -129,6 +130,36 @@ def test_report_finds_moved_images_under_image_root(tmp_path: Path) -> None:
         Image.open(folder / "source.png").save(folder / "source.jpg")
     assert main(["report", str(run), "--worst", "2", "--image_root", str(tmp_path / "slake")]) == 0
     assert (run / "report.html").read_text().count("data:image/jpeg;base64,") == 2
+
+
+def test_report_embeds_only_images_inside_the_dataset(tmp_path: Path) -> None:
+    dataset, private = tmp_path / "slake", tmp_path / "private"
+    rows = synthetic_rows(40, seed=2, image_dir=dataset / "imgs")
+    private.mkdir()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(private / "secret.png")
+    outside = {row.qid for row in rows if row.qid % 7 == 0}
+    for row in rows:
+        if row.qid in outside:
+            object.__setattr__(row, "image_path", str(private / "secret.png"))
+    (dataset / "test.json").write_text("[]")
+    run = tmp_path / "run"
+    write_predictions(run / "predictions.jsonl", rows)
+    write_results(run / "results.json", build_results(rows, {"split_file": str(dataset / "test.json")},
+                                                      resamples=10))
+    assert main(["report", str(run), "--worst", "40"]) == 0
+    html = (run / "report.html").read_text()
+    shown = [int(q) for q in re.findall(r"<b>qid (\d+)</b>", html)]
+    refused = sum(q in outside for q in shown)
+    assert refused > 0 and html.count("image outside the dataset folder<br>") == refused
+    assert html.count("data:image/jpeg;base64,") == len(shown) - refused
+    assert f"{refused} image path(s) outside the dataset folder ({dataset.resolve()}) not embedded" in html
+    # a run that records no dataset folder embeds nothing, unless --image_root names one
+    write_results(run / "results.json", build_results(rows, {}, resamples=10))
+    assert main(["report", str(run), "--worst", "40"]) == 0
+    html = (run / "report.html").read_text()
+    assert "data:image/jpeg;base64," not in html and "No images embedded: the run records no dataset" in html
+    assert main(["report", str(run), "--worst", "40", "--image_root", str(dataset)]) == 0
+    assert (run / "report.html").read_text().count("data:image/jpeg;base64,") == len(shown) - refused
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,

@@ -1,4 +1,5 @@
-"""How work is shared between processes, and what a run records of its own speed (issue 17).
+"""How work is shared between processes (training/schedule.py, evaluation/evaluate.py), and what a run records of
+its own speed (training/throughput.py, evaluation/evaluate.py's answer timing).
 
 Training: ``share_by_group`` gives each process whole images of the global batch, balanced in
 cost, and the union is exactly the batch one process would take. Evaluation: ``shard_by_image``

@@ -14,7 +14,7 @@ tower included); everything after it runs here, on the model's decoder layers:
    pair gets a copy of its question's row (a few dozen columns, never the image prefix).
 
 Answers equal ``model.generate`` and the repeated-prefix scoring on the tiny model in
-fp32 (``tests/test_row_decoding.py``).
+fp32 (``tests/test_evaluation_paths.py``, ``tests/test_evaluation_rows.py``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The GPU path on a CPU: what users run on a GPU with LLaVA-Med, replayed with a tiny model.
+"""The official-checkpoint workflow, replayed on a CPU with a tiny model: what users run on a GPU with
+LLaVA-Med v1.5 (convert -> check -> train in the GPU's bf16 layout with fp32 adapters -> merge -> plain
+transformers).
 
 Two things CI cannot see with tiny fp32 models made by slakevqa itself, both of which
-once broke the main job on a GPU (issue 12):
+once broke the main job on a GPU:
 
 * the official checkpoint's own tokenizer files: its tokenizer_config.json carries
   Mistral-Instruct's text-only chat template (``'[INST] ' + message['content'] + ...``),
@@ -102,6 +104,8 @@ def test_bf16_weights_with_fp32_adapters_train_probe_and_evaluate(walk) -> None:
     assert [event.step for event in events.Scalars("eval/loss")][:2] == [2, 4]
     results = json.loads((walk["run"] / "eval_test" / "results.json").read_text())
     assert (results["counts"]["total"], results["counts"]["OPEN"]) == (6, 2)  # the final evaluation
+    report = (walk["run"] / "eval_test" / "report.md").read_text()  # the train command writes the final report
+    assert "| exact |" in report and (walk["run"] / "eval_test" / "report.html").is_file()
 
 
 def hf_inputs(folder: Path, question: str) -> tuple[object, dict]:

@@ -1,11 +1,12 @@
-"""Outputs are replaced only once the new one is whole; damaged weights and mistyped model paths are one line;
-reports embed only images inside the dataset (issue 14)."""
+"""Atomic outputs (src/slakevqa/files.py): a folder or file is replaced only once the new one is whole, and a
+writer killed at any point leaves the old one and nothing a later write trips over (``atomic_folder``,
+``recover_folder``, ``write_text_atomic``); the commands that replace folders (``merge --overwrite``,
+``init-tiny --overwrite``) keep the previous output when they fail and refuse an output that would delete
+their input."""
 
 from __future__ import annotations
 
-import json
 import os
-import pickle
 import re
 import signal
 import subprocess
@@ -14,16 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from scoring_fixtures import synthetic_rows
 from slakevqa.cli import main
 from slakevqa.commands.merge import merge_adapter
 from slakevqa.errors import UserError
 from slakevqa.files import atomic_folder, recover_folder, write_text_atomic
 from slakevqa.models import tiny
-from slakevqa.models.loading import load_model, resolve_folder
-from slakevqa.runs.results import build_results, write_predictions, write_results
-
-quiet = {"log": lambda line: None}
 
 
 def contents(folder: Path) -> dict[str, bytes]:
@@ -115,25 +111,7 @@ def test_write_text_atomic_cleans_a_killed_writers_temporary_file(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
 
 
-# --- merge and init-tiny ------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def lora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A tiny base folder and a LoRA adapter folder that names it."""
-    from peft import LoraConfig, get_peft_model
-
-    root = tmp_path_factory.mktemp("lora")
-    base = tiny.save_llava(*tiny.build_tiny_llava("bpe", seed=3), root / "base")
-    peft_model = get_peft_model(tiny.build_tiny_llava("bpe", seed=3)[0],
-                                LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|v_proj)",
-                                           init_lora_weights=False))
-    adapter = root / "runs" / "lora"
-    peft_model.save_pretrained(str(adapter))
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
-    (adapter / "closed_vocab.json").write_text('["left", "right"]\n')
-    return {"base": base, "adapter": adapter}
-
+# --- merge and init-tiny (``lora``: conftest.py) --------------------------------------------------------------
 
 @pytest.fixture
 def previous(tmp_path: Path) -> Path:
@@ -206,130 +184,3 @@ def test_init_tiny_overwrite_failing_midway_keeps_the_old_folder(tmp_path: Path,
     monkeypatch.undo()
     assert main(["init-tiny", str(out), "--tokenizer", "bpe", "--seed", "1", "--overwrite"]) == 0
     assert contents(out)["model.safetensors"] != before["model.safetensors"] and leftovers(out) == []
-
-
-# --- damaged weights ----------------------------------------------------------------------------------------------
-
-class Payload:
-    def __reduce__(self) -> tuple:
-        return (print, ("this ran",))
-
-
-def cut_in_half(folder: Path) -> Path:
-    path = next(folder.glob("*.safetensors"))
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    return path
-
-
-def pickled_bin(folder: Path) -> Path:
-    for path in folder.glob("*.safetensors"):
-        path.unlink()
-    path = folder / "pytorch_model.bin"
-    path.write_bytes(pickle.dumps({"weight": Payload()}))
-    return path
-
-
-DAMAGE = {  # which folder is damaged, how -> the file the message names, what it says
-    "model safetensors cut short": ("base", cut_in_half, "damaged weights file (cut short"),
-    "model .bin with a pickled object": ("base", pickled_bin, "refused: this pickle holds more than tensors"),
-    "adapter safetensors cut short": ("adapter", cut_in_half, "damaged weights file (cut short"),
-}
-
-
-@pytest.mark.parametrize("case", DAMAGE)
-def test_damaged_weights_are_one_line_naming_the_file(lora: dict, tmp_path: Path, case: str) -> None:
-    import shutil
-
-    which, damage, says = DAMAGE[case]
-    folders = {name: shutil.copytree(folder, tmp_path / name) for name, folder in lora.items()}
-    path = damage(folders[which])
-    with pytest.raises(UserError) as error:
-        load_model(folders["adapter"], base=str(folders["base"]), device="cpu", **quiet)
-    assert str(error.value).startswith(f"{path}: {says}") and "\n" not in str(error.value)
-
-
-# --- model arguments: local folder or hub id ----------------------------------------------------------------------
-
-MODEL_ARGUMENTS = {  # argument -> (hub repo asked for, or None; the error's start when one is expected)
-    "runs/lora": (None, "runs/lora: no such model folder ('runs' exists here"),
-    "./runs/lora": (None, "./runs/lora: no such model folder"),
-    "runs/lora/checkpoint-100": (None, "runs/lora/checkpoint-100: no such model folder"),
-    "lora": (None, "lora: no such model folder"),
-    "runs/real": (None, None),
-    "microsoft/llava-med-v1.5-mistral-7b": ("microsoft/llava-med-v1.5-mistral-7b", None),
-    "hf://runs/lora": ("runs/lora", None),
-}
-
-
-@pytest.mark.parametrize("argument", MODEL_ARGUMENTS)
-def test_a_model_argument_is_local_unless_it_is_clearly_a_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                 argument: str) -> None:
-    import huggingface_hub
-
-    repo, error = MODEL_ARGUMENTS[argument]
-    (tmp_path / "runs" / "real").mkdir(parents=True)
-    (tmp_path / "snapshot").mkdir()
-    (tmp_path / "snapshot" / "model.safetensors").write_bytes(b"")
-    calls = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo_id, **_: calls.append(repo_id)
-                        or str(tmp_path / "snapshot"))
-    monkeypatch.chdir(tmp_path)
-    if error:
-        with pytest.raises(UserError) as raised:
-            resolve_folder(argument)
-        assert str(raised.value).startswith(error) and "\n" not in str(raised.value)
-        if "exists here" in error:
-            assert f"hf://{argument}" in str(raised.value)  # says how to ask for the hub
-    else:
-        assert resolve_folder(argument) == (tmp_path / "snapshot" if repo else Path(argument))
-    assert calls == ([repo] if repo else [])
-
-
-def test_the_readme_hub_id_resolves_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
-
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--microsoft--llava-med-v1.5-mistral-7b"
-    (repo / "snapshots" / commit).mkdir(parents=True)
-    (repo / "snapshots" / commit / "config.json").write_text("{}")
-    (repo / "snapshots" / commit / "model.safetensors").write_bytes(b"")
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.chdir(tmp_path)
-    assert resolve_folder("microsoft/llava-med-v1.5-mistral-7b") == repo / "snapshots" / commit
-
-
-# --- report images ------------------------------------------------------------------------------------------------
-
-def test_report_embeds_only_images_inside_the_dataset(tmp_path: Path) -> None:
-    from PIL import Image
-
-    dataset, private = tmp_path / "slake", tmp_path / "private"
-    rows = synthetic_rows(40, seed=2, image_dir=dataset / "imgs")
-    private.mkdir()
-    Image.new("RGB", (8, 8), (200, 0, 0)).save(private / "secret.png")
-    outside = {row.qid for row in rows if row.qid % 7 == 0}
-    for row in rows:
-        if row.qid in outside:
-            object.__setattr__(row, "image_path", str(private / "secret.png"))
-    (dataset / "test.json").write_text("[]")
-    run = tmp_path / "run"
-    write_predictions(run / "predictions.jsonl", rows)
-    write_results(run / "results.json", build_results(rows, {"split_file": str(dataset / "test.json")},
-                                                      resamples=10))
-    assert main(["report", str(run), "--worst", "40"]) == 0
-    html = (run / "report.html").read_text()
-    shown = [int(q) for q in re.findall(r"<b>qid (\d+)</b>", html)]
-    refused = sum(q in outside for q in shown)
-    assert refused > 0 and html.count("image outside the dataset folder<br>") == refused
-    assert html.count("data:image/jpeg;base64,") == len(shown) - refused
-    assert f"{refused} image path(s) outside the dataset folder ({dataset.resolve()}) not embedded" in html
-    # a run that records no dataset folder embeds nothing, unless --image_root names one
-    write_results(run / "results.json", build_results(rows, {}, resamples=10))
-    assert main(["report", str(run), "--worst", "40"]) == 0
-    html = (run / "report.html").read_text()
-    assert "data:image/jpeg;base64," not in html and "No images embedded: the run records no dataset" in html
-    assert main(["report", str(run), "--worst", "40", "--image_root", str(dataset)]) == 0
-    assert (run / "report.html").read_text().count("data:image/jpeg;base64,") == len(shown) - refused

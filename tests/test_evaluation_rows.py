@@ -1,5 +1,9 @@
-"""Rows that read their image's prefix in place (issue 15): the same answers, scores and tokens as
-transformers' ``generate`` on a repeated prefix, on the tiny model in fp32."""
+"""Greedy decoding and candidate scoring on rows that share image prefixes (src/slakevqa/evaluation/row_decoding.py,
+src/slakevqa/kernels/shared_prefix.py), on the tiny model in fp32: each row reads its image's prefix in place, its
+attention equals plain attention over that prefix and its own columns, and its tokens equal transformers'
+``generate`` on a repeated prefix, rows stopping at their own ``</s>`` or token budget. That whole answers and
+candidate scores equal every other evaluation path's: tests/test_evaluation_paths.py.
+"""
 
 from __future__ import annotations
 
@@ -14,46 +18,24 @@ from slakevqa.evaluation.row_decoding import greedy_tokens
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab
 from slakevqa.kernels.compat import cache_argument
-from slakevqa.kernels.segment_attention import ATTENTION_NAME as SEGMENTS
-from slakevqa.kernels.shared_prefix import ATTENTION_NAME, language_parts, supports_shared_prefix
+from slakevqa.kernels.shared_prefix import language_parts, supports_shared_prefix
 
 
 @pytest.fixture(scope="module")
-def answered(synth_root: Path):
-    """One tiny model; the first 48 test questions answered by both paths (the slow one once)."""
+def engine_and_questions(synth_root: Path):
+    """One tiny model's engine and the first 48 test questions."""
     from slakevqa.models.tiny import build_tiny_llava
 
     model, processor = build_tiny_llava("bpe", seed=0)
     builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")))
-    engine = Engine(model, processor, builder)
-    samples = load_split(synth_root, "test")[:48]
-    engine.prefix_attention = False
-    before = engine.answer(samples)
-    engine.prefix_attention = True
-    return engine, samples, before
-
-
-def test_answers_and_scores_equal_the_repeated_prefix_path(answered) -> None:
-    engine, samples, before = answered
-    calls: list[str] = []
-    hook = engine.model.model.language_model.layers[0].self_attn.register_forward_hook(
-        lambda module, *_: calls.append(module.config._attn_implementation))
-    after = engine.answer(samples)
-    hook.remove()
-    # the images' prefill is the model's own forward (packed rows' attention); every call after it ran on the rows
-    assert calls[0] == SEGMENTS and set(calls[1:]) == {ATTENTION_NAME} and len(calls) > 3
-    assert engine.model.config.text_config._attn_implementation == "sdpa"  # and the model is left as it was
-    assert {p.route for p in after} >= {"open", "yesno"}
-    for a, b in zip(after, before):
-        assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
-        assert a.scores == pytest.approx(b.scores, abs=1e-5)
+    return Engine(model, processor, builder), load_split(synth_root, "test")[:48]
 
 
 @pytest.mark.parametrize("eos_boost", [1.5, 2.5], ids=["some-rows-run-out", "all-rows-stop"])
-def test_greedy_tokens_equal_generate_with_eos_stops(answered, eos_boost: float) -> None:
+def test_greedy_tokens_equal_generate_with_eos_stops(engine_and_questions, eos_boost: float) -> None:
     """Token for token as ``generate``, rows stopping at different steps: ``</s>`` made likely by
     raising its output weight, and after it padding, as ``generate`` pads."""
-    engine, samples, _ = answered
+    engine, samples = engine_and_questions
     items = [engine.prepare(s) for s in samples if not s.is_closed][:12]
     shared = engine.shared_prefix_length(items)
     head = engine.model.lm_head.weight
@@ -79,8 +61,8 @@ def test_greedy_tokens_equal_generate_with_eos_stops(answered, eos_boost: float)
     assert (ours[:, theirs.shape[1]:] == pad).all()  # generate stops when every row has ended
 
 
-def test_row_budgets_end_rows_early_without_changing_their_tokens(answered) -> None:
-    engine, samples, _ = answered
+def test_row_budgets_end_rows_early_without_changing_their_tokens(engine_and_questions) -> None:
+    engine, samples = engine_and_questions
     items = [engine.prepare(s) for s in samples if not s.is_closed][:6]
     eos, pad = engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id
     limits = [1, 3, 8, 2, 8, 5]
@@ -95,9 +77,9 @@ def test_row_budgets_end_rows_early_without_changing_their_tokens(answered) -> N
         assert (cut[row, limit:] == pad).all()
 
 
-def test_batch_encoding_keeps_no_autograd_graph(answered) -> None:
+def test_batch_encoding_keeps_no_autograd_graph(engine_and_questions) -> None:
     """The packed forward runs without autograd (at 7B a batch's saved activations filled an H200)."""
-    engine, samples, _ = answered
+    engine, samples = engine_and_questions
     assert any(p.requires_grad for p in engine.model.parameters())
     batch = engine.encode_batch([engine.prepare(s) for s in samples[:6]])
     assert not batch.rows.last_logits.requires_grad and not batch.rows.cache.keys[0].requires_grad
@@ -139,11 +121,11 @@ def test_attention_equals_plain_attention_over_prefix_and_own_columns() -> None:
         assert torch.allclose(out, expected, atol=tolerance), dtype
 
 
-def test_sampling_keeps_the_generate_path(answered) -> None:
+def test_sampling_keeps_the_generate_path(engine_and_questions) -> None:
     """``--do_sample`` answers through ``generate``'s sampling, the batch prefilled for it (not packed rows)."""
     from slakevqa.evaluation.engine import GenerationSettings
 
-    engine, samples, _ = answered
+    engine, samples = engine_and_questions
     sampling = Engine(engine.model, engine.processor, engine.builder,
                       settings=GenerationSettings(temperature=0.7, do_sample=True))
     torch.manual_seed(0)
@@ -159,8 +141,8 @@ def test_other_model_layouts_keep_the_generate_path() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the GPU box)")
-def test_cuda_graph_replay_equals_eager_steps_and_generate(answered) -> None:
-    engine, samples, _ = answered
+def test_cuda_graph_replay_equals_eager_steps_and_generate(engine_and_questions) -> None:
+    engine, samples = engine_and_questions
     engine.model.to("cuda")
     try:
         items = [engine.prepare(s) for s in samples if not s.is_closed][:12]
@@ -180,8 +162,8 @@ def test_cuda_graph_replay_equals_eager_steps_and_generate(answered) -> None:
         engine.model.to("cpu")
 
 
-def test_one_decoding_call_per_batch_equals_one_call_per_budget(answered, synth_root: Path) -> None:
-    engine, _, _ = answered
+def test_one_decoding_call_per_batch_equals_one_call_per_budget(engine_and_questions, synth_root: Path) -> None:
+    engine, _ = engine_and_questions
     from dataclasses import replace
 
     samples = load_split(synth_root, "test")[:40]  # the synthetic SLAKE asks no abnormality question: three become one

@@ -1,9 +1,11 @@
-"""Packed rows through flash attention's variable-length layout (slakevqa.kernels.segment_attention, issue 15).
+"""Packed rows through flash attention's variable-length layout (src/slakevqa/kernels/segment_attention.py),
+in training and in the rows' reads of their image prefix (kernels/shared_prefix.py).
 
 The CUDA kernel cannot run here, so the layout, gathers, scatter, keyword plumbing (LLaVA, peft,
 gradient checkpointing) and the swap are checked with a reference kernel of the same contract
-(sequences back to back, causal aligned at the end of each sequence's keys) against the dense
-segment mask; the real kernel against the reference runs where CUDA is.
+(sequences back to back, causal aligned at the end of each sequence's keys; ``reference_kernel``
+in conftest.py) against the dense segment mask; the real kernel against the reference runs where
+CUDA is. Evaluation's answers on the layout: tests/test_evaluation_paths.py.
 """
 
 from __future__ import annotations
@@ -19,46 +21,11 @@ import slakevqa.kernels.segment_attention as segment_module
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab
-from slakevqa.kernels.attention import AttentionSettings
 from slakevqa.kernels.packing import segment_mask
 from slakevqa.kernels.segment_attention import SegmentLayout, row_spans, segments_attended, varlen_kernel
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.loss import answer_loss, packed_loss
 from slakevqa.training.params import configure_trainable
-
-
-def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal=True):
-    """The flash kernel's contract in plain PyTorch: per sequence, causal aligned at the keys' end (or no mask),
-    GQA; returns the output and each query's log-sum-exp ``(H, tokens)``."""
-    out, lse = [], []
-    for s in range(len(cu_q) - 1):
-        qs, ks, vs = (t[int(c[s]):int(c[s + 1])].transpose(0, 1) for t, c in ((q, cu_q), (k, cu_k), (v, cu_k)))
-        ks, vs = (t.repeat_interleave(qs.shape[0] // t.shape[0], dim=0) for t in (ks, vs))
-        visible = torch.ones(qs.shape[1], ks.shape[1], dtype=torch.bool)
-        visible = visible.tril(ks.shape[1] - qs.shape[1]) if causal else visible
-        scores = (qs.float() @ ks.float().transpose(-1, -2) * scale).masked_fill(~visible, float("-inf"))
-        out.append(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=visible, scale=scale).transpose(0, 1))
-        lse.append(torch.logsumexp(scores, dim=-1))
-    assert max_q >= max(int(cu_q[i + 1] - cu_q[i]) for i in range(len(cu_q) - 1))  # an upper bound
-    assert max_k >= max(int(cu_k[i + 1] - cu_k[i]) for i in range(len(cu_k) - 1))
-    # FlashAttention-2 takes max_q == 1 to mean one query per sequence (it then folds query heads into it)
-    assert max_q > 1 or q.shape[0] == len(cu_q) - 1, "max_q 1 with sequences of other lengths crashes the kernel"
-    return torch.cat(out), torch.cat(lse, dim=1)
-
-
-@pytest.fixture
-def reference_kernel(monkeypatch: pytest.MonkeyPatch) -> list:
-    """The reference kernel wherever the flash one would run; returns its calls' ``causal`` flags."""
-    calls: list[bool] = []
-
-    def kernel(query, dtype):
-        def run(*args, causal=True):
-            calls.append(causal)
-            return reference_varlen(*args, causal=causal)
-        return run
-
-    monkeypatch.setattr(segment_module, "varlen_kernel", kernel)
-    return calls
 
 
 def visibility(layout: SegmentLayout) -> torch.Tensor:
@@ -143,25 +110,6 @@ def test_cpu_takes_the_dense_mask(synth_root: Path, tiny_model) -> None:
         with segments_attended(model):
             inside = answer_loss(model, batch).loss
     assert float(inside) == float(dense)
-
-
-def test_evaluation_answers_equal_with_the_varlen_layout(synth_root: Path, reference_kernel) -> None:
-
-    from slakevqa.evaluation.engine import Engine
-    from slakevqa.models.tiny import build_tiny_llava
-
-    model, processor = build_tiny_llava("bpe", seed=0)
-    builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")))
-    samples = load_split(synth_root, "test")[:24]
-    off = Engine(model, processor, builder, attention=AttentionSettings(varlen_attention=False)).answer(samples)
-    assert not reference_kernel
-    on = Engine(model, processor, builder).answer(samples)
-    layers = model.config.text_config.num_hidden_layers
-    assert reference_kernel[:layers] == [True] * layers  # the packed forward ran on the layout,
-    assert reference_kernel.count(False) > layers  # then the rows' prefix parts (scoring, each decoding step)
-    for a, b in zip(on, off):
-        assert (a.prediction, a.raw_output) == (b.prediction, b.raw_output)
-        assert a.scores == pytest.approx(b.scores, abs=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's varlen kernel needs CUDA")
