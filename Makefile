@@ -21,7 +21,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check src tests benchmarks *.py
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf .venv build src/*.egg-info .pytest_cache

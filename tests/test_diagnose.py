@@ -224,13 +224,16 @@ class FactEcho:
     """Stands in for :class:`Engine`: answers right exactly when the prompt carries KG facts."""
 
     def __init__(self, model, processor, builder, *, settings=None, closed_answering: str = "score",
-                 share_prefix: bool = True, prefix_attention: bool = True, cuda_graphs: bool = True) -> None:
+                 share_prefix: bool = True, prefix_attention: bool = True, cuda_graphs: bool = True,
+                 attention=None) -> None:
         from slakevqa.evaluation.engine import GenerationSettings
+        from slakevqa.kernels.attention import AttentionSettings
 
         self.model, self.processor, self.builder = model, processor, builder
         self.settings = settings or GenerationSettings()
         self.closed_answering, self.share_prefix = closed_answering, share_prefix
         self.prefix_attention, self.cuda_graphs = prefix_attention, cuda_graphs
+        self.attention = attention or AttentionSettings()
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
         from slakevqa.inputs.prompts import render_generation_prompt

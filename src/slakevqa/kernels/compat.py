@@ -16,12 +16,20 @@ from __future__ import annotations
 BOOLEAN_LOGITS_TO_KEEP_SINCE = (5, 21)
 
 
-def accepts_mask_logits_to_keep() -> bool:
-    """Whether this transformers slices hidden states with a 2-D boolean ``logits_to_keep``."""
-    import transformers
+def accepts_mask_logits_to_keep(version: str | None = None) -> bool:
+    """Whether transformers ``version`` (default: the installed one) slices hidden states with a 2-D boolean
+    ``logits_to_keep``.
+
+    >>> accepts_mask_logits_to_keep("5.20.3"), accepts_mask_logits_to_keep("5.21.0.dev0")
+    (False, True)
+    """
     from packaging.version import Version
 
-    return Version(transformers.__version__).release >= BOOLEAN_LOGITS_TO_KEEP_SINCE  # 5.21.0.dev0 counts
+    if version is None:
+        import transformers
+
+        version = transformers.__version__
+    return Version(version).release >= BOOLEAN_LOGITS_TO_KEEP_SINCE  # a 5.21 development build counts
 
 
 MASK_SLICING = accepts_mask_logits_to_keep()

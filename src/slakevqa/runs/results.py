@@ -41,8 +41,8 @@ from slakevqa.errors import DataError, UserError
 from slakevqa.files import json_lines, write_text_atomic
 from slakevqa.records import SLICE_FIELDS, Prediction
 from slakevqa.scoring import DEFAULT_SCORERS, get_scorer, scorer_versions
-from slakevqa.scoring.peers import peer_headlines, peer_versions
 from slakevqa.scoring.aggregate import CONFIDENCE, RESAMPLES, SEED, score_rows, summarize
+from slakevqa.scoring.peers import peer_headlines, peer_versions
 
 SCHEMA_VERSION = 1
 PREDICTIONS_NAME = "predictions.jsonl"
