@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 from slakevqa.files import check_output_dir
+from slakevqa.locks import writing
 from slakevqa.models.loading import DTYPES, MODEL_HELP
 
 
@@ -37,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.dst, "DST")
     dtype = DTYPES[args.precision] if args.precision else None
-    report = convert_checkpoint(resolve_folder(args.src), args.dst, vision_from=args.vision_from,
-                                tokenizer_folder=args.tokenizer, dtype=dtype, overwrite=args.overwrite)
+    with writing(args.dst, "convert-checkpoint", "DST"):
+        report = convert_checkpoint(resolve_folder(args.src), args.dst, vision_from=args.vision_from,
+                                    tokenizer_folder=args.tokenizer, dtype=dtype, overwrite=args.overwrite)
     print(f"converted {report.n_tensors} tensors in {report.seconds:.1f} s: vocabulary {report.vocab[0]} -> "
           f"{report.vocab[1]} rows, {report.dtype}, vision weights from {report.vision_source}")
     print(f"wrote {report.destination}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from slakevqa.config import make_config
 from slakevqa.errors import UserError
 from slakevqa.files import check_output_dir
+from slakevqa.locks import writing
 
 # Measured in benchmarks/RESULTS.md ("learning on CPU"): full fine-tuning with initializer_range 0.1,
 # lr 1e-3, beta2 0.98, 50 warmup steps then linear decay to 0, batch 16, the plain prompt (LLaVA-Med's
@@ -47,12 +48,13 @@ def run(args: argparse.Namespace) -> int:
 
     out = check_output_dir(args.out, "--out")
     began = time.perf_counter()
-    root = dataset(args, out)
-    model_dir = tiny_model(out / "tiny")
-    untrained = evaluate_untrained(model_dir, root, out / "untrained", args.overwrite)
-    trained = train_tiny(model_dir, root, out / "trained", args.steps, args.overwrite)
-    for folder in (out / "untrained", out / "trained" / "eval_test"):
-        write_report(folder)
+    with writing(out, "demo", "--out"):
+        root = dataset(args, out)
+        model_dir = tiny_model(out / "tiny")
+        untrained = evaluate_untrained(model_dir, root, out / "untrained", args.overwrite)
+        trained = train_tiny(model_dir, root, out / "trained", args.steps, args.overwrite)
+        for folder in (out / "untrained", out / "trained" / "eval_test"):
+            write_report(folder)
     print_comparison(untrained, trained)
     print(f"\nreport: {(out / 'trained' / 'eval_test' / 'report.html').resolve()}")
     print(f"demo finished in {time.perf_counter() - began:.0f} s")

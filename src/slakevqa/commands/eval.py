@@ -10,6 +10,7 @@ import argparse
 
 from slakevqa.config import add_config_arguments, config_from_args
 from slakevqa.evaluation.config import EvalConfig
+from slakevqa.locks import writing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,10 +23,11 @@ def run(args: argparse.Namespace) -> int:
     from slakevqa.reporting.tables import headline_table
 
     cfg = config_from_args(EvalConfig, args)
-    results = evaluate(cfg)
-    if results:  # the main process only
-        if cfg.report:
+    with writing(cfg.output_dir, "eval"):
+        results = evaluate(cfg)
+        if results and cfg.report:  # the main process only
             write_report(cfg.output_dir)
+    if results:
         print(headline_table(results))
         print(f"predictions, results.json and report.html in {cfg.output_dir}")
     return 0

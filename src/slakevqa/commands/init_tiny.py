@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from slakevqa.files import atomic_folder, check_replaceable
+from slakevqa.locks import writing
 
 FORMATS = ("hf", "llava_med")
 
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     kind = resolve_tokenizer_kind(args.tokenizer)
     model, processor = build_tiny_llava(kind, image_size=args.image_size, patch_size=args.patch_size,
                                         seed=args.seed)
-    with atomic_folder(folder) as partial:  # the old DIR stays whole until this one is
+    with writing(folder, "init-tiny", "DIR"), atomic_folder(folder) as partial:  # the old DIR stays whole until this one is
         if args.format == "hf":
             write_llava(model, processor, partial)
         else:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from slakevqa.errors import UserError
 from slakevqa.files import atomic_folder, check_output_dir, check_replaceable, refuse_overlap
+from slakevqa.locks import writing
 from slakevqa.models.loading import MODEL_HELP, PRECISIONS
 
 COPIED = ("closed_vocab.json", "run_config.json")  # training outputs that travel with the weights
@@ -65,6 +66,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None,
 
 
 def run(args: argparse.Namespace) -> int:
-    out = merge_adapter(args.adapter, args.out, args.base, args.precision, args.device, args.overwrite)
+    with writing(args.out, "merge", "OUT"):
+        out = merge_adapter(args.adapter, args.out, args.base, args.precision, args.device, args.overwrite)
     print(f"merged {args.adapter} into its base; wrote {out}")
     return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from slakevqa.data.synth import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES, write_synthetic_slake
 from slakevqa.files import check_output_dir
+from slakevqa.locks import writing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out")
-    summary = write_synthetic_slake(args.out, seed=args.seed, images=args.images,
-                                    image_size=args.image_size, overwrite=args.overwrite)
+    with writing(args.out, "synth", "--out"):
+        summary = write_synthetic_slake(args.out, seed=args.seed, images=args.images,
+                                        image_size=args.image_size, overwrite=args.overwrite)
     print("\n".join(summary.lines()))
     return 0

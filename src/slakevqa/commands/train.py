@@ -11,6 +11,7 @@ import argparse
 import os
 
 from slakevqa.config import add_config_arguments, config_from_args
+from slakevqa.locks import writing
 from slakevqa.training.config import TrainConfig
 
 
@@ -23,11 +24,12 @@ def run(args: argparse.Namespace) -> int:
     from slakevqa.training.train import train
 
     cfg = config_from_args(TrainConfig, args)
-    result = train(cfg)
-    if os.environ.get("RANK", "0") != "0":  # one summary per run, not one per process
-        return 0
-    if result.results:  # the final evaluation ran
-        write_report(result.final_eval_dir)
+    with writing(cfg.output_dir, "train"):
+        result = train(cfg)
+        if os.environ.get("RANK", "0") != "0":  # one summary per run, not one per process
+            return 0
+        if result.results:  # the final evaluation ran
+            write_report(result.final_eval_dir)
     last = f"{result.losses[-1][1]:.4f}" if result.losses else "n/a"
     print(f"trained {result.steps} steps, final loss {last}; outputs in {result.output_dir}")
     return 0

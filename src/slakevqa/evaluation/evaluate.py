@@ -31,6 +31,7 @@ from slakevqa.evaluation.store import PredictionWriter, recover_predictions
 from slakevqa.files import make_output_dir, write_json_atomic
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import ClosedVocab, load_or_build_vocab
+from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.model_files import check_not_half_saved
 from slakevqa.records import Prediction, VQASample
 from slakevqa.runs.results import (
@@ -55,6 +56,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     import torch
 
     check_not_half_saved(cfg.model_id_or_ckpt)  # before the folder is claimed (load_model checks again)
+    refuse_if_being_written(cfg.model_id_or_ckpt, "--model_id_or_ckpt")  # a training extending it, say
     rank, world = init_process_group()  # under a launcher the shards need a process group for the barrier
     torch.manual_seed(cfg.seed)
     out = make_output_dir(cfg.output_dir, "--output_dir")
@@ -66,11 +68,13 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     vocab = resolve_vocab(cfg, root)
     builder = InputBuilder.create(layout, vocab, settings=cfg.inputs, route_source=cfg.route,
                                   candidates=cfg.closed_candidates)
-    claim_eval_folder(cfg, out, layout.split_file(cfg.split), builder.style.tag, vocab, rank, world,
-                      replace_changed)  # before the model loads: a refusal costs nothing
+    claimed = claim_eval_folder(cfg, out, layout.split_file(cfg.split), builder.style.tag, vocab, rank, world,
+                                replace_changed)  # before the model loads: a refusal costs nothing
     loaded = None
     if model is None:
         model, processor, loaded = load_for_eval(cfg, rank)
+    used = model_provenance(cfg, loaded)  # fingerprinted now, not at the end: the weights that answer
+    refuse_changed_weights(cfg, claimed)
     model.eval()
     settings = GenerationSettings(cfg.max_new_tokens_open_default, cfg.max_new_tokens_open_abnormality,
                                   cfg.temperature, cfg.do_sample)
@@ -101,7 +105,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
                                  split_file=layout.split_file(cfg.split), route_source=cfg.route,
                                  batch_size=cfg.batch_size, device=device_name(model))
-    provenance.update({"world_size": world, **model_provenance(cfg, loaded),
+    provenance.update({"world_size": world, **used,
                        "closed_candidates": cfg.closed_candidates, "closed_answering": cfg.closed_answering,
                        "closed_vocab": {"version": vocab.version, "answers": len(vocab.answers),
                                         "source_sha256": vocab.source_sha256},
@@ -120,8 +124,11 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
 
 
 def claim_eval_folder(cfg: EvalConfig, out: Path, split_file: Path, prompt_version: str, vocab: ClosedVocab,
-                      rank: int, world: int, replace_changed: bool) -> None:
-    """Record this run's fingerprint in ``out``, or refuse a folder that holds another run's answers."""
+                      rank: int, world: int, replace_changed: bool) -> dict:
+    """Record this run's fingerprint in ``out``, or refuse a folder that holds another run's answers.
+
+    Returns the fingerprint's values (the model's weights fingerprint among them).
+    """
     from slakevqa.evaluation.config import RESULT_FIELDS
     from slakevqa.models.loading import pick_device, pick_dtype
     from slakevqa.runs.fingerprint import claim_folder, config_values, make_fingerprint, model_values, vocab_sha256
@@ -136,6 +143,21 @@ def claim_eval_folder(cfg: EvalConfig, out: Path, split_file: Path, prompt_versi
                  overwrite=cfg.overwrite, replace_changed=replace_changed, write=rank == 0)
     if world > 1:
         barrier()  # the main process may have cleared the folder: nobody reads it before that is done
+    return values
+
+
+def refuse_changed_weights(cfg: EvalConfig, claimed: dict) -> None:
+    """A UserError when the model folder's weights changed between the claim and the end of loading.
+
+    The answers would come from weights that neither fingerprint describes (a training publishing into
+    the folder it is read from); both fingerprints are milliseconds (models/fingerprint.py).
+    """
+    from slakevqa.runs.fingerprint import model_values
+
+    now = model_values(cfg.model_id_or_ckpt, cfg.model_base)["model_weights"]
+    if claimed.get("model_weights") and now != claimed["model_weights"]:
+        raise UserError(f"{cfg.model_id_or_ckpt}: its weights changed while they were being loaded (a training "
+                        "writing into it?); evaluate it once nothing writes it")
 
 
 # What an evaluation writes into its folder; --overwrite deletes these and nothing else.

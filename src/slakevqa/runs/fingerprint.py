@@ -109,18 +109,30 @@ def differences(old: dict, new: dict) -> list[str]:
     return out
 
 
+def refuse_other_kind(path: Path, old: dict | None, kind: str) -> None:
+    """A UserError when ``path`` records a run of another kind, ``--overwrite`` or not.
+
+    An ``eval`` into a training folder would replace the training's fingerprint (the training could no
+    longer resume) and its ``--overwrite`` would clear what the training wrote; each run gets its own folder.
+    """
+    if old is not None and old.get("kind") != kind:
+        raise UserError(f"{path}: this folder holds a {old.get('kind')} run; a {kind} run writes into a folder "
+                        f"of its own (a subfolder such as {path.parent / kind} will do)")
+
+
 def claim_folder(out: Path, fingerprint: dict, has_results: Callable[[], bool], clear: Callable[[], None],
                  overwrite: bool = False, replace_changed: bool = False, write: bool = True) -> bool:
     """Make ``out`` this run's folder; True when it resumes earlier results of the same run.
 
     Same fingerprint: resume. Different (or none recorded) with results in the folder: refused,
     unless ``overwrite`` (always start fresh) or ``replace_changed`` (fresh only when it differs:
-    training's own final evaluation). ``clear`` deletes the previous run's outputs; it runs before
+    training's own final evaluation). A folder of another kind of run is refused, ``overwrite`` or not. ``clear`` deletes the previous run's outputs; it runs before
     the new fingerprint is written, so a kill in between never pairs the new fingerprint with old
     results. ``write=False`` (non-main processes) only checks.
     """
     path = out / FINGERPRINT_NAME
     old = read_fingerprint(path)
+    refuse_other_kind(path, old, fingerprint["kind"])
     changed = differences(old, fingerprint) if old is not None else ["no fingerprint recorded"]
     if not changed and not overwrite:
         return has_results()

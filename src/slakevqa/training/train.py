@@ -41,6 +41,12 @@ from slakevqa.training.checkpoint import (
 )
 from slakevqa.training.config import TrainConfig
 from slakevqa.training.examples import ExampleEncoder
+from slakevqa.training.guards import (
+    check_fsdp_settings,
+    refuse_nonfinite_weights,
+    refuse_output_over_model,
+    stop_on_nonfinite_step,
+)
 from slakevqa.training.loss import answer_loss, out_of_memory_advice, packed_loss
 from slakevqa.training.params import configure_trainable, parameter_counts
 from slakevqa.training.precision import (
@@ -98,6 +104,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         check_fsdp_settings(cfg)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
+    refuse_output_over_model(cfg.model_id, out)  # saving publishes config.json and weights into out
     out.mkdir(parents=True, exist_ok=True)
 
     # ---- data, vocabulary, prompts
@@ -185,6 +192,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                      if cfg.max_grad_norm > 0 else None)
         lr = scheduler.get_last_lr()[0]  # the rate this step uses (after scheduler.step() it is the next one's)
+        stop_on_nonfinite_step(step + 1, loss_sum, grad_norm, lr, (list_checkpoints(out) or [None])[-1])
         with out_of_memory_advice(cfg, step + 1):  # the first step allocates AdamW's state
             optimizer.step()
         scheduler.step()
@@ -193,6 +201,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         step_seconds.append(time.perf_counter() - began)  # the step itself: no evaluation, probe or checkpoint
         logger.step(step + 1, loss_sum, lr, grad_norm, batch_stats, step_seconds[-1], accelerator.unwrap_model(model))
         if (step + 1) % cfg.save_steps == 0 or step + 1 == n_steps:  # every process takes part
+            refuse_nonfinite_weights(model, step + 1, accelerator)
             save_checkpoint(accelerator, out, step + 1, lambda folder: write_state(cfg, folder, history, n_steps),
                             cfg.save_total_limit)
 
@@ -381,20 +390,6 @@ def kernels_for(cfg: TrainConfig, accelerator) -> str:
         logging.getLogger(__name__).info("--kernels auto: plain kernels under FSDP (Liger is untested there)")
         return "plain"
     return cfg.kernels
-
-
-def check_fsdp_settings(cfg: TrainConfig) -> None:
-    """Refuse what FSDP cannot do here: anything that runs the sharded model on one rank alone.
-
-    A sharded model's forward gathers each layer's shards from every rank, so a
-    forward on the main process alone (TensorBoard's eval loss and probes) waits
-    forever. The final evaluation runs on the saved model, loaded whole by every rank
-    (see :func:`train`). Checkpoints and resume work as without FSDP (accelerate's
-    save_state writes each rank's shards).
-    """
-    if cfg.tensorboard:
-        raise UserError("under FSDP pass --no-tb: TensorBoard probes run the model on the main process alone, "
-                        "which waits forever for the other ranks' shards")
 
 
 def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, counts: dict,
