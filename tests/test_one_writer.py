@@ -232,3 +232,22 @@ def test_training_stops_on_nonfinite_numbers_and_publishes_nothing(where: str, t
             handle.remove()
     assert not list((tmp_path / "run").glob("checkpoint-*"))
     assert not list((tmp_path / "run").glob("adapter_model*")) and not list((tmp_path / "run").glob("*.safetensors"))
+
+
+def test_overwrite_removes_only_what_a_run_wrote(tmp_path: Path, synth_root: Path) -> None:
+    from slakevqa.config import make_config
+    from slakevqa.models.tiny import build_tiny_llava
+    from slakevqa.runs.fingerprint import FINGERPRINT_NAME, make_fingerprint
+    from slakevqa.training.config import TrainConfig
+    from slakevqa.training.train import train
+
+    run = tmp_path / "run"
+    for name in ("checkpoint-3", ".checkpoint-4.tmp", "checkpoint-best", "notes"):
+        (run / name).mkdir(parents=True)
+        (run / name / "trainer_state.json").write_text("{}")
+    (run / FINGERPRINT_NAME).write_text(json.dumps(make_fingerprint("train", {"model": "another"})))
+    cfg = make_config(TrainConfig, model_id="tiny", slake_root=synth_root, output_dir=run, max_steps=1,
+                      batch_size=2, final_eval=False, tb=False, overwrite=True)
+    train(cfg, *build_tiny_llava("bpe", seed=0))
+    kept = sorted(p.name for p in run.iterdir() if p.is_dir())
+    assert kept == ["checkpoint-1", "checkpoint-best", "notes"]

@@ -288,11 +288,14 @@ def has_train_results(out: Path) -> bool:
 
 
 def clear_train_outputs(cfg: TrainConfig, out: Path) -> None:
-    """``--overwrite``: the checkpoints and the TensorBoard logs go; the saved model is replaced when the new one is
-    whole, and evaluation folders keep their own fingerprints."""
+    """``--overwrite``: our checkpoints (``checkpoint-<step>``) and the TensorBoard logs go; the saved model is
+    replaced when the new one is whole, and evaluation folders keep their own fingerprints. Nothing else in the
+    folder is touched (a ``checkpoint-best`` of the user's stays)."""
+    import re
     import shutil
 
-    for folder in [*out.glob("checkpoint-*"), *out.glob(".checkpoint-*.tmp")]:
+    ours = re.compile(r"\.?checkpoint-\d+(\.tmp)?")  # finished, or left by a killed save
+    for folder in [p for p in out.iterdir() if ours.fullmatch(p.name) and p.is_dir()]:
         shutil.rmtree(folder, ignore_errors=True)
     if cfg.tb_logdir is None:
         shutil.rmtree(out / "tb", ignore_errors=True)
