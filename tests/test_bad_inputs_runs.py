@@ -126,7 +126,7 @@ CASES = [
     Case("yaml-unknown-key", config("train", "learnig_rate: 0.1\n"),
          ("run.yaml: unknown key 'learnig_rate'; did you mean learning_rate",)),
     Case("yaml-wrong-type", config("eval", "batch_size: big\n"), ("run.yaml: key 'batch_size': expected int",)),
-    Case("yaml-bool-as-text", config("train", "bf16: 'yes'\n"), ("run.yaml: key 'bf16': expected true or false",)),
+    Case("yaml-bool-as-text", config("train", "bf16: 'maybe'\n"), ("run.yaml: key 'bf16': expected true or false",)),
     Case("yaml-input-choice", config("train", "mask_mode: cropped\n"),
          ("--mask_mode must be one of none, crop, masked, got 'cropped'",)),
     Case("yaml-eval-mode", config("eval", "mode: evaluate\n"), ("--mode must be one of eval, diagnose",)),

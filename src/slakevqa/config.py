@@ -27,6 +27,13 @@ Other spellings of a field go in ``metadata={"aliases": ("learning_rate",)}``: `
 is then a flag for the same setting and ``learning_rate`` a YAML key for it. A spelling that also
 changes the value (HF's ``bf16: true`` is ``precision: bf16``) is a :class:`Translation` in the
 config's ``TRANSLATIONS``.
+
+Values are checked once, whoever gives them: :func:`coerce` reads each YAML or Python value as its
+field's type (``3e-4`` and ``'3e-4'`` are floats, ``yes``/``'True'`` booleans; null only where the
+field is ``X | None``), and each dataclass's ``__post_init__`` refuses non-finite numbers and
+out-of-range values (:func:`check_rules`) before anything is loaded. YAML files are read by
+:mod:`slakevqa.config_yaml` (UTF-8, no key twice). Boolean flags take ``--name``,
+``--name true|false`` (Hugging Face's ``--bf16 True``) and ``--no-name``.
 """
 
 from __future__ import annotations
@@ -34,12 +41,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from slakevqa.config_yaml import load_yaml
 from slakevqa.errors import UserError
 
 _SCALARS = (int, float, str, bool)
@@ -53,6 +62,7 @@ class Setting:
     field: dataclasses.Field
     kind: object
     group: str | None = None
+    nullable: bool = False  # annotated ``X | None``: YAML's null (and Python's None) is a value
 
 
 @dataclass(frozen=True)
@@ -77,13 +87,18 @@ def settings_of(cls: type) -> list[Setting]:
         if dataclasses.is_dataclass(kind):
             out += [dataclasses.replace(s, group=f.name) for s in settings_of(kind)]
         else:
-            out.append(Setting(f.name, f, kind))
+            out.append(Setting(f.name, f, kind, nullable=_allows_none(hints[f.name])))
     return out
 
 
 def field_types(cls: type) -> dict[str, type]:
     """Resolved annotation of every setting (``X | None`` becomes ``X``; lists stay ``list``)."""
     return {s.name: s.kind for s in settings_of(cls)}
+
+
+def _allows_none(annotation: object) -> bool:
+    union = isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+    return union and type(None) in typing.get_args(annotation)
 
 
 def _strip_optional(annotation: object) -> object:
@@ -149,29 +164,107 @@ def check_choices(config: object) -> None:
 
 
 def check_rules(config: object, rules: tuple[tuple[str, Callable[[Any], bool], str], ...]) -> None:
-    """``rules``: ``(field, test, what it must be)``; the first failing one is a one-line error."""
+    """Every number of ``config`` finite, then ``rules``: ``(field, test, what it must be)``; the first failure
+    is a one-line error. Flags, YAML and Python callers all pass here (``__post_init__``), so all get it.
+
+    nan passes no comparison and inf passes ``> 0``: a rule alone would let ``--lr inf`` through, to
+    train an adapter of NaNs. So no float is taken unless finite, whatever its rules say.
+
+    >>> from slakevqa.inputs.settings import InputSettings
+    >>> InputSettings(mask_pad_ratio=float("inf"))
+    Traceback (most recent call last):
+    slakevqa.errors.UserError: --mask_pad_ratio must be a finite number, got inf
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"--{f.name} must be a finite number, got {value!r}")
     for name, ok, requirement in rules:
         if not ok(getattr(config, name)):
             raise UserError(f"--{name} must be {requirement}, got {getattr(config, name)!r}")
 
 
-def coerce(value: object, kind: object, source: str, key: str) -> object:
-    """Check (and gently convert) one value against a field type."""
-    if value is None or kind is object:
+# YAML 1.1's booleans (what PyYAML reads unquoted) and Hugging Face's spellings of them on the command line.
+BOOLEAN_WORDS: dict[str, bool] = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def parse_bool(value: object) -> bool | None:
+    """``value`` as a boolean where it spells one (any case), else None.
+
+    >>> parse_bool("Yes"), parse_bool(False), parse_bool("OFF"), parse_bool("maybe"), parse_bool(1)
+    (True, False, False, None, None)
+    """
+    if isinstance(value, bool):
+        return value
+    return BOOLEAN_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
+
+
+def coerce(value: object, kind: object, source: str, key: str, nullable: bool = False,
+           choices: tuple | None = None) -> object:
+    """Check (and gently convert) one value against a field type.
+
+    Values are read as YAML and Hugging Face users mean them: a number written as text (``'3e-4'``) is a
+    number, a whole float (``1e3``) an int, ``yes``/``'True'``/``off`` booleans. null is a value only of
+    a field annotated ``X | None``; elsewhere it is refused, not passed on to fail later.
+
+    >>> coerce("3e-4", float, "run.yaml", "lr"), coerce("Yes", bool, "run.yaml", "bf16"), coerce(1e3, int, "", "")
+    (0.0003, True, 1000)
+    >>> coerce(None, float, "run.yaml", "lr")
+    Traceback (most recent call last):
+    slakevqa.errors.UserError: run.yaml: key 'lr': expected float, found no value (null); give one, or leave the key out
+    """
+    where = f"{source}: key '{key}'"
+    if value is None and (nullable or kind is object):
+        return None
+    if value is None:
+        raise UserError(f"{where}: expected {_expected(kind, choices)}, found no value (null); give one, "
+                        "or leave the key out")
+    if kind is object:
         return value
     origin = typing.get_origin(kind) or kind
     if origin in (list, tuple):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
-            raise UserError(f"{source}: key '{key}': expected a list, found {value!r}")
+            raise UserError(f"{where}: expected a list, found {value!r}")
         return list(items) if origin is list else tuple(items)
-    if kind is bool and not isinstance(value, bool):
-        raise UserError(f"{source}: key '{key}': expected true or false, found {value!r}")
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if kind is bool:
+        flag = parse_bool(value)
+        if flag is None:
+            raise UserError(f"{where}: expected true or false, found {value!r}")
+        return flag
+    if kind in (int, float):
+        number = _number(value, kind)
+        if number is None:
+            raise UserError(f"{where}: expected {kind.__name__}, found {value!r}")
+        return number
     if kind in _SCALARS and not isinstance(value, kind):
-        raise UserError(f"{source}: key '{key}': expected {kind.__name__}, found {value!r}")
+        raise UserError(f"{where}: expected {_expected(kind, choices)}, found {value!r}")
     return value
+
+
+def _number(value: object, kind: type) -> int | float | None:
+    """``value`` as a ``kind`` (int or float) where it is one, else None; booleans are not numbers."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if kind is int and text.lstrip("+-").isdigit() else float(text)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if kind is float:
+        return float(value)
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None  # inf and nan are not whole: refused
+    return value
+
+
+def _expected(kind: object, choices: tuple | None) -> str:
+    if choices:
+        return f"one of {', '.join(map(str, choices))}"
+    if kind is bool:
+        return "true or false"
+    return getattr(kind, "__name__", str(kind))
 
 
 def config_from_dict(cls: type, data: dict, source: str = "config"):
@@ -183,7 +276,7 @@ def config_from_dict(cls: type, data: dict, source: str = "config"):
     for s in settings_of(cls):
         if s.name in data:
             target = groups.setdefault(s.group, {}) if s.group else top
-            target[s.name] = coerce(data[s.name], s.kind, source, s.name)
+            target[s.name] = coerce(data[s.name], s.kind, source, s.name, s.nullable, s.field.metadata.get("choices"))
     hints = typing.get_type_hints(cls)
     for name, values in groups.items():
         top[name] = _strip_optional(hints[name])(**values)
@@ -201,24 +294,9 @@ def make_config(cls: type, **settings: object):
     return config_from_dict(cls, values, f"{cls.__name__}(...)")
 
 
-def load_yaml(path: str | Path) -> dict:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise UserError(f"{path}: invalid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of config keys, found {type(data).__name__}")
-    return data
-
-
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
                          aliases: dict[str, list[str]] | None = None) -> None:
-    """One flag per setting (``--name``; booleans get ``--name/--no-name``) plus ``--config``.
+    """One flag per setting (``--name``; booleans ``--name [true|false]`` and ``--no-name``) plus ``--config``.
 
     A field's ``metadata["aliases"]`` and ``aliases[field]`` (flag spellings) name the same flag;
     each of the config's ``TRANSLATIONS`` is a flag of its own, translated by :func:`config_from_args`.
@@ -230,7 +308,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type,
         options = {"dest": f"translated:{key}", "default": argparse.SUPPRESS, "help": translation.help}
         if translation.kind is not bool:
             options["metavar"] = key.upper()
-        _add_flag(parser, [f"--{key}"], translation.kind, None, options)
+        _add_flag(parser, [f"--{key}"], translation.kind, None, options, bool_value=True)
 
 
 def add_setting_flags(parser, cls: type, aliases: dict[str, list[str]] | None = None, layered: bool = False) -> None:
@@ -246,16 +324,44 @@ def add_setting_flags(parser, cls: type, aliases: dict[str, list[str]] | None = 
             help_text += f" (default: {_default_of(s.field)!r})"
         default = argparse.SUPPRESS if layered else _default_of(s.field)
         options: dict = {"dest": s.name, "default": default, "help": help_text}
-        _add_flag(parser, names, s.kind, s.field.metadata.get("choices"), options)
+        _add_flag(parser, names, s.kind, s.field.metadata.get("choices"), options, bool_value=layered)
 
 
-def _add_flag(parser: argparse.ArgumentParser, names: list[str], kind: object, choices, options: dict) -> None:
+def _add_flag(parser: argparse.ArgumentParser, names: list[str], kind: object, choices, options: dict,
+              bool_value: bool = False) -> None:
     if kind is bool:
-        parser.add_argument(*names, action=argparse.BooleanOptionalAction, **options)
+        parser.add_argument(*names, action=BooleanFlag if bool_value else argparse.BooleanOptionalAction, **options)
     elif choices:
         parser.add_argument(*names, choices=choices, type=kind, **options)
     else:
         parser.add_argument(*names, type=kind if kind in (int, float) else str, **options)
+
+
+class BooleanFlag(argparse.BooleanOptionalAction):
+    """``--name``, ``--name VALUE`` (Hugging Face's ``--bf16 True``; yes/no/on/off too) or ``--no-name``.
+
+    Only for verbs without positional arguments (train and eval), where an optional value cannot
+    swallow one. A value it cannot read becomes a :class:`RefusedFlag`, raised by
+    :func:`config_from_args` as one line (argparse's own errors print the usage first).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, metavar="true|false", **kwargs)
+        self.nargs = "?"
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        negative = option_string.startswith("--no-")
+        value = (not negative) if values is None else parse_bool(values)
+        if values is not None and negative:
+            value = RefusedFlag(f"{option_string} takes no value, got {values!r}; write {option_string} alone, "
+                                f"or --{option_string[5:]} false")
+        elif value is None:
+            value = RefusedFlag(f"{option_string} expects true or false (or no value), got {values!r}")
+        setattr(namespace, self.dest, value)
+
+
+class RefusedFlag(str):
+    """A flag value refused while parsing, kept as its message until :func:`config_from_args` raises it."""
 
 
 def _default_of(f: dataclasses.Field) -> object:
@@ -265,8 +371,11 @@ def _default_of(f: dataclasses.Field) -> object:
 
 
 def config_from_args(cls: type, args: argparse.Namespace):
-    """Defaults, then ``args.config`` (YAML), then the flags actually given."""
+    """Defaults, then ``args.config`` (YAML), then the flags actually given; a refused flag value fails first."""
     given = {k.removeprefix("translated:"): v for k, v in vars(args).items() if k not in ("config", "debug")}
+    refused = [value for value in given.values() if isinstance(value, RefusedFlag)]
+    if refused:
+        raise UserError(refused[0])
     data = load_yaml(args.config) if getattr(args, "config", None) else {}
     source = str(args.config) if getattr(args, "config", None) else "command line"
     data = canonical_keys(cls, data, source)

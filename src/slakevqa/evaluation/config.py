@@ -133,7 +133,9 @@ class EvalConfig:
             raise UserError("--load_in_4bit and --load_in_8bit: choose one")
 
 
+# Every float is also checked finite (slakevqa.config.check_rules).
 RULES = (
+    ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's and torch's seed range)"),
     ("batch_size", lambda v: v >= 1, "at least 1"),
     ("limit", lambda v: v >= 0, ">= 0 (0: every question)"),
     ("max_new_tokens_open_default", lambda v: v >= 1, "at least 1"),

@@ -185,7 +185,11 @@ class TrainConfig:
 
 
 # (field, test, what the flag must be): ranges that no combination makes valid.
+# Every float is also checked finite (slakevqa.config.check_rules): --lr inf would train an adapter of NaNs.
 RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's and torch's seed range)"),
+    ("num_epochs", lambda v: v >= 0, ">= 0 (0 only with a positive --max_steps)"),
+    ("max_steps", lambda v: v >= -1, ">= -1 (-1 or 0: --num_epochs decides)"),
     ("batch_size", lambda v: v >= 1, "at least 1"),
     ("grad_accum", lambda v: v >= 1, "at least 1"),
     ("lr", lambda v: v > 0, "positive"),
