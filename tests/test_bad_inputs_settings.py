@@ -81,6 +81,12 @@ CASES = [
     # ranges
     Case("flag-seed-negative", flags("train", "--seed", "-1"), ("--seed must be in [0, 2**32)", "got -1")),
     Case("flag-seed-too-big", flags("eval", "--seed", str(2**32)), ("--seed must be in [0, 2**32)", "got 4294967296")),
+    Case("score-seed-negative", lambda work, model: ["score", str(work / "none.jsonl"), "--seed", "-1"],
+         ("--seed must be in [0, 2**32)", "got -1")),
+    Case("synth-seed-negative", lambda work, model: ["synth", "--out", str(work / "synth"), "--seed", "-1"],
+         ("--seed must be in [0, 2**32)",)),
+    Case("init-tiny-seed-negative", lambda work, model: ["init-tiny", str(work / "tiny"), "--seed", "-5"],
+         ("--seed must be in [0, 2**32)",)),
     Case("flag-epochs-negative", flags("train", "--num_epochs", "-1"), ("--num_epochs must be >= 0", "got -1.0")),
     Case("flag-max-steps", flags("train", "--max_steps", "-2"), ("--max_steps must be >= -1", "got -2")),
     Case("flag-dropout-one", flags("train", "--lora_dropout", "1"), ("--lora_dropout must be in [0, 1)", "got 1.0")),

@@ -199,6 +199,20 @@ def parse_bool(value: object) -> bool | None:
     return BOOLEAN_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
 
 
+SEED_RULE = ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's and torch's seed range)")
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    """The seed rule of the configs for a plain flag (``score``, ``synth``, ``init-tiny``).
+
+    >>> check_seed(-1)
+    Traceback (most recent call last):
+    slakevqa.errors.UserError: --seed must be in [0, 2**32) (numpy's and torch's seed range), got -1
+    """
+    if not SEED_RULE[1](seed):
+        raise UserError(f"{flag} must be {SEED_RULE[2]}, got {seed!r}")
+
+
 def coerce(value: object, kind: object, source: str, key: str, nullable: bool = False,
            choices: tuple | None = None) -> object:
     """Check (and gently convert) one value against a field type.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from slakevqa.config import check_seed
 from slakevqa.files import atomic_folder, check_replaceable
 from slakevqa.locks import writing
 
@@ -35,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from slakevqa.models.tiny import build_tiny_llava, resolve_tokenizer_kind, write_llava
     from slakevqa.models.tiny_original import save_llava_med_original
 
+    check_seed(args.seed)
     folder = check_replaceable(args.dir, args.overwrite, "DIR")
     kind = resolve_tokenizer_kind(args.tokenizer)
     model, processor = build_tiny_llava(kind, image_size=args.image_size, patch_size=args.patch_size,

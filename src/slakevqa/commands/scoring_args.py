@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from slakevqa.config import check_seed
 from slakevqa.errors import UserError
 from slakevqa.records import SLICE_FIELDS
 from slakevqa.scoring import DEFAULT_SCORERS, SCORERS, TEXT_FIELDS, get_scorer
@@ -36,5 +37,6 @@ def check_scoring_arguments(args: argparse.Namespace) -> None:
     if unknown:
         raise UserError(f"--slices: unknown field(s) {', '.join(unknown)}; "
                         f"known: {', '.join(SLICE_FIELDS)}")
+    check_seed(args.seed)
     if args.resamples < 1:
         raise UserError(f"--resamples must be at least 1, got {args.resamples}")

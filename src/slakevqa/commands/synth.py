@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from slakevqa.config import check_seed
 from slakevqa.data.synth import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES, write_synthetic_slake
 from slakevqa.files import check_output_dir
 from slakevqa.locks import writing
@@ -28,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out")
+    check_seed(args.seed)
     with writing(args.out, "synth", "--out"):
         summary = write_synthetic_slake(args.out, seed=args.seed, images=args.images,
                                         image_size=args.image_size, overwrite=args.overwrite)

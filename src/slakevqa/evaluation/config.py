@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from slakevqa.config import Translation, check_choices, check_rules
+from slakevqa.config import SEED_RULE, Translation, check_choices, check_rules
 from slakevqa.data.settings import DataSettings
 from slakevqa.inputs.builder import CANDIDATE_SOURCES
 from slakevqa.inputs.settings import InputSettings
@@ -135,7 +135,7 @@ class EvalConfig:
 
 # Every float is also checked finite (slakevqa.config.check_rules).
 RULES = (
-    ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's and torch's seed range)"),
+    SEED_RULE,
     ("batch_size", lambda v: v >= 1, "at least 1"),
     ("limit", lambda v: v >= 0, ">= 0 (0: every question)"),
     ("max_new_tokens_open_default", lambda v: v >= 1, "at least 1"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
-from slakevqa.config import Translation, check_choices, check_rules
+from slakevqa.config import SEED_RULE, Translation, check_choices, check_rules
 from slakevqa.data.settings import DataSettings
 from slakevqa.inputs.settings import InputSettings
 from slakevqa.kernels.attention import AttentionSettings
@@ -187,7 +187,7 @@ class TrainConfig:
 # (field, test, what the flag must be): ranges that no combination makes valid.
 # Every float is also checked finite (slakevqa.config.check_rules): --lr inf would train an adapter of NaNs.
 RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
-    ("seed", lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's and torch's seed range)"),
+    SEED_RULE,
     ("num_epochs", lambda v: v >= 0, ">= 0 (0 only with a positive --max_steps)"),
     ("max_steps", lambda v: v >= -1, ">= -1 (-1 or 0: --num_epochs decides)"),
     ("batch_size", lambda v: v >= 1, "at least 1"),
