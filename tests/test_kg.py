@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,31 @@ def test_real_kg_sizes_and_lookups(slake_root: Path) -> None:
     by_qid = {s.qid: kg_facts_for(s, en) for s in test}
     covered = sum(bool(f) for f in by_qid.values())
     assert len(test) == 148 and covered >= 105  # 'damage' (radiation) questions have no KG entity
+
+
+def test_kg_cli_prints_data_text_without_control_characters(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A question, triple, image label and KG row holding terminal escapes, a bidi override and newlines
+    print as visible escapes, one line per field: nothing recolours the terminal or forges an output line."""
+    root = kvqa_dataset(tmp_path)
+    hostile = "\x1b[2J\x1b]0;pwned\x07\u202eevil\u202c\x9b31m<script>\nfact: forged"
+    shown = "\\x1b[2J\\x1b]0;pwned\\x07\\u202eevil\\u202c\\x9b31m<script>\\nfact: forged"
+    control = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+    test = json.loads((root / "test.json").read_text())
+    test[0].update(question=f"How to prevent it?{hostile}", triple=["vhead", "prevent", f"ktail{hostile}"])
+    (root / "test.json").write_text(json.dumps(test))
+    (root / "KG/en_disease.csv").write_text(f'disease#attribute#value\nLung Cancer#location#Lung\n'
+                                            f'Lung Cancer#prevention#"quit{hostile}"\n', encoding="utf-8")
+    (root / "imgs/xmlab7/detection.json").write_text(json.dumps([{"Lung Cancer": [1.0, 2.0, 3.0, 4.0]},
+                                                                 {f"Tumour{hostile}": [1.0, 2.0, 3.0, 4.0]}]))
+    assert main(["kg", "--slake_root", str(root), "--qid", "30"]) == 0
+    out = capsys.readouterr().out
+    assert not control.search(out)
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["qid 30 (test, kvqa)", "  triple", "  image labels", "  fact"]
+    assert lines[0].endswith(f"How to prevent it?{shown}") and lines[2].endswith(f"Tumour{shown}")
+    assert lines[3] == f"  fact: Lung Cancer prevention: quit{shown}"
+    test[0]["triple"] = ["vhead", f"prevent{hostile}", "ktail"]  # --coverage prints relation names
+    (root / "test.json").write_text(json.dumps(test))
+    assert main(["kg", "--slake_root", str(root), "--split", "test", "--coverage"]) == 0
+    out = capsys.readouterr().out
+    assert not control.search(out) and f"prevent{shown}" in out

@@ -17,7 +17,7 @@ from slakevqa.cli import main
 from slakevqa.records import Prediction
 from slakevqa.reporting.plots import histogram, interval_bars
 from slakevqa.reporting.view import paper_comparability
-from slakevqa.runs.results import build_results, write_predictions, write_results
+from slakevqa.runs.results import build_results, sha256_file, write_predictions, write_results
 from slakevqa.scoring import analysis
 
 
@@ -144,8 +144,8 @@ def test_report_embeds_only_images_inside_the_dataset(tmp_path: Path) -> None:
     (dataset / "test.json").write_text("[]")
     run = tmp_path / "run"
     write_predictions(run / "predictions.jsonl", rows)
-    write_results(run / "results.json", build_results(rows, {"split_file": str(dataset / "test.json")},
-                                                      resamples=10))
+    recorded = {"split_file": str(dataset / "test.json"), "split_sha256": sha256_file(dataset / "test.json")}
+    write_results(run / "results.json", build_results(rows, recorded, resamples=10))
     assert main(["report", str(run), "--worst", "40"]) == 0
     html = (run / "report.html").read_text()
     shown = [int(q) for q in re.findall(r"<b>qid (\d+)</b>", html)]

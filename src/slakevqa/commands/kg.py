@@ -2,6 +2,10 @@
 
     slakevqa kg --slake_root ../shared/slake/Slake1.0 --qid 12000
     slakevqa kg --slake_root ../shared/slake/Slake1.0 --split test --coverage
+
+Every piece of data text printed (question, triple, image labels, KG facts, relation names)
+goes through :func:`~slakevqa.escaping.printable`: a KG row or a question holding a terminal
+escape sequence or a bidi override prints as visible ``\x1b`` / ``\u202e``, one line per field.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from slakevqa.data.annotations import image_labels
 from slakevqa.data.kg import format_triple, kg_facts_for, load_kg
 from slakevqa.data.slake import SPLITS, find_layout, load_split
 from slakevqa.errors import UserError
+from slakevqa.escaping import printable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,11 +47,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{layout.root}: no record with qid {', '.join(map(str, sorted(missing)))}")
     for sample in samples:
         kg = graphs.setdefault(sample.q_lang, load_kg(layout.kg_dir, sample.q_lang))
-        print(f"qid {sample.qid} ({sample.split}, {sample.base_type}): {sample.question}")
-        print(f"  triple: {list(sample.triple)} -> {format_triple(sample.triple)!r}")
-        print(f"  image labels: {', '.join(image_labels(sample.image_path)) or '(none)'}")
+        print(f"qid {sample.qid} ({sample.split}, {printable(sample.base_type)}): {printable(sample.question)}")
+        print(f"  triple: {printable(list(sample.triple))} -> {printable(repr(format_triple(sample.triple)))}")
+        print(f"  image labels: {printable(', '.join(image_labels(sample.image_path))) or '(none)'}")
         for fact in kg_facts_for(sample, kg, args.max_facts) or ["(no KG facts)"]:
-            print(f"  fact: {fact}")
+            print(f"  fact: {printable(fact)}")
     return 0
 
 
@@ -58,5 +63,5 @@ def print_coverage(samples: list, graphs: dict, kg_dir, max_facts: int) -> int:
         covered[sample.triple[1]] += bool(kg_facts_for(sample, kg, max_facts))
     print(f"kvqa questions with KG facts: {sum(covered.values())} / {sum(total.values())}")
     for relation, count in total.most_common():
-        print(f"  {relation:<14} {covered[relation]:>4} / {count}")
+        print(f"  {printable(relation):<14} {covered[relation]:>4} / {count}")
     return 0

@@ -27,6 +27,7 @@ from slakevqa.data.images import load_rgb
 from slakevqa.data.masks import MaskResult, MaskStats, apply_mask, check_mode, overlay, region_mask
 from slakevqa.data.slake import SPLITS, SlakeLayout, find_layout, load_split
 from slakevqa.errors import UserError
+from slakevqa.escaping import printable
 from slakevqa.files import make_output_dir
 from slakevqa.records import VQASample
 
@@ -85,7 +86,11 @@ def find_samples(root: str | Path, qids: list[int], split: str | None,
 
 
 def describe(sample: VQASample, result: MaskResult) -> str:
-    """One line: the question, the region chosen, its source and coverage."""
+    """One line: the question, the region chosen, its source and coverage (data text made printable)."""
+    return printable(_describe(sample, result))
+
+
+def _describe(sample: VQASample, result: MaskResult) -> str:
     head = f"qid {sample.qid} ({sample.modality}, {sample.image_key}) {sample.question!r}"
     if result.status == "missing":
         return f"{head}: no mask file and no detection.json: image left unmodified"

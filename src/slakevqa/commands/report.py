@@ -4,7 +4,12 @@
 
 Reads the run's predictions.jsonl and results.json (scoring the predictions when
 results.json is missing). Thumbnails come from each prediction's ``image_path``,
-or from ``--image_root`` joined with ``img_name`` when the run moved machines.
+or from ``--image_root`` joined with ``img_name`` when the run moved machines, and
+only from the image folder of the dataset the answers were made from: the folder of
+the split file results.json records, whose sha256 must still match, or ``--image_root``
+(which must hold that split file when results.json records one). Otherwise the
+reports are written without images, with a warning and a line saying why
+(:mod:`slakevqa.reporting.images`).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out_dir", default=None, help="where to write the reports (default: run_dir)")
     parser.add_argument("--worst", type=int, default=24, help="errors in the gallery (default: 24)")
     parser.add_argument("--image_root", default=None,
-                        help="SLAKE folder to find images by img_name when image_path is stale")
+                        help="SLAKE folder to find images by img_name when image_path is stale (it must hold "
+                             "the split file the answers were made from, when results.json records one)")
 
 
 def run(args: argparse.Namespace) -> int:

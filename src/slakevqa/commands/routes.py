@@ -24,6 +24,7 @@ from typing import Sequence
 
 from slakevqa.commands.dataset_args import add_dataset_arguments, resolve_dataset_root
 from slakevqa.data.slake import find_layout, load_split
+from slakevqa.escaping import printable
 from slakevqa.inputs.answer_keys import match_key
 from slakevqa.inputs.routing import Route, route_closed
 from slakevqa.inputs.vocab import ClosedVocab, load_or_build_vocab
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     warn_if_other_source(vocab, root)
     samples = load_split(root, args.split, args.language, args.missing_images)
     table = route_table([s for s in samples if s.is_closed], vocab)
-    print(json.dumps(table, indent=2, ensure_ascii=False) if args.json else format_route_table(table, args.split))
+    print(json.dumps(table, indent=2, ensure_ascii=False) if args.json
+          else printable(format_route_table(table, args.split), keep_newlines=True))  # data text: no escapes
     return 0
 
 

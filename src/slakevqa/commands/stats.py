@@ -11,6 +11,7 @@ import json
 from slakevqa.commands.dataset_args import add_dataset_arguments, resolve_dataset_root
 from slakevqa.data.slake import SPLITS, load_split
 from slakevqa.data.stats import format_stats_table, split_stats
+from slakevqa.escaping import printable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,5 +27,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(stats, indent=2, ensure_ascii=False))
     else:
         print(f"SLAKE at {root} (language: {args.language})")
-        print(format_stats_table(stats))
+        print(printable(format_stats_table(stats), keep_newlines=True))  # split names, modalities: data text
     return 0

@@ -13,6 +13,8 @@ Input is the dict :func:`slakevqa.evaluation.diagnose.run_diagnose` writes to
 
 from __future__ import annotations
 
+from slakevqa.escaping import md_cell, md_text
+
 SHOWN = 5  # examples per section on the page; diagnostics.json keeps more
 
 
@@ -30,10 +32,14 @@ def fmt(value: object) -> str:
 
 
 def table(header: list[str], rows: list[list[object]]) -> list[str]:
-    """A Markdown table; cells pass through :func:`fmt`, pipes escaped."""
+    r"""A Markdown table; numbers pass through :func:`fmt`, text (questions, answers: data) through ``md_text``.
+
+    >>> table(["q"], [["<b>|x"]])[-1]
+    '| &lt;b&gt;\\|x |'
+    """
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
     for row in rows:
-        lines.append("| " + " | ".join(fmt(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |")
+        lines.append("| " + " | ".join(md_cell(md_text(c) if isinstance(c, str) else fmt(c)) for c in row) + " |")
     return lines
 
 
@@ -59,7 +65,7 @@ def generic_section(generic: dict) -> list[str]:
     """Generic-answer rate of OPEN predictions, by word, with a few examples."""
     lines = ["## Generic answers (OPEN)", "",
              f"{generic['generic']} of {generic['open_questions']} OPEN answers are generic "
-             f"(rate {fmt(generic['rate'])}); words: {generic['by_word'] or 'none'}.", ""]
+             f"(rate {fmt(generic['rate'])}); words: {md_text(generic['by_word'] or 'none')}.", ""]
     examples = [[e["qid"], e["question"], e["answer"], e["prediction"]] for e in generic["examples"][:SHOWN]]
     return lines + (table(["qid", "question", "gold", "prediction"], examples) + [""] if examples else [])
 
@@ -85,11 +91,11 @@ def routing_section(routing: dict) -> list[str]:
     """Route counts, gold answers missing from the candidates, OPEN/CLOSED disagreements, vocab routes."""
     missing, disagree, vocab = (routing["gold_not_in_candidates"], routing["answer_type_disagreement"],
                                 routing["vocab_routed"])
-    lines = ["## Routing", "", f"Routes: {routing['routes']}.",
+    lines = ["## Routing", "", f"Routes: {md_text(routing['routes'])}.",
              f"Gold answer not among the candidates: {missing['count']} of {missing['of']} CLOSED questions "
-             f"(by route {missing['by_route'] or 'none'}; {missing['exact_reachable']} still reachable under exact).",
+             f"(by route {md_text(missing['by_route'] or 'none')}; {missing['exact_reachable']} still reachable under exact).",
              f"SLAKE answer_type vs the question-only classifier disagree on {disagree['count']} questions: "
-             f"{disagree['matrix']}.",
+             f"{md_text(disagree['matrix'])}.",
              f"Routed to the closed vocabulary: {vocab['count']} ({vocab['gold_in_vocab']} with the gold answer "
              f"in it, {vocab['correct']} correct).", ""]
     items = [[i["qid"], i["question"], i["answer"], ", ".join(i["candidates"])] for i in missing["items"][:SHOWN]]

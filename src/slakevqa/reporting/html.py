@@ -1,19 +1,22 @@
 """The self-contained HTML report: inline CSS, inline SVG, images as data URIs.
 
 Nothing is fetched when the page is opened, so it can be mailed or archived. Thumbnails
-are made only of images inside the dataset folder (``--image_root`` or the folder of the
-run's ``split_file``): an ``image_path`` elsewhere is counted and said, not embedded.
+are made only of images inside the image folder of the dataset the answers were made from
+(:mod:`slakevqa.reporting.images`): an ``image_path`` elsewhere is counted and said, not
+embedded. Every piece of data text is HTML-escaped.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-from html import escape
+from html import escape as html_escape
 from pathlib import Path
 
+from slakevqa.escaping import printable
 from slakevqa.records import Prediction
 from slakevqa.reporting import plots
+from slakevqa.reporting.images import image_file
 from slakevqa.reporting.tables import format_cell, peer_rows
 from slakevqa.reporting.view import BAR_SCORERS, PEERS_NOTE, RunView, provenance_lines, slice_fields
 from slakevqa.scoring import analysis
@@ -35,6 +38,11 @@ th { background: #f2f2f2; }
   overflow: auto; font-size: 11px; }
 .bad { color: #b00020; font-weight: bold; } .good { color: #1b7d3a; font-weight: bold; }
 """
+
+
+def escape(text: object) -> str:
+    """Data text as HTML text: tags and quotes escaped, control characters shown as ``\\x1b`` (lines kept)."""
+    return html_escape(printable(text, keep_newlines=True))
 
 
 def render_html(view: RunView) -> str:
@@ -102,18 +110,16 @@ def _margins(rows: list[Prediction]) -> str:
 
 
 def _gallery(view: RunView) -> str:
-    roots = dataset_roots(view)
-    found = [image_file(view.rows[i], view.image_root, roots) for i in view.worst]
-    refusal = "image outside the dataset folder" if roots else "image not embedded: no dataset folder known"
+    found = [image_file(view.rows[i], view.images) for i in view.worst]
+    refusal = "image outside the dataset folder" if view.images.folders else "image not embedded"
     cards = [_card(view, i, path, refusal if refused else "image not found") for i, (path, refused)
              in zip(view.worst, found)]
     outside = sum(refused for _, refused in found)
-    if roots is None:
-        note = ("<p class=\"note\">No images embedded: the run records no dataset folder (no split_file in "
-                "results.json); pass --image_root DATASET to embed the images inside it.</p>")
+    if view.images.note:
+        note = f'<p class="note">{escape(view.images.note)}</p>'
     elif outside:
         note = (f"<p class=\"note\">{outside} image path(s) outside the dataset folder "
-                f"({escape(', '.join(str(r) for r in roots))}) not embedded.</p>")
+                f"({escape(', '.join(str(r) for r in view.images.roots))}) not embedded.</p>")
     else:
         note = ""
     return (f"<h2>Worst errors ({len(cards)} shown)</h2><p>Exact-match misses, least word overlap "
@@ -135,37 +141,6 @@ def _card(view: RunView, i: int, path: Path | None, missing: str) -> str:
             f"<div>route {escape(row.route or '-')}, margin {margin}, token F1 {view.token_f1[i]:.2f}</div>"
             f"<div>{escape(row.modality)} / {escape(row.location)} / {escape(row.content_type)}</div>"
             f"<pre>{escape(row.prompt or '(no prompt)')}</pre></div>")
-
-
-def dataset_roots(view: RunView) -> list[Path] | None:
-    """Folders images may come from: ``--image_root`` and the run's split file's folder; None if neither is known."""
-    split_file = view.results.get("provenance", {}).get("split_file")
-    roots = [Path(p).expanduser().resolve() for p in (view.image_root, split_file and Path(split_file).parent) if p]
-    return roots or None
-
-
-def image_file(row: Prediction, image_root: Path | None,
-               roots: list[Path] | None = None) -> tuple[Path | None, bool]:
-    """``(image on disk or None, refused)``: ``image_path`` if it exists, else ``image_root / "imgs"|"" / img_name``.
-
-    Only files inside one of ``roots`` (symlinks resolved) count; one outside is refused, and
-    without ``roots`` every one is (the report would otherwise embed any image a predictions file names).
-    """
-    candidates = [Path(row.image_path)] if row.image_path else []
-    if image_root is not None and row.img_name:
-        candidates += [image_root / "imgs" / row.img_name, image_root / row.img_name]
-    refused = False
-    for candidate in candidates:
-        try:
-            if not candidate.is_file():
-                continue
-            real = candidate.resolve()
-        except (OSError, ValueError):  # symlink loops, NUL bytes
-            continue
-        if roots is not None and any(real.is_relative_to(root) for root in roots):
-            return candidate, False
-        refused = True
-    return None, refused
 
 
 def thumbnail_uri(path: Path | None, size: int = THUMBNAIL_PX) -> str | None:

@@ -11,13 +11,15 @@ from typing import Sequence
 
 import numpy as np
 
+from slakevqa.escaping import printable
+
 PALETTE: tuple[str, ...] = ("#3b6ea8", "#d9822b", "#4f9a5f", "#a4508b", "#8c8c8c")
 _FONT = 'font-family="sans-serif" font-size="12"'
 
 
 def _text(x: float, y: float, text: str, anchor: str = "start", extra: str = "") -> str:
     return (f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}" {_FONT} {extra}>'
-            f"{escape(text)}</text>")
+            f"{escape(printable(text))}</text>")
 
 
 def interval_bars(labels: Sequence[str], series: dict[str, Sequence[dict]],

@@ -5,6 +5,11 @@ Both come from the run's files alone: ``predictions.jsonl`` and, when present,
 Sections: provenance, headline table, per-slice bars with 95% intervals, CLOSED
 confusion matrix, yes/no margin histogram, and a gallery of the worst errors with
 image thumbnails and the prompt.
+
+Every piece of data or model text (questions, answers, predictions, names from
+results.json, file names) enters report.md through :mod:`slakevqa.escaping`: as text
+(:func:`~slakevqa.escaping.md_text`), as inline code, or as the prompt's fenced block, so
+none of it can add a heading, a link, a table row or an HTML tag.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from slakevqa.escaping import md_code, md_code_block, md_text
 from slakevqa.files import write_text_atomic
 from slakevqa.records import Prediction
 from slakevqa.reporting.html import render_html
@@ -24,11 +30,12 @@ from slakevqa.scoring import analysis
 
 def render_markdown(view: RunView) -> str:
     """The whole report as Markdown (figures as tables; images by path)."""
-    out = [f"# SLAKE evaluation report: {view.run_dir.name}", "",
-           f"Results: {view.results_source}. {len(view.rows)} predictions.", "",
-           markdown_table(["item", "value"], provenance_lines(view.results)), "",
+    provenance = [(name, md_text(value)) for name, value in provenance_lines(view.results)]
+    out = [f"# SLAKE evaluation report: {md_text(view.run_dir.name)}", "",
+           f"Results: {md_text(view.results_source)}. {len(view.rows)} predictions.", "",
+           markdown_table(["item", "value"], provenance), "",
            "## Headline (percent, 95% bootstrap interval, count)", "",
-           headline_table(view.results), "", view.comparability, ""]
+           headline_table(view.results), "", md_text(view.comparability), ""]
     if view.results.get("peers"):
         out += ["## Other pipelines' numbers (percent)", "", PEERS_NOTE, "", peers_table(view.results), ""]
     for scorer in [s for s in BAR_SCORERS if s in view.results.get("slices", {})]:
@@ -42,7 +49,7 @@ def render_markdown(view: RunView) -> str:
 def _confusion_markdown(rows: Sequence[Prediction]) -> list[str]:
     labels, matrix = analysis.closed_confusion(rows)
     table = markdown_table(["gold \\ chosen"] + labels,
-                           [[label] + [str(c) for c in counts] for label, counts in zip(labels, matrix)])
+                           [[md_text(label)] + [str(c) for c in counts] for label, counts in zip(labels, matrix)])
     return ["## CLOSED confusion matrix (normalised answers)", "", table, ""]
 
 
@@ -58,14 +65,18 @@ def _margins_markdown(rows: Sequence[Prediction]) -> list[str]:
 
 def _worst_markdown(view: RunView) -> list[str]:
     out = [f"## Worst errors ({len(view.worst)} shown)", ""]
+    if view.images.note:  # report.md links no image, but says why report.html embeds none
+        out += [md_text(view.images.note), ""]
     for i in view.worst:
         row = view.rows[i]
-        out += [f"### qid {row.qid}: {row.question}", "",
-                f"- gold: `{row.answer}`; prediction: `{row.prediction}`; token F1 {view.token_f1[i]:.2f}",
-                f"- route: {row.route or '-'}; margin: {row.margin if row.margin is not None else '-'}; "
-                f"{row.modality} / {row.location} / {row.content_type}",
-                f"- image: `{row.img_name or row.image_path}`", "", "```text", row.prompt or "(no prompt)",
-                "```", ""]
+        margin = row.margin if row.margin is not None else "-"
+        out += [f"### qid {md_text(row.qid)}: {md_text(row.question)}", "",
+                f"- gold: {md_code(row.answer)}; prediction: {md_code(row.prediction)}; "
+                f"token F1 {view.token_f1[i]:.2f}",
+                f"- route: {md_text(row.route or '-')}; margin: {md_text(margin)}; "
+                f"{md_text(row.modality)} / {md_text(row.location)} / {md_text(row.content_type)}",
+                f"- image: {md_code(row.img_name or row.image_path)}", "",
+                *md_code_block(row.prompt or "(no prompt)"), ""]
     return out
 
 

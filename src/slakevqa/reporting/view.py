@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -10,9 +11,12 @@ import numpy as np
 
 from slakevqa.models.fingerprint import describe_fingerprint
 from slakevqa.records import SLICE_FIELDS, Prediction
+from slakevqa.reporting.images import ImageSource, image_source
 from slakevqa.runs.results import build_results, read_predictions, read_results, run_files
 from slakevqa.scoring import analysis
 from slakevqa.scoring.aggregate import score_rows
+
+log = logging.getLogger(__name__)
 
 BAR_SCORERS: tuple[str, ...] = ("llava_med", "exact")
 PEERS_NOTE = ("The same answers as each other pipeline's own code scores them (its key names, its OPEN/CLOSED "
@@ -33,7 +37,7 @@ class RunView:
     exact: np.ndarray
     token_f1: np.ndarray
     worst: list[int]
-    image_root: Path | None
+    images: ImageSource
 
     @property
     def comparability(self) -> str:
@@ -42,7 +46,11 @@ class RunView:
 
 
 def load_run(run: str | Path, worst: int = 24, image_root: str | Path | None = None) -> RunView:
-    """Read a run directory (or predictions file) and compute what the report needs."""
+    """Read a run directory (or predictions file) and compute what the report needs.
+
+    Images: see :mod:`slakevqa.reporting.images`; a dataset folder that fails its check is
+    warned about here, once, and the reports are drawn without images.
+    """
     predictions_path, results_path = run_files(run)
     rows = read_predictions(predictions_path)
     if results_path.is_file():
@@ -52,8 +60,12 @@ def load_run(run: str | Path, worst: int = 24, image_root: str | Path | None = N
         source = f"computed from {predictions_path.name} (no results.json)"
     scores = score_rows(rows, ["exact", "token_f1"])
     worst_rows = analysis.worst_errors(rows, scores["exact"], scores["token_f1"], worst)
+    provenance = results.get("provenance")
+    images = image_source(provenance if isinstance(provenance, dict) else {}, image_root)
+    if images.refused:
+        log.warning("%s", images.note)
     return RunView(predictions_path.parent, rows, results, source, scores["exact"],
-                   scores["token_f1"], worst_rows, None if image_root is None else Path(image_root))
+                   scores["token_f1"], worst_rows, images)
 
 
 def paper_comparability(rows: Sequence[Prediction], text_field: str | None = "prediction") -> str:
@@ -76,14 +88,19 @@ def paper_comparability(rows: Sequence[Prediction], text_field: str | None = "pr
 
 
 def provenance_lines(results: dict) -> list[tuple[str, str]]:
-    """The provenance items worth a glance, as (name, value) pairs."""
-    prov = results.get("provenance", {})
+    """The provenance items worth a glance, as (name, value) pairs (values as found: escape them to show them)."""
+    prov = results.get("provenance")
+    prov = prov if isinstance(prov, dict) else {}
     lines = [("model", str(prov["model"]))] if prov.get("model") else []
     if prov.get("model_fingerprint"):  # which weights: the model line alone names a folder, not its contents
         lines.append(("model_fingerprint", describe_fingerprint(prov["model_fingerprint"])))
     keys = ("package_version", "git_commit", "prompt_version", "route_source", "batch_size",
             "device", "split_file", "split_sha256", "text_field", "predictions_sha256", "scored_utc", "note")
     lines += [(key, str(prov.get(key))) for key in keys if prov.get(key) is not None]
+    answer_file = prov.get("answer_file")  # another tool's answers: what their format cannot carry
+    caveat = answer_file.get("caveat") if isinstance(answer_file, dict) else None
+    if caveat and str(caveat) not in str(prov.get("note") or ""):
+        lines.append(("answer_file_caveat", str(caveat)))
     versions = prov.get("scorer_versions") or {k: v["version"] for k, v in results.get("scorers", {}).items()}
     lines.append(("scorer_versions", ", ".join(f"{k}={v}" for k, v in versions.items())))
     boot = prov.get("bootstrap")
