@@ -23,7 +23,7 @@ import pytest
 from conftest import write_mini_slake
 from slakevqa.cli import main
 from slakevqa.locks import current_holder, lock_path, writing
-from test_bad_inputs_runs import snapshot
+from test_bad_inputs_runs import PREDICTION, snapshot
 
 HOLDER = textwrap.dedent("""
     import sys, time
@@ -66,6 +66,7 @@ VERBS = {
     "report": lambda w, m: ["report", str(w / "out")],
     "demo": lambda w, m: ["demo", "--out", str(w / "out")],
     "convert-checkpoint": lambda w, m: ["convert-checkpoint", str(m), str(w / "out"), "--overwrite"],
+    "score": lambda w, m: ["score", str(w / "answers" / "predictions.jsonl"), "--output_dir", str(w / "out")],
 }
 
 
@@ -75,6 +76,8 @@ def test_a_second_writer_is_refused_naming_the_holder(verb: str, tmp_path: Path,
     write_mini_slake(tmp_path / "Slake1.0")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "predictions.jsonl").write_text("{}\n")  # something of the first writer's
+    (tmp_path / "answers").mkdir()
+    (tmp_path / "answers" / "predictions.jsonl").write_text(json.dumps(PREDICTION) + "\n")
     (tmp_path / "adapter").mkdir()
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(saved_tiny)}))
     child = hold(tmp_path / "out")
@@ -251,3 +254,20 @@ def test_overwrite_removes_only_what_a_run_wrote(tmp_path: Path, synth_root: Pat
     train(cfg, *build_tiny_llava("bpe", seed=0))
     kept = sorted(p.name for p in run.iterdir() if p.is_dir())
     assert kept == ["checkpoint-1", "checkpoint-best", "notes"]
+
+
+def test_score_never_writes_into_another_runs_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from slakevqa.runs.fingerprint import FINGERPRINT_NAME, make_fingerprint
+
+    run = tmp_path / "eval"
+    run.mkdir()
+    (run / FINGERPRINT_NAME).write_text(json.dumps(make_fingerprint("eval", {"model": "m"})))
+    (run / "predictions.jsonl").write_text(json.dumps({**PREDICTION, "prediction": "No"}) + "\n")
+    (tmp_path / "answers").mkdir()
+    (tmp_path / "answers" / "predictions.jsonl").write_text(json.dumps(PREDICTION) + "\n")
+    before = snapshot(tmp_path)
+    for flags in (["--output_dir", str(run)], ["--out", str(run / "results.json")]):
+        assert main(["score", str(tmp_path / "answers" / "predictions.jsonl"), *flags]) == 2
+        assert "is another eval or train run's folder" in capsys.readouterr().err
+    assert snapshot(tmp_path) == before
+    assert main(["score", str(run / "predictions.jsonl")]) == 0  # a run's own folder is rescored in place

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_mini_slake
+from slakevqa.cli import main
 from slakevqa.errors import UserError
 from slakevqa.scoring.peers import reference
 from slakevqa.scoring.peers.reference import (
@@ -174,3 +176,28 @@ def test_read_preds_rejects_malformed_lines(tmp_path: Path, bad_line: str, field
 
 def test_docstring_examples() -> None:
     assert doctest.testmod(reference).failed == 0
+
+
+@pytest.mark.parametrize("fmt, rows", [
+    ("reference", [{**_OPEN_ROW, "qid": 20, "raw_generation": "Liver"}, {**_CLOSED_ROW, "qid": 21}]),
+    ("llava_med", [{"question_id": 20, "text": "Liver"}, {"question_id": 21, "text": "Yes"}]),
+    ("lmms_eval", [{"doc_id": i, "filtered_resps": text,
+                    "slake_accuracy": {"id": str(qid), "prediction": text, "is_correct": False}}
+                   for i, (qid, text) in enumerate([(20, "Liver"), (21, "Yes")])]),
+])
+def test_scoring_preds_jsonl_says_its_closed_rows_are_normalised(fmt: str, rows: list, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Their CLOSED rows carry normalize(label) only, so every other pipeline's CLOSED number from them is an
+    approximation: said in the printed join summary, results.json and the report, for this format only."""
+    slake = write_mini_slake(tmp_path / "Slake1.0")  # test split: qid 20 OPEN "Liver", 21 CLOSED "Yes"
+    path = _write(tmp_path / "answers.jsonl", rows)
+    assert main(["score", str(path), "--slake_root", str(slake), "--output_dir", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    said = [(tmp_path / "out" / name).read_text(encoding="utf-8") for name in ("results.json", "report.md")]
+    assert f"({fmt} format); 2 scored" in printed
+    for text in (printed, *said):
+        assert (reference.CLOSED_TEXT_CAVEAT in text) is (fmt == "reference")
+    if fmt == "reference":
+        results = json.loads(said[0])
+        assert results["provenance"]["answer_file"]["caveat"] == reference.CLOSED_TEXT_CAVEAT
+        assert f"note: {reference.CLOSED_TEXT_CAVEAT}" in printed.splitlines()

@@ -30,11 +30,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from slakevqa.data.images import image_problem, image_problems  # noqa: F401 - image_problem re-exported
-from slakevqa.data.reading import read_json
+from slakevqa.data.reading import read_json, require_utf8_name
 from slakevqa.errors import DataError, UserError
 from slakevqa.records import ANSWER_TYPES, LANGUAGES, SLAKE_FIELDS, VQASample
 
@@ -89,10 +90,16 @@ def find_layout(root: str | Path) -> SlakeLayout:
     if not _has_split_file(root) and _has_split_file(root / "Slake1.0"):
         root = root / "Slake1.0"
     root = root.resolve()
+    require_utf8_name(root, "dataset folder")
+    # Not resolved: an image folder linked to another disk stays root/imgs (see resolve_image).
     image_dir = next((root / d for d in IMAGE_DIRS if (root / d).is_dir()), root)
+    dangling = [root / d for d in IMAGE_DIRS if (root / d).is_symlink() and not (root / d).exists()]
+    if image_dir == root and dangling:  # else every image would be "not found" in the wrong folder
+        raise DataError(dangling[0], f"the image folder is a symlink to {os.readlink(dangling[0])}, which does "
+                                     "not exist (is that disk mounted?)")
     mask_map = root / "mask.txt" if (root / "mask.txt").is_file() else None
     kg_dir = root / "KG" if (root / "KG").is_dir() else None
-    return SlakeLayout(root=root, image_dir=image_dir.resolve(), mask_map=mask_map, kg_dir=kg_dir)
+    return SlakeLayout(root=root, image_dir=image_dir, mask_map=mask_map, kg_dir=kg_dir)
 
 
 def _has_split_file(folder: Path) -> bool:
@@ -129,6 +136,37 @@ def load_split(root: str | Path, split: str, language: str = "en",
     samples = [s for s in samples if language == "all" or s.q_lang == language]
     samples = check_images(samples, path, missing_images)
     return sorted(samples, key=lambda s: s.qid)
+
+
+LANGUAGE_NAMES: dict[str, str] = {"en": "English", "zh": "Chinese", "all": ""}
+
+
+def require_questions(samples: list[VQASample], root: str | Path, split: str, language: str = "en") -> list[VQASample]:
+    """``samples`` when there is at least one; else a one-line DataError saying why the split is empty.
+
+    Called by evaluation and training right after loading, before any model loads: a
+    split with no question of the language asked for (``--language en`` on a file of
+    Chinese questions), or whose questions were all dropped (``--missing_images skip``,
+    empty answers), would otherwise load a model for nothing. The counts come from the
+    split file itself, e.g. ``Slake1.0/test.json: no English questions (--language en);
+    its 3 questions are zh 3: pass --language zh or all``.
+    """
+    if samples:
+        return samples
+    path = find_layout(root).split_file(split)
+    rows = [row for row in read_split_file(path) if isinstance(row, dict)]
+    counts = Counter(str(row.get("q_lang", "?")).strip().lower() for row in rows)
+    wanted = len(rows) if language == "all" else counts.get(language, 0)
+    name = f"{LANGUAGE_NAMES.get(language, language)} questions".strip()
+    if not rows:
+        raise DataError(path, "no questions: the split file is an empty list")
+    if wanted == 0:
+        found = ", ".join(f"{lang} {n}" for lang, n in sorted(counts.items()))
+        others = " or ".join(sorted(set(counts) - {language, "all"}) + ["all"])
+        raise DataError(path, f"no {name} (--language {language}); its {len(rows)} questions are {found}: "
+                              f"pass --language {others}")
+    raise DataError(path, f"all {wanted} {name} were dropped (images skipped by --missing_images skip, or empty "
+                          "answers); nothing is left to use")
 
 
 def read_split_file(path: Path) -> list:
@@ -226,25 +264,30 @@ def _as_triple(value: object, path: Path, where: str) -> tuple[str, str, str]:
 
 
 def resolve_image(layout: SlakeLayout, img_name: str, path: Path, where: str) -> Path:
-    """``image_dir / img_name``, refused when it would leave the dataset root or holds a NUL byte.
+    """``image_dir / img_name`` with ``..`` collapsed; refused when it climbs out of the dataset root.
 
-    A symlink loop resolves to its lexical path (inside the root), which the image
-    check then reports as an unreadable image.
+    The name comes from the data, so it is checked as text (decision 9): an absolute path, a
+    ``..`` that leaves the root, or a NUL byte is refused. Symlinks are not followed here:
+    they are the user's disk layout, not the data's, so ``imgs/`` linked to another disk (or
+    image files linked from elsewhere) load, and ``image_path`` stays the path inside the
+    dataset (``root/imgs/xmlab1/source.jpg``) in either layout. A symlink loop is reported by
+    the image check as an unreadable image.
+
+    >>> layout = SlakeLayout(Path("/d"), Path("/d/imgs"), None, None)
+    >>> resolve_image(layout, "xmlab1/../xmlab2/source.jpg", Path("/d/test.json"), "qid 1").as_posix()
+    '/d/imgs/xmlab2/source.jpg'
     """
-    candidate = Path(img_name)
     if "\0" in img_name:
         raise DataError(path, f"contains a NUL byte: {img_name!r}", record=where, field="img_name")
-    if candidate.is_absolute() or not img_name:
+    if Path(img_name).is_absolute() or not img_name:
         raise DataError(path, f"must be a relative path inside the dataset, found {img_name!r}",
                         record=where, field="img_name")
-    try:
-        resolved = (layout.image_dir / candidate).resolve()
-    except (RuntimeError, OSError):  # a symlink loop (RuntimeError up to Python 3.12, OSError after)
-        resolved = Path(os.path.normpath(layout.image_dir / candidate))
-    if not resolved.is_relative_to(layout.root):
+    # Collapsed as text, so the path opened has no '..' for the system to apply after a symlink.
+    lexical = Path(os.path.normpath(layout.image_dir / img_name))
+    if not lexical.is_relative_to(layout.root):
         raise DataError(path, f"{img_name!r} points outside the dataset root {layout.root}",
                         record=where, field="img_name")
-    return resolved
+    return lexical
 
 
 def check_unique_qids(samples: list[VQASample], path: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from slakevqa.config import config_to_dict
-from slakevqa.data.slake import find_layout, load_split
+from slakevqa.data.slake import find_layout, load_split, require_questions
 from slakevqa.distributed import barrier, init_process_group, largest_first
 from slakevqa.errors import UserError
 from slakevqa.evaluation.config import EvalConfig
@@ -59,12 +59,12 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     refuse_if_being_written(cfg.model_id_or_ckpt, "--model_id_or_ckpt")  # a training extending it, say
     rank, world = init_process_group()  # under a launcher the shards need a process group for the barrier
     torch.manual_seed(cfg.seed)
-    out = make_output_dir(cfg.output_dir, "--output_dir")
 
     root = cfg.data.root()
     layout = find_layout(root)
     samples = load_split(root, cfg.split, cfg.data.language, cfg.data.missing_images)
-    samples = samples[: cfg.limit] if cfg.limit > 0 else samples
+    samples = require_questions(samples[: cfg.limit] if cfg.limit > 0 else samples, root, cfg.split, cfg.data.language)
+    out = make_output_dir(cfg.output_dir, "--output_dir")  # after the data: a refusal there leaves no folder
     vocab = resolve_vocab(cfg, root)
     builder = InputBuilder.create(layout, vocab, settings=cfg.inputs, route_source=cfg.route,
                                   candidates=cfg.closed_candidates)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 from slakevqa.errors import UserError
 from slakevqa.models import original
 from slakevqa.models.model_files import check_not_half_saved, check_weight_files, unreadable_weights
-from slakevqa.models.processor import load_processor
+from slakevqa.models.processor import ProcessorUnreadable, load_processor
 from slakevqa.models.supported import check_supported
 
 Log = Callable[[str], None]  # where progress lines go (print, logger.info, a list.append)
@@ -307,17 +307,25 @@ def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "au
         raise UserError("4-bit and 8-bit loading at once: choose one")
     bits = 4 if load_in_4bit else 8 if load_in_8bit else 0
     folder = resolve_folder(id_or_path, revision)
-    check_not_half_saved(folder)  # merge, check and eval alike
+    check_not_half_saved(folder)  # merge, check and eval alike; an adapter without weights too
     if source_kind(folder) == "lora":
         adapter, folder = folder, resolve_folder(adapter_base(folder, base), revision)
+        check_not_half_saved(folder)  # the base, named by the adapter: a path that is not UTF-8
     elif adapter is not None:
         adapter = resolve_folder(adapter)
+        check_not_half_saved(adapter)
     folder, converted_from = hf_folder(folder, vision_from, log)
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
-    model = load_hf_model(folder, dtype, device, trust_remote_code, bits)
+    # The processor first: a tokenizer without the image token is refused before gigabytes of weights load.
     processor_folder = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else folder
-    processor = load_processor(processor_folder, trust_remote_code)
+    try:
+        processor, unreadable = load_processor(processor_folder, trust_remote_code), None
+    except ProcessorUnreadable as error:  # the model's own error (its code, its weights) says more, if it has one
+        processor, unreadable = None, error
+    model = load_hf_model(folder, dtype, device, trust_remote_code, bits)
+    if unreadable is not None:
+        raise unreadable
     if adapter is not None:
         model = attach_adapter(model, Path(adapter), merge_adapter)
     kind = "lora" if adapter else ("llava_med" if converted_from else "hf")

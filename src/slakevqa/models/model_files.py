@@ -19,6 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
+from slakevqa.data.reading import require_utf8_name
 from slakevqa.errors import UserError
 from slakevqa.files import sync_files
 
@@ -74,10 +75,33 @@ def unreadable_weights(folder: Path, error: Exception) -> UserError | None:
 
 
 def check_not_half_saved(spec: str | Path | None) -> None:
-    """A training output whose save was interrupted (its staged files not yet in place) is not a whole model."""
+    """Refuse a folder that is not a whole model: a training output whose save was interrupted (its staged
+    files not yet in place), or an adapter folder without its weights (:func:`check_adapter_weights`);
+    and a path that is not UTF-8 (it could not be recorded in run_fingerprint.json or results.json).
+
+    Cheap (file names only), so evaluation calls it before claiming its output folder.
+    """
+    if spec:
+        require_utf8_name(spec, "model folder")
     if spec and (Path(spec) / READY_NAME).exists():
         raise UserError(f"{spec}: its last save was interrupted before all files were in place; run the same "
                         "training command again to finish it")
+    if spec and (Path(spec) / "adapter_config.json").is_file():
+        check_adapter_weights(Path(spec))
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # the names peft loads
+
+
+def check_adapter_weights(adapter: Path) -> None:
+    """A one-line UserError when an adapter folder has no weights file, before its base model loads.
+
+    peft would otherwise load the whole base model first and then fail with a traceback.
+    """
+    if not any((Path(adapter) / name).is_file() for name in ADAPTER_WEIGHTS):
+        raise UserError(f"{adapter}: an adapter folder (adapter_config.json) without its weights "
+                        f"({' or '.join(ADAPTER_WEIGHTS)}); an interrupted copy or save? copy the whole folder, "
+                        "or point at a checkpoint-N folder of the run")
 
 
 # ---- the trained model's files, published whole

@@ -26,7 +26,7 @@ from PIL import Image
 from slakevqa.data.images import to_rgb
 from slakevqa.errors import UserError
 from slakevqa.inputs.prompts import LLAVA_MED_CHAT_TEMPLATE
-from slakevqa.models.tokenizer import IMAGE_TOKEN, save_tokenizer
+from slakevqa.models.tokenizer import IMAGE_TOKEN, check_image_token, save_tokenizer
 
 if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
     from transformers import PreTrainedTokenizerBase, ProcessorMixin
@@ -102,8 +102,16 @@ def pil_image_processor(folder: str | Path):
     return None
 
 
+class ProcessorUnreadable(UserError):
+    """No processor could be built from the folder's files at all (as opposed to one that lacks a part)."""
+
+
 def load_processor(folder: str | Path, trust_remote_code: bool = False):
-    """``AutoProcessor`` from ``folder`` with the PIL image backend (see :func:`pil_image_processor`)."""
+    """``AutoProcessor`` from ``folder`` with the PIL image backend (see :func:`pil_image_processor`).
+
+    Refused in one line: files that make no processor (:class:`ProcessorUnreadable`), no image
+    processor, no tokenizer, or a tokenizer without the image token.
+    """
     from transformers import AutoProcessor
 
     try:
@@ -111,9 +119,12 @@ def load_processor(folder: str | Path, trust_remote_code: bool = False):
         extra = {"image_processor": image_processor} if image_processor is not None else {}
         processor = AutoProcessor.from_pretrained(str(folder), trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"{folder}: cannot load a processor ({error})") from error
+        raise ProcessorUnreadable(f"{folder}: cannot load a processor ({error})") from error
     if getattr(processor, "image_processor", None) is None:
         raise UserError(f"{folder}: the processor has no image processor; is this a vision-language model?")
+    if getattr(processor, "tokenizer", None) is None:
+        raise UserError(f"{folder}: the processor has no tokenizer; copy the model's tokenizer files into it")
+    check_image_token(processor.tokenizer, folder, getattr(processor, "image_token", None) or IMAGE_TOKEN)
     # from_pretrained hands the image_processor kwarg to the tokenizer too, which then cannot be saved again
     processor.tokenizer.init_kwargs.pop("image_processor", None)
     return processor

@@ -101,6 +101,21 @@ def add_llava_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
     tokenizer.padding_side = "left"  # batched generation needs left padding
 
 
+def check_image_token(tokenizer: PreTrainedTokenizerBase, folder: str | Path, image_token: str = IMAGE_TOKEN) -> None:
+    """A one-line UserError naming ``folder`` when its tokenizer cannot write ``image_token`` as one token.
+
+    Without it the prompt has no place for the image features (the unknown token's id
+    stands in, and encoding fails far from the cause). The token must be in the vocabulary
+    or the added tokens and encode to that one id.
+    """
+    token_id = tokenizer.get_vocab().get(image_token)
+    ids = tokenizer(image_token, add_special_tokens=False)["input_ids"] if token_id is not None else []
+    if token_id is None or list(ids) != [token_id]:
+        raise UserError(f"{folder}: its tokenizer has no {image_token} token (not in tokenizer.json's vocabulary or "
+                        "added tokens), so images cannot be placed in the prompt; use the tokenizer files of the "
+                        "model it was trained with (a LLaVA conversion adds <image>, id 32000 on Mistral)")
+
+
 def build_mistral_tokenizer(work_dir: str | Path):
     """The real Mistral-7B tokenizer plus ``<image>``/``<pad>``; needs ``mistral-common``.
 

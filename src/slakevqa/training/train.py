@@ -18,8 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from slakevqa.config import config_to_dict
-from slakevqa.data.slake import find_layout, load_split, load_training_split
+from slakevqa.data.slake import find_layout, load_split, load_training_split, require_questions
 from slakevqa.distributed import global_token_mean, is_fsdp, use_cpu
 from slakevqa.errors import UserError
 from slakevqa.files import write_json_atomic
@@ -28,7 +27,13 @@ from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.kernels.attention import attention_kernels
 from slakevqa.kernels.segment_attention import segments_attended
 from slakevqa.models.image_features import ImageFeatureCache
-from slakevqa.models.model_files import MODEL_FILE_PATTERNS, finish_publish, publish, start_publish
+from slakevqa.models.model_files import (
+    MODEL_FILE_PATTERNS,
+    check_not_half_saved,
+    finish_publish,
+    publish,
+    start_publish,
+)
 from slakevqa.runs.results import sha256_file
 from slakevqa.training.checkpoint import (
     list_checkpoints,
@@ -58,6 +63,7 @@ from slakevqa.training.precision import (
     weight_dtype,
 )
 from slakevqa.training.probe import build_probe
+from slakevqa.training.run_config import write_run_config
 from slakevqa.training.schedule import (
     SCHEDULE_VERSION,
     build_scheduler,
@@ -104,8 +110,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         check_fsdp_settings(cfg)
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
+    check_not_half_saved(cfg.model_id)  # a model folder mid-save, an adapter without weights: refused now
     refuse_output_over_model(cfg.model_id, out)  # saving publishes config.json and weights into out
-    out.mkdir(parents=True, exist_ok=True)
 
     # ---- data, vocabulary, prompts
     root = cfg.data.root()
@@ -113,6 +119,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     samples = load_training_split(root, cfg.split, cfg.data.language, cfg.data.missing_images)
     if cfg.dry_run:
         samples = samples[:DRY_RUN_RECORDS]
+    samples = require_questions(samples, root, cfg.split, cfg.data.language)
+    out.mkdir(parents=True, exist_ok=True)  # after the data: a refusal there leaves no folder
     vocab = build_closed_vocab(load_split(root, "train", cfg.data.language, cfg.data.missing_images),
                                sha256_file(layout.split_file("train")))
     builder = InputBuilder.create(layout, vocab, settings=cfg.inputs)
@@ -393,25 +401,3 @@ def kernels_for(cfg: TrainConfig, accelerator) -> str:
         logging.getLogger(__name__).info("--kernels auto: plain kernels under FSDP (Liger is untested there)")
         return "plain"
     return cfg.kernels
-
-
-def write_run_config(cfg: TrainConfig, out: Path, n_steps: int, losses: list, counts: dict,
-                     builder: InputBuilder, accelerator, precision: dict[str, str], throughput: dict,
-                     speed: dict | None = None) -> None:
-    """``run_config.json``: provenance, precision layout, losses, counts, throughput and the speed levers applied.
-
-    ``speed`` is what ``--kernels``/``--compile_layers`` resolved to (training/speed_levers.py), e.g.
-    ``{"kernels": "liger", "liger_version": "0.8.5", "compile_layers": true}``.
-    """
-    from slakevqa.runs.results import make_provenance
-
-    provenance = make_provenance(config=config_to_dict(cfg), prompt_version=builder.style.tag,
-                                 split_file=find_layout(builder.layout.root).split_file(cfg.split),
-                                 route_source=builder.route_source, batch_size=cfg.batch_size,
-                                 device=str(accelerator.device))
-    write_json_atomic(out / "run_config.json", {
-        **provenance, "world_size": accelerator.num_processes, "steps": n_steps, "precision": precision,
-        "final_loss": losses[-1][1] if losses else None, "parameters": counts,
-        "closed_vocab": {"file": "closed_vocab.json", "version": builder.vocab.version,
-                         "answers": len(builder.vocab.answers)},
-        "mask_stats": builder.mask_stats.as_dict(), "throughput": throughput, "speed_levers": speed})

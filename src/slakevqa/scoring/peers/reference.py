@@ -57,6 +57,10 @@ HEADLINE_KEYS: tuple[str, ...] = ("open/token_f1", "open/exact_match", "closed/a
 _END_MARKS = "\"'`.,;:!?()[]{}"
 _YES, _NO = frozenset({"yes", "y", "true"}), frozenset({"no", "n", "false"})
 _ANSWER_MARKER = re.compile(r"answer:\s*", flags=re.IGNORECASE)
+# Said when their preds.jsonl is scored (printed and in results.json): a CLOSED row has no chosen label, only
+# normalize(label), so every scorer but theirs reads lower-cased text stripped of end marks, y/true as yes.
+CLOSED_TEXT_CAVEAT = ("the reference toolkit's preds.jsonl keeps only the normalised text of CLOSED answers "
+                      "(normalized_pred), so other pipelines' CLOSED numbers computed from it are approximations")
 
 
 def normalize(text: str) -> str:
@@ -228,5 +232,5 @@ def read_preds(path: Path) -> list[tuple[int, str]]:
     return pairs
 
 
-__all__ = ["HEADLINE_KEYS", "VERSION", "closed_accuracy", "exact", "extract_open", "headline",
+__all__ = ["CLOSED_TEXT_CAVEAT", "HEADLINE_KEYS", "VERSION", "closed_accuracy", "exact", "extract_open", "headline",
            "normalize", "read_preds", "token_f1"]
