@@ -334,3 +334,17 @@ def test_real_slake_with_its_image_folder_linked_loads_the_same_test_split(slake
     plain, other = load_split(slake_root, "test"), load_split(linked, "test")
     assert len(other) == 1061 and [s.to_json() for s in plain] == [s.to_json() for s in other]
     assert all(s.image_path.is_relative_to(linked.resolve() / "imgs") for s in other)
+
+
+@pytest.mark.parametrize("verb", ["eval", "train"])
+def test_eval_and_train_refuse_an_empty_split_before_the_model_or_the_folder(verb: str, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    splits = {name: [slake_row(21, 3, q_lang="zh"), slake_row(22, 3, q_lang="zh")] for name in ("train", "test")}
+    root = write_mini_slake(tmp_path / "Slake1.0", {**splits, "validation": splits["test"]})
+    model_flag = "--model_id_or_ckpt" if verb == "eval" else "--model_id"
+    code = main([verb, model_flag, str(tmp_path / "no-model-here"), "--slake_root", str(root),
+                 "--split", "test", "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "test.json: no English questions (--language en); its 2 questions are zh 2" in err
+    assert not (tmp_path / "out").exists()
