@@ -178,8 +178,7 @@ def test_init_tiny_overwrite_failing_midway_keeps_the_old_folder(tmp_path: Path,
     assert main(["init-tiny", str(out), "--tokenizer", "bpe"]) == 0
     before = contents(out)
     monkeypatch.setattr(tiny, "write_llava", raise_midway)
-    with pytest.raises(OSError, match="No space left"):
-        main(["init-tiny", str(out), "--tokenizer", "bpe", "--seed", "1", "--overwrite"])
+    assert main(["init-tiny", str(out), "--tokenizer", "bpe", "--seed", "1", "--overwrite"]) == 2  # one line
     assert contents(out) == before and leftovers(out) == []
     monkeypatch.undo()
     assert main(["init-tiny", str(out), "--tokenizer", "bpe", "--seed", "1", "--overwrite"]) == 0

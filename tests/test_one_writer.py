@@ -271,3 +271,13 @@ def test_score_never_writes_into_another_runs_folder(tmp_path: Path, capsys: pyt
         assert "is another eval or train run's folder" in capsys.readouterr().err
     assert snapshot(tmp_path) == before
     assert main(["score", str(run / "predictions.jsonl")]) == 0  # a run's own folder is rescored in place
+
+
+def test_the_sigterm_line_of_train_names_what_a_rerun_resumes_from(tmp_path: Path) -> None:
+    from slakevqa.commands.train import kept_checkpoint
+
+    assert "no checkpoint was written yet" in kept_checkpoint(str(tmp_path))
+    for step in (4, 8):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert kept_checkpoint(str(tmp_path)) == f"the last checkpoint, {tmp_path / 'checkpoint-8'}, is kept"

@@ -3,20 +3,33 @@
 Each verb lives in a module of :mod:`slakevqa.commands` that exposes
 ``add_arguments(parser)`` and ``run(args) -> int``. Only the chosen verb's module
 is imported, so ``slakevqa stats`` or ``slakevqa score`` never pay for torch.
-User errors print one line and exit 2; ``--debug`` shows the traceback.
+User errors, and the failures a user fixes outside slakevqa (a full disk, a read-only
+folder, a name too long, memory), print one line and exit 2; ``--debug`` shows the
+traceback. SIGTERM (a cluster's time limit, ``kill``) prints what was kept and exits 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import importlib
 import logging
+import os
+import signal
 import sys
+import threading
+from typing import Callable
 
 from slakevqa import __version__
 from slakevqa.distributed import finish_process_group
 from slakevqa.errors import UserError
+from slakevqa.os_errors import FULL_DISK, describe_os_error, out_of_memory, write_failure
+
+# Verbs whose rerun picks up where a stopped run ended (answers, checkpoints); the others write whole or nothing.
+RESUMING_VERBS = frozenset({"eval", "train", "demo"})
+# Where a verb's output goes, by flag, for a line about an error that names no path.
+OUTPUT_FLAGS = ("output_dir", "out", "out_dir", "dst", "dir")
 
 # verb -> (module under slakevqa.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -80,8 +93,29 @@ def main(argv: list[str] | None = None) -> int:
     return run_verb(module, args)
 
 
+class Stopped(BaseException):
+    """SIGTERM arrived. A BaseException, as KeyboardInterrupt is: a library's ``except Exception`` must not
+    swallow it, and every ``finally`` and atomic write on the way out still cleans up."""
+
+
+_stop_note: str | Callable[[], str] | None = None
+
+
+def set_stop_note(note: str | Callable[[], str]) -> None:
+    """What the line after a SIGTERM says was kept, once the verb knows it (its output folder from a YAML config);
+    a function is called when the SIGTERM comes (training's last checkpoint by then). Reset for each verb.
+
+    >>> set_stop_note("the answers so far are kept in runs/eval/predictions.jsonl")   # doctest: +SKIP
+    """
+    global _stop_note
+    _stop_note = note
+
+
 def run_verb(module: object, args: argparse.Namespace) -> int:
-    """Run one verb, turning user errors into a one-line message and exit code 2."""
+    """Run one verb, turning user errors and OS failures into a one-line message and exit code 2."""
+    global _stop_note
+    _stop_note = None
+    previous = _catch_sigterm()
     try:
         code = int(module.run(args) or 0)
         finish_process_group()  # every rank leaves together, after the main one has written everything
@@ -89,11 +123,110 @@ def run_verb(module: object, args: argparse.Namespace) -> int:
     except UserError as error:
         if getattr(args, "debug", False):
             raise
-        print(f"error: {error}", file=sys.stderr)
+        say(f"error: {error}")
         return 2
+    except Stopped:
+        say(stop_line(_verb(module), args))
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        say("interrupted")
         return 130
+    except Exception as error:
+        line = failure_line(error, _verb(module), args)
+        if line is None or getattr(args, "debug", False):
+            raise  # anything else is a bug: keep its traceback
+        say(f"error: {line}")
+        return 2
+    finally:
+        if previous is not NOT_INSTALLED:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+
+def say(line: str) -> None:
+    """Print ``line`` to stderr on a line of its own: a progress bar the failure left open is closed first
+    (else the line would be glued to it, and the bar redrawn after it when it is garbage-collected)."""
+    progress = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(progress, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the line
+            pass
+    print(line, file=sys.stderr)
+
+
+def _verb(module: object) -> str:
+    name = getattr(module, "__name__", "").rsplit(".", 1)[-1]
+    return next((verb for verb, (module_name, _) in COMMANDS.items() if module_name == name), name)
+
+
+NOT_INSTALLED = object()
+
+
+def _catch_sigterm() -> object:
+    """Make SIGTERM raise :class:`Stopped` (main thread only: signals go there); returns the previous handler.
+
+    A second SIGTERM while the first unwinds is ignored, so cleanup (deleting a half-written
+    temporary folder) is not cut short; SIGKILL still stops everything. A forked child (a data
+    loader's worker) inherits the handler but not the job: it dies of SIGTERM as before.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return NOT_INSTALLED
+    stopping, ours = [], os.getpid()
+
+    def handler(signum: int, frame: object) -> None:
+        if os.getpid() != ours:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if not stopping:
+            stopping.append(signum)
+            raise Stopped()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def output_of(args: argparse.Namespace) -> str | None:
+    """The verb's output path from its flags, when given (a YAML config's is known to the verb only)."""
+    return next((str(value) for flag in OUTPUT_FLAGS if (value := getattr(args, flag, None))), None)
+
+
+def stop_line(verb: str, args: argparse.Namespace) -> str:
+    """The one line after a SIGTERM: what was kept and how to go on.
+
+    >>> stop_line("eval", argparse.Namespace(output_dir="runs/eval"))
+    'stopped by SIGTERM: what was written to runs/eval is kept; rerun the same command to resume'
+    """
+    if verb not in RESUMING_VERBS:
+        return ("stopped by SIGTERM: outputs are written whole or not at all, so nothing half-written was left; "
+                "rerun the same command")
+    output = output_of(args)
+    kept = _stop_note() if callable(_stop_note) else _stop_note
+    kept = kept or (f"what was written to {output} is kept" if output else "what was written is kept")
+    return f"stopped by SIGTERM: {kept}; rerun the same command to resume"
+
+
+def failure_line(error: Exception, verb: str, args: argparse.Namespace) -> str | None:
+    """One line for a failure the user fixes outside slakevqa (disk, permissions, memory); None for anything else."""
+    os_error = error if isinstance(error, OSError) else write_failure(error, output_of(args))
+    if os_error is not None:
+        return describe_os_error(os_error, output_of(args)) + os_advice(os_error, verb)
+    memory = out_of_memory(error)
+    if memory is None:
+        return None
+    smaller = "try a smaller --batch_size" if hasattr(args, "batch_size") else "free memory or use a larger machine"
+    return f"out of memory ({memory}); {smaller}"
+
+
+def os_advice(error: OSError, verb: str) -> str:
+    """What to do about an OSError, in parentheses ('' when the reason says it all)."""
+    if error.errno in FULL_DISK:
+        kept = "what was written is kept and the rerun resumes" if verb in RESUMING_VERBS else \
+            "nothing half-written was left"
+        return f" (free space and rerun: {kept})"
+    return {errno.EROFS: " (write to a folder on a writable disk)",
+            errno.EACCES: " (check its permissions, or use another folder)",
+            errno.EPERM: " (check its permissions, or use another folder)",
+            errno.ENAMETOOLONG: " (use a shorter name: at most 255 bytes per folder or file name)"}.get(error.errno, "")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@ and JSON-lines files read with every bad line located."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -12,25 +15,94 @@ from pathlib import Path
 from typing import Iterator
 
 from slakevqa.errors import DataError, UserError
+from slakevqa.os_errors import describe_os_error
 
 
 def check_output_dir(path: str | Path, flag: str) -> Path:
-    """``path`` as a Path, or a UserError naming ``flag`` when it, or a folder above it, is a file.
+    """``path`` as a Path, or a one-line UserError naming ``flag`` when it cannot become an output folder.
 
-    Nothing is created: configs call this before any data or model is loaded.
-    Without it, ``mkdir(parents=True, exist_ok=True)`` ends in a FileExistsError traceback.
+    Refused: a name longer than the file system allows; the path, or a folder above it, is a
+    file or a symbolic link that leads nowhere; the nearest existing folder is not writable
+    (permissions, a read-only file system). Nothing is created: configs call this before any
+    data or model is loaded, so a refusal costs nothing (without it, ``mkdir`` ends in a
+    traceback after the model loaded).
 
     >>> check_output_dir("runs/new-run", "--output_dir")
     PosixPath('runs/new-run')
     """
     path = Path(path)
+    check_name_lengths(path, flag)
+    try:
+        _check_nearest_folder(path, flag)
+    except OSError as error:  # a path longer than the system takes (4096 bytes), a folder we may not search
+        raise UserError(f"{flag} {path}: {describe_os_error(error)}") from None
+    return path
+
+
+def _check_nearest_folder(path: Path, flag: str) -> None:
     for folder in (path, *path.parents):  # the nearest existing one decides
+        if folder.is_symlink() and not folder.exists():
+            where = "" if folder == path else f": {folder}"
+            leads = "in a loop" if _stat_errno(folder) == errno.ELOOP else "to a missing folder"
+            raise UserError(f"{flag} {path}{where} is a symbolic link {leads} ({os.readlink(folder)}); "
+                            "create its target or give another path")
         if folder.exists():
             if not folder.is_dir():
                 where = "" if folder == path else f": {folder}"
                 raise UserError(f"{flag} {path}{where} is a file, not a folder; give a folder path")
-            break
-    return path
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise UserError(f"{flag} {path}: cannot write into {folder}: {_unwritable_reason(folder)}; "
+                                "give a folder you can write to")
+            return
+
+
+def check_name_lengths(path: Path, flag: str) -> None:
+    """A UserError naming ``flag`` when a part of ``path`` is longer (in bytes) than its file system allows.
+
+    >>> check_name_lengths(Path("runs") / ("x" * 300), "--output_dir")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    slakevqa.errors.UserError: --output_dir: the name 'xxx...' is 300 bytes long; this file system allows 255
+    """
+    limit = name_max(_nearest_existing(path))
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > limit:
+            shown = part if len(part) <= 32 else part[:32] + "..."
+            raise UserError(f"{flag}: the name {shown!r} is {size} bytes long; this file system allows {limit}")
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that ``folder``'s file system takes (255 when it cannot say)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        return 255
+
+
+def _nearest_existing(path: Path) -> Path:
+    for folder in (path, *path.parents):
+        try:
+            if folder.is_dir():
+                return folder
+        except OSError:  # a name too long, a folder we may not search: look further up
+            continue
+    return Path(".")
+
+
+def _stat_errno(path: Path) -> int | None:
+    try:
+        path.stat()
+    except OSError as error:
+        return error.errno
+    return None
+
+
+def _unwritable_reason(folder: Path) -> str:
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    return "read-only file system" if read_only else "permission denied"
 
 
 def make_output_dir(path: str | Path, flag: str) -> Path:
@@ -48,6 +120,8 @@ def check_replaceable(path: str | Path, overwrite: bool, flag: str) -> Path:
     path = check_output_dir(path, flag)
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise UserError(f"{path} exists and is not empty; pass --overwrite to replace it")
+    if path.exists():  # replaced by a new folder written beside it (atomic_folder)
+        check_output_dir(path.parent, flag)
     return path
 
 
@@ -125,9 +199,8 @@ def recover_folder(target: str | Path) -> None:
     if not target.parent.is_dir():
         return
     for kind in ("old", "partial"):  # "old" first: a missing target gets its old folder back
-        for leftover in sorted(target.parent.glob(f".{_glob_escape(target.name)}.{kind}-*")):
-            pid = leftover.name.rsplit("-", 1)[-1]
-            if not pid.isascii() or not pid.isdigit() or _alive(int(pid)):
+        for leftover, pid in _leftovers(target, kind, r"([0-9]+)"):
+            if _alive(pid):
                 continue
             if kind == "old" and not (target.exists() or target.is_symlink()):
                 os.rename(leftover, target)
@@ -138,7 +211,48 @@ def recover_folder(target: str | Path) -> None:
 
 
 def _sibling(target: Path, kind: str, pid: int) -> Path:
-    return target.parent / f".{target.name}.{kind}-{pid}"
+    return target.parent / f".{temp_stem(target)}.{kind}-{pid}"
+
+
+# Bytes a temporary name adds to its stem: "." + ".partial-" + a pid + "-" + mkstemp's 8 random characters,
+# with room to spare. A stem longer than the file system's limit minus this is shortened (temp_stem).
+TEMP_NAME_RESERVE = 40
+
+
+def temp_stem(target: Path) -> str:
+    """The part of ``target``'s temporary names that says whose they are: its name, or, when that name is too
+    long to take a prefix and a suffix (245 bytes of 255), a prefix of it and a hash of the whole.
+
+    The same target always gets the same stem, so a later write finds what an earlier one left.
+
+    >>> temp_stem(Path("runs/report.md"))
+    'report.md'
+    >>> stem = temp_stem(Path("runs") / ("é" * 120))   # 240 bytes
+    >>> len(stem.encode()), stem[-9:]
+    (215, '~bb658d82')
+    """
+    name = target.name
+    limit = name_max(_nearest_existing(target.parent)) - TEMP_NAME_RESERVE
+    encoded = name.encode("utf-8", "surrogateescape")
+    if len(encoded) <= limit:
+        return name
+    digest = hashlib.sha256(encoded).hexdigest()[:8]
+    prefix = encoded[:limit - 9].decode("utf-8", "ignore")  # "ignore": a character cut in two is dropped whole
+    return f"{prefix}~{digest}"
+
+
+def _leftovers(target: Path, kind: str, rest: str) -> Iterator[tuple[Path, int]]:
+    """``(path, pid)`` of each ``.<stem>.<kind>-<rest>`` beside ``target`` (rest: a pattern with the pid first).
+
+    Matched in full, so the leftovers of another target whose name starts like this one
+    (``out`` and ``out.partial-7``) are never taken for ours.
+    """
+    stem = temp_stem(target)
+    pattern = re.compile(re.escape(f".{stem}.{kind}-") + rest)
+    for leftover in sorted(target.parent.glob(f".{_glob_escape(stem)}.{kind}-*")):
+        match = pattern.fullmatch(leftover.name)
+        if match:
+            yield leftover, int(match.group(1))
 
 
 def _glob_escape(name: str) -> str:
@@ -161,33 +275,46 @@ def _alive(pid: int) -> bool:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path``, then rename it into place.
 
-    The temporary file is ``.<name>.tmp-<pid>-<random>``; one a killed writer left is
-    deleted by the next write of the same ``path``.
+    The temporary file is ``.<name>.tmp-<pid>-<random>`` (a long name shortened: :func:`temp_stem`);
+    one a killed writer left is deleted by the next write of the same ``path``. A failed write
+    (a full disk) deletes it and leaves ``path`` as it was; its OSError names ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_file(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
-    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
     try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{temp_stem(path)}.tmp-{os.getpid()}-", dir=path.parent)
+    except OSError as error:
+        raise _write_error(error, path) from error
+    try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise _write_error(error, path) from error
         raise
     return path
+
+
+def _write_error(error: OSError, path: Path) -> OSError:
+    """``error`` naming the file asked for, not a temporary one (a write to an open file names none at all),
+    and marked as a write for :func:`describe_os_error` (``permission denied`` alone does not say which)."""
+    named = OSError(error.errno, error.strerror, str(path))
+    named.writing = True
+    return named
 
 
 def recover_file(path: str | Path) -> None:
     """Delete the temporary files a killed :func:`write_text_atomic` of ``path`` left (not a live writer's)."""
     path = Path(path)
-    for leftover in path.parent.glob(f".{_glob_escape(path.name)}.tmp-*"):
-        pid = leftover.name.rsplit(".tmp-", 1)[-1].split("-", 1)[0]
-        mine = pid == str(os.getpid())  # another thread of ours may be writing it now
-        if pid.isascii() and pid.isdigit() and not mine and not _alive(int(pid)) and leftover.is_file():
+    for leftover, pid in _leftovers(path, "tmp", r"([0-9]+)-[A-Za-z0-9_]+"):
+        mine = pid == os.getpid()  # another thread of ours may be writing it now
+        if not mine and not _alive(pid) and leftover.is_file() and not leftover.is_symlink():
             leftover.unlink(missing_ok=True)
 
 

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from slakevqa.cli import set_stop_note
 from slakevqa.config import add_config_arguments, config_from_args
 from slakevqa.evaluation.config import EvalConfig
 from slakevqa.locks import writing
@@ -23,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from slakevqa.reporting.tables import headline_table
 
     cfg = config_from_args(EvalConfig, args)
+    set_stop_note(f"the answers so far are kept in {Path(cfg.output_dir) / 'predictions.jsonl'}")
     with writing(cfg.output_dir, "eval"):
         results = evaluate(cfg)
         if results and cfg.report:  # the main process only

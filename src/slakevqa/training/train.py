@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -300,7 +301,6 @@ def clear_train_outputs(cfg: TrainConfig, out: Path) -> None:
     replaced when the new one is whole, and evaluation folders keep their own fingerprints. Nothing else in the
     folder is touched (a ``checkpoint-best`` of the user's stays)."""
     import re
-    import shutil
 
     ours = re.compile(r"\.?checkpoint-\d+(\.tmp)?")  # finished, or left by a killed save
     for folder in [p for p in out.iterdir() if ours.fullmatch(p.name) and p.is_dir()]:
@@ -381,16 +381,20 @@ def save_trained(model, processor, out: Path, base: str = "", state_dict: dict |
     from slakevqa.models.processor import save_processor
 
     stage = start_publish(out)
-    # state_dict: the gathered one under FSDP (peft keeps only the adapter's keys of it).
-    model.save_pretrained(str(stage), safe_serialization=True, state_dict=state_dict)
-    save_processor(processor, stage)
-    adapter_config = stage / "adapter_config.json"
-    if base and hasattr(model, "peft_config"):  # set after saving: set before, peft looks the name up on the hub
-        config = json.loads(adapter_config.read_text(encoding="utf-8"))
-        config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).is_dir() else base
-        write_json_atomic(adapter_config, config)
-    if extra is not None:
-        extra(stage)
+    try:
+        # state_dict: the gathered one under FSDP (peft keeps only the adapter's keys of it).
+        model.save_pretrained(str(stage), safe_serialization=True, state_dict=state_dict)
+        save_processor(processor, stage)
+        adapter_config = stage / "adapter_config.json"
+        if base and hasattr(model, "peft_config"):  # set after saving: set before, peft looks the name up on the hub
+            config = json.loads(adapter_config.read_text(encoding="utf-8"))
+            config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).is_dir() else base
+            write_json_atomic(adapter_config, config)
+        if extra is not None:
+            extra(stage)
+    except BaseException:  # a full disk, say: the staged half is never trusted, and it holds the space a rerun needs
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     publish(stage, out)
 
 
