@@ -348,3 +348,14 @@ def test_eval_and_train_refuse_an_empty_split_before_the_model_or_the_folder(ver
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "test.json: no English questions (--language en); its 2 questions are zh 2" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("verb", ["eval", "train"])
+def test_an_output_folder_name_that_is_not_utf8_is_refused_first(verb: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    out = os.fsdecode(os.fsencode(str(tmp_path)) + b"/runs\xff")
+    model_flag = "--model_id_or_ckpt" if verb == "eval" else "--model_id"
+    code = main([verb, model_flag, str(tmp_path / "none"), "--slake_root", str(tmp_path / "none"), "--output_dir", out])
+    err = capsys.readouterr().err
+    assert code == 2 and "runs\\xff: the --output_dir folder's path is not UTF-8 text" in err, err
+    assert os.listdir(tmp_path) == []

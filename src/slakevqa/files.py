@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from slakevqa.errors import DataError, UserError
-from slakevqa.os_errors import describe_os_error
+from slakevqa.os_errors import describe_os_error, require_utf8_name
 
 
 def check_output_dir(path: str | Path, flag: str) -> Path:
@@ -31,6 +31,7 @@ def check_output_dir(path: str | Path, flag: str) -> Path:
     PosixPath('runs/new-run')
     """
     path = Path(path)
+    require_utf8_name(path, f"{flag} folder")  # results files and terminals carry UTF-8 only
     check_name_lengths(path, flag)
     try:
         _check_nearest_folder(path, flag)

@@ -15,6 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from slakevqa.errors import UserError
+
 # errno -> the reason in words (what os.strerror says, where a user can act on it as it stands)
 OS_REASONS: dict[int, str] = {
     errno.ENOSPC: "no space left on the device",
@@ -115,3 +117,25 @@ def _bytes(amount: str) -> str:
     if not amount.endswith(" bytes"):
         return amount
     return f"{int(amount.split()[0]) / 1e9:.1f} GB"
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` printable in any terminal or JSON file: a byte that is not UTF-8 reads ``\\xff``.
+
+    >>> shown_path(os.fsdecode(b"data\\xff/Slake1.0"))
+    'data\\\\xff/Slake1.0'
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def require_utf8_name(path: str | Path, what: str) -> None:
+    """A UserError when ``path``'s name is not UTF-8 (``os.fsdecode`` keeps such bytes as surrogates).
+
+    Such a path cannot be written into results.json or printed on a UTF-8 terminal, so it is
+    refused when first met, not at the end of a run.
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{shown_path(path)}: the {what}'s path is not UTF-8 text, which results files and "
+                        "terminals cannot carry; rename it (convmv renames from other encodings)") from None

@@ -9,10 +9,10 @@ instead of ending in a RecursionError traceback.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from slakevqa.errors import DataError, UserError
+from slakevqa.errors import DataError
+from slakevqa.os_errors import require_utf8_name, shown_path  # noqa: F401 - where the data layer finds them
 
 
 def read_utf8(path: str | Path) -> str:
@@ -46,25 +46,3 @@ def parse_json(text: str, path: str | Path) -> object:
 def read_json(path: str | Path) -> object:
     """:func:`read_utf8` then :func:`parse_json`."""
     return parse_json(read_utf8(path), path)
-
-
-def shown_path(path: str | Path) -> str:
-    """``path`` printable in any terminal or JSON file: a byte that is not UTF-8 reads ``\\xff``.
-
-    >>> shown_path(os.fsdecode(b"data\\xff/Slake1.0"))
-    'data\\\\xff/Slake1.0'
-    """
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def require_utf8_name(path: str | Path, what: str) -> None:
-    """A UserError when ``path``'s name is not UTF-8 (``os.fsdecode`` keeps such bytes as surrogates).
-
-    Such a path cannot be written into results.json or printed on a UTF-8 terminal, so it is
-    refused when first met, not at the end of a run.
-    """
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserError(f"{shown_path(path)}: the {what}'s path is not UTF-8 text, which results files and "
-                        "terminals cannot carry; rename it (convmv renames from other encodings)") from None
