@@ -26,7 +26,7 @@ import pytest
 from conftest import slake_row, write_image, write_mini_slake
 from slakevqa.cli import main
 from slakevqa.errors import DataError
-from test_bad_inputs_runs import Case, snapshot
+from test_bad_inputs_runs import Case, assert_refused, snapshot
 
 # mini SLAKE (conftest.default_splits): test qid 21 (CLOSED "Yes") and 20 (OPEN "Liver") in English, 22 in Chinese
 ANSWER = {"question_id": 21, "text": "Yes"}
@@ -181,12 +181,7 @@ def test_wrong_input_is_one_line_and_changes_nothing(case: Case, tmp_path: Path,
     argv = case.setup(tmp_path, model)
     before = snapshot(tmp_path)
     capsys.readouterr()  # the tiny model's first save prints progress
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for fragment in case.fragments:
-        assert fragment in err, err
+    assert_refused(argv, case.fragments, capsys)
     after = snapshot(tmp_path)
     assert {name: digest for name, digest in after.items() if name in before} == before
 

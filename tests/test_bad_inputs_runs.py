@@ -35,6 +35,17 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
+def assert_refused(argv: list[str], fragments: tuple[str, ...], capsys: pytest.CaptureFixture) -> str:
+    """Run ``slakevqa ARGV``: exit 2, one stderr line holding every fragment, no traceback; returns the line."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
 # ---------------------------------------------------------------- setups: each returns the command line
 
 def config(verb: str, text: str, *extra: str) -> Callable[[Path, Path], list[str]]:
@@ -178,12 +189,7 @@ def test_bad_run_input_is_one_line_and_changes_nothing(case: Case, tmp_path: Pat
     monkeypatch.chdir(tmp_path)  # a relative model path is looked up here, not in the repository
     argv = case.setup(tmp_path, saved_tiny)
     before, model_before = snapshot(tmp_path), snapshot(saved_tiny)
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    for fragment in case.fragments:
-        assert fragment in err, err
+    assert_refused(argv, case.fragments, capsys)
     after = snapshot(tmp_path)
     assert {name: digest for name, digest in after.items() if name in before} == before
     assert snapshot(saved_tiny) == model_before

@@ -281,3 +281,16 @@ def test_the_sigterm_line_of_train_names_what_a_rerun_resumes_from(tmp_path: Pat
         (tmp_path / f"checkpoint-{step}").mkdir()
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert kept_checkpoint(str(tmp_path)) == f"the last checkpoint, {tmp_path / 'checkpoint-8'}, is kept"
+
+
+def test_the_processes_of_one_launch_read_what_its_main_process_holds(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29511")
+    child = hold(tmp_path / "run")  # rank 0 of this launch (it inherits the launch's variables)
+    try:
+        assert current_holder(tmp_path / "run") is None  # rank 1's final evaluation reads the folder
+        monkeypatch.setenv("MASTER_PORT", "29512")  # another launch
+        assert current_holder(tmp_path / "run")["pid"] == child.pid
+    finally:
+        stop(child)

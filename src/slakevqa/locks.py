@@ -55,7 +55,8 @@ def lock_path(folder: str | Path) -> Path:
 def current_holder(folder: str | Path) -> dict | None:
     """Who holds ``folder``'s lock (``{"pid", "host", "verb", "since"}``), None when nobody does.
 
-    A holder in this process counts as nobody: it is the caller itself.
+    A holder in this process counts as nobody: it is the caller itself; so does the main process of
+    the caller's own launch (training's final evaluation on every rank reads the folder rank 0 holds).
     """
     path = lock_path(folder)
     if str(path) in _held or not path.is_file():
@@ -69,10 +70,19 @@ def current_holder(folder: str | Path) -> dict | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _read_holder(fd)
+        holder = _read_holder(fd)
+        return None if holder.get("job") and holder.get("job") == launch_id() else holder
     finally:
         os.close(fd)  # also drops the shared lock, when it was taken
     return None
+
+
+def launch_id() -> str | None:
+    """What names this launch of ``torchrun``/``accelerate launch`` on each of its processes, on every node
+    (the rendezvous address and port, and its run id); None without a launcher."""
+    if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
+        return None
+    return f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}:{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
 
 
 def refuse_if_being_written(folder: str | Path, what: str) -> None:
@@ -134,7 +144,7 @@ def _acquire(path: Path, folder: Path, verb: str) -> None:
             break
         os.close(fd)
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "verb": verb,
-              "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+              "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "job": launch_id()}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder).encode(), 0)
     _held[str(path)] = (fd, 1)

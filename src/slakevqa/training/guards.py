@@ -60,13 +60,13 @@ def _adapter_base(folder: Path) -> Path | None:
     return Path(named).expanduser() if isinstance(named, str) and named else None
 
 
-def stop_on_nonfinite_step(step: int, loss: float, grad_norm, lr: float, last_checkpoint: Path | None) -> None:
+def stop_on_nonfinite_step(step: int, loss: float, grad_norm, lr: float, output_dir: Path) -> None:
     """A UserError when optimiser step ``step``'s loss or gradient norm is NaN or infinite.
 
     Raised before the optimiser step, so the weights in memory and on disk are the last finite ones.
 
-    >>> stop_on_nonfinite_step(3, 0.7, 1.2, 2e-4, None)
-    >>> stop_on_nonfinite_step(3, float("nan"), None, 10.0, None)
+    >>> stop_on_nonfinite_step(3, 0.7, 1.2, 2e-4, Path("runs/new"))
+    >>> stop_on_nonfinite_step(3, float("nan"), None, 10.0, Path("runs/new"))
     Traceback (most recent call last):
     slakevqa.errors.UserError: step 3: the loss is nan (learning rate 10); stopped before this step changed any weight, nothing of it was saved (no checkpoint yet); lower --lr or check the data
     """
@@ -74,7 +74,10 @@ def stop_on_nonfinite_step(step: int, loss: float, grad_norm, lr: float, last_ch
     if math.isfinite(loss) and math.isfinite(norm):
         return
     what = f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
-    kept = f"the last checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+    from slakevqa.training.checkpoint import list_checkpoints
+
+    checkpoints = list_checkpoints(output_dir)  # listed only now: a folder listing per step costs on network disks
+    kept = f"the last checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint yet"
     raise UserError(f"step {step}: {what} (learning rate {lr:g}); stopped before this step changed any weight, "
                     f"nothing of it was saved ({kept}); lower --lr or check the data")
 

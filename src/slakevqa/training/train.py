@@ -201,7 +201,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                      if cfg.max_grad_norm > 0 else None)
         lr = scheduler.get_last_lr()[0]  # the rate this step uses (after scheduler.step() it is the next one's)
-        stop_on_nonfinite_step(step + 1, loss_sum, grad_norm, lr, (list_checkpoints(out) or [None])[-1])
+        stop_on_nonfinite_step(step + 1, loss_sum, grad_norm, lr, out)
         with out_of_memory_advice(cfg, step + 1):  # the first step allocates AdamW's state
             optimizer.step()
         scheduler.step()
