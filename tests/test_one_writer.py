@@ -67,6 +67,8 @@ VERBS = {
     "demo": lambda w, m: ["demo", "--out", str(w / "out")],
     "convert-checkpoint": lambda w, m: ["convert-checkpoint", str(m), str(w / "out"), "--overwrite"],
     "score": lambda w, m: ["score", str(w / "answers" / "predictions.jsonl"), "--output_dir", str(w / "out")],
+    "convert-sft": lambda w, m: ["convert-sft", "--data_root", str(w / "Slake1.0"), "--output_dir", str(w / "out")],
+    "masks": lambda w, m: ["masks", "--qid", "20", "--slake_root", str(w / "Slake1.0"), "--out", str(w / "out")],
 }
 
 
@@ -294,3 +296,29 @@ def test_the_processes_of_one_launch_read_what_its_main_process_holds(tmp_path: 
         assert current_holder(tmp_path / "run")["pid"] == child.pid
     finally:
         stop(child)
+
+
+def test_two_eval_processes_into_one_folder_the_second_is_refused(saved_tiny: Path, synth_root: Path,
+                                                                  tmp_path: Path) -> None:
+    """Two real `slakevqa eval` processes, as two jobs of a cluster would start them."""
+    import time
+
+    out = tmp_path / "eval"
+    argv = [sys.executable, "-m", "slakevqa", "eval", "--model_id_or_ckpt", str(saved_tiny), "--slake_root",
+            str(synth_root), "--output_dir", str(out), "--device", "cpu", "--batch_size", "1", "--no-report"]
+    with (tmp_path / "first.err").open("w") as err:
+        first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + 120
+            while not (out / "predictions.jsonl").is_file() and first.poll() is None:  # it is answering
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            second = subprocess.run([*argv, "--prompt_style", "plain"], capture_output=True, text=True, timeout=120)
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=60)
+    assert second.returncode == 2, second.stderr[-2000:]
+    line = second.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {out} is being written by `slakevqa eval` (pid {first.pid} on "
+                           f"{socket.gethostname()}, since "), line
+    assert json.loads((out / "run_fingerprint.json").read_text())["values"]["prompt_style"] != "plain"

@@ -13,6 +13,7 @@ from slakevqa.data.llama_factory import DATASET_INFO, entry_name, read_dataset_i
 from slakevqa.data.sft import export_sft
 from slakevqa.data.slake import SPLITS, canonical_split, find_layout
 from slakevqa.files import check_output_dir
+from slakevqa.locks import writing
 
 EPILOG = (f"Beside the JSON files, {DATASET_INFO} describes each split for LLaMA-Factory (entries "
           "slake_train, slake_validation, slake_test; entries already in the file are kept): set its "
@@ -39,12 +40,13 @@ def run(args: argparse.Namespace) -> int:
         args.data_source = "hf"
     root = resolve_dataset_root(args)
     splits = tuple(canonical_split(s.strip()) for s in args.splits.split(",") if s.strip())
-    written = export_sft(root, out, args.language, splits, args.mm_use_im_start_end, args.missing_images)
+    with writing(out, "convert-sft"):
+        written = export_sft(root, out, args.language, splits, args.mm_use_im_start_end, args.missing_images)
+        info = update_dataset_info(out, written, describe=not args.mm_use_im_start_end)
     for split, path in written.items():
         print(f"{split:<11} {path}")
     image_dir = find_layout(root).image_dir
     print(f"image folder (LLaVA --image_folder, LLaMA-Factory media_dir): {image_dir}")
-    info = update_dataset_info(out, written, describe=not args.mm_use_im_start_end)
     if args.mm_use_im_start_end:
         print(f"{DATASET_INFO}: no entries for these files (LLaMA-Factory wants a bare <image>; "
               "export without --mm_use_im_start_end)")

@@ -29,6 +29,7 @@ from slakevqa.data.slake import SPLITS, SlakeLayout, find_layout, load_split
 from slakevqa.errors import UserError
 from slakevqa.escaping import printable
 from slakevqa.files import make_output_dir
+from slakevqa.locks import writing
 from slakevqa.records import VQASample
 
 
@@ -56,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         if args.out is None:
             raise UserError("--qid writes PNGs: pass --out DIR")
         out = make_output_dir(args.out, "--out")
-        for sample in find_samples(root, parse_qids(args.qid), args.split, args.missing_images):
-            write_example(sample, layout, out, args.mask_mode, args.mask_pad_ratio)
+        with writing(out, "masks", "--out"):
+            for sample in find_samples(root, parse_qids(args.qid), args.split, args.missing_images):
+                write_example(sample, layout, out, args.mask_mode, args.mask_pad_ratio)
     if args.all:
         stats = count_all(root, layout, args.mask_pad_ratio, args.language, args.missing_images)
         print(format_stats(stats))
