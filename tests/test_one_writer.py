@@ -26,7 +26,10 @@ from slakevqa.locks import current_holder, lock_path, writing
 from test_bad_inputs_runs import PREDICTION, snapshot
 
 HOLDER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
+    if os.environ.get("READ_ONLY_FOR_TEST"):  # the same view of permissions as the test's own process
+        real_access = os.access
+        os.access = lambda path, mode: os.fspath(path) != os.environ["READ_ONLY_FOR_TEST"] and real_access(path, mode)
     from slakevqa.locks import writing
     with writing(sys.argv[1], "train"):
         print("held", flush=True)
@@ -322,3 +325,21 @@ def test_two_eval_processes_into_one_folder_the_second_is_refused(saved_tiny: Pa
     assert line.startswith(f"error: {out} is being written by `slakevqa eval` (pid {first.pid} on "
                            f"{socket.gethostname()}, since "), line
     assert json.loads((out / "run_fingerprint.json").read_text())["values"]["prompt_style"] != "plain"
+
+
+def test_an_output_whose_parent_we_cannot_write_keeps_its_lock_inside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "home" / "me").mkdir(parents=True)  # ours, inside a folder we may only read (/home on a cluster)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != tmp_path / "home" and real_access(path, mode))
+    monkeypatch.setenv("READ_ONLY_FOR_TEST", str(tmp_path / "home"))
+    out = tmp_path / "home" / "me"
+    assert lock_path(out) == out / ".slakevqa-lock"
+    child = hold(out)  # another process finds it by the same rule
+    try:
+        assert main(["synth", "--out", str(out)]) == 2
+        assert f"is being written by `slakevqa train` (pid {child.pid}" in capsys.readouterr().err
+    finally:
+        stop(child)
+    assert main(["synth", "--out", str(out), "--images", "3"]) == 0
+    assert not (out / ".slakevqa-lock").exists() and list((tmp_path / "home").iterdir()) == [out]

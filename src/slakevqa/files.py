@@ -113,13 +113,22 @@ def make_output_dir(path: str | Path, flag: str) -> Path:
     return path
 
 
+# The lock a writer holds inside its output folder when the folder's parent is not writable (locks.lock_path).
+INSIDE_LOCK_NAME = ".slakevqa-lock"
+
+
+def holds_files(folder: Path) -> bool:
+    """Whether ``folder`` holds anything but the lock of the writer now writing it."""
+    return any(entry.name != INSIDE_LOCK_NAME for entry in folder.iterdir())
+
+
 def check_replaceable(path: str | Path, overwrite: bool, flag: str) -> Path:
     """:func:`check_output_dir`, then a UserError when ``path`` holds files and ``overwrite`` is off.
 
     Call it before the slow part (loading a model), so a refusal costs nothing.
     """
     path = check_output_dir(path, flag)
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    if path.is_dir() and holds_files(path) and not overwrite:
         raise UserError(f"{path} exists and is not empty; pass --overwrite to replace it")
     if path.exists():  # replaced by a new folder written beside it (atomic_folder)
         check_output_dir(path.parent, flag)

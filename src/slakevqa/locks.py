@@ -10,7 +10,8 @@ writes a folder therefore holds its lock while it writes::
     runs/lora is being written by `slakevqa train` (pid 4242 on gpu-node-3, since 2026-12-07 08:01:13 UTC);
     wait for it to finish, or give another output folder
 
-The lock is ``fcntl.flock`` on ``.<folder name>.slakevqa-lock`` beside the folder, holding the holder's
+The lock is ``fcntl.flock`` on ``.<folder name>.slakevqa-lock`` beside the folder (inside it when only
+the folder is ours to write: :func:`lock_path`), holding the holder's
 pid, host, verb and start time as JSON. The kernel drops a flock when its process dies, however it
 dies, so a killed holder never blocks the next run and nothing is taken over by guesswork; on NFS,
 Linux maps flock to POSIX locks, which the server tracks across hosts. Beside, not inside: verbs that
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from slakevqa.errors import UserError
-from slakevqa.files import check_output_dir
+from slakevqa.files import INSIDE_LOCK_NAME, check_output_dir
 
 LOCK_SUFFIX = ".slakevqa-lock"
 _NAME_MAX = 255  # bytes of one path component on every file system we run on
@@ -43,8 +44,14 @@ def lock_path(folder: str | Path) -> Path:
 
     >>> lock_path("/runs/lora")
     PosixPath('/runs/.lora.slakevqa-lock')
+
+    Inside the folder (``.slakevqa-lock``) when it exists and its parent is not writable (``--output_dir ~``
+    on a cluster whose /home is the admin's): every process finds it by the same rule, and such a
+    folder cannot be replaced whole anyway.
     """
     folder = Path(folder).expanduser().resolve()
+    if folder.is_dir() and folder.parent.is_dir() and not os.access(folder.parent, os.W_OK | os.X_OK):
+        return folder / INSIDE_LOCK_NAME
     name = f".{folder.name}{LOCK_SUFFIX}"
     if len(os.fsencode(name)) > _NAME_MAX:  # a long but valid folder name: keep a prefix and a hash of the rest
         digest = hashlib.sha256(os.fsencode(folder.name)).hexdigest()[:16]

@@ -40,6 +40,7 @@ from slakevqa.data.synth_kg import kg_files
 from slakevqa.data.synth_questions import Question, make_questions
 from slakevqa.data.synth_scene import Scene, detection_boxes, draw_scene, mask_txt, sample_scene
 from slakevqa.errors import UserError
+from slakevqa.files import holds_files
 from slakevqa.records import SLAKE_FIELDS
 
 # 430 images -> 302 / 64 / 64: about 300 training images x 10 questions, the size a tiny
@@ -175,7 +176,7 @@ def _check_arguments(seed: int, images: int, image_size: int) -> None:
 
 def _prepare_target(out: Path, overwrite: bool) -> None:
     # Only ever delete a folder this generator wrote (it carries the marker file).
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    if not out.exists() or (out.is_dir() and not holds_files(out)):
         return
     if not (out / MARKER_FILE).is_file():
         raise UserError(f"{out} exists and is not a synthetic SLAKE written by slakevqa synth; "
