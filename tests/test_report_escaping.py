@@ -21,6 +21,7 @@ from PIL import Image
 
 import slakevqa.escaping
 import slakevqa.reporting.images
+from conftest import slake_row, write_mini_slake
 from scoring_fixtures import synthetic_rows
 from slakevqa.cli import main
 from slakevqa.escaping import md_cell, md_code, md_code_block, md_text, one_line, printable
@@ -333,3 +334,12 @@ def test_diagnostics_tables_escape_data_text() -> None:
     row = table(["qid", "question", "gold"], [[7, "<img src=x onerror=alert(1)>\n# Owned | x", "Yes\x1b[2J"]])[-1]
     assert "<img" not in row and "\n" not in row and "\x1b" not in row
     assert row.count(" | ") == 2  # three cells: the pipe inside the question is escaped
+
+
+def test_an_error_quoting_data_prints_no_terminal_escape(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = write_mini_slake(tmp_path / "Slake1.0")
+    rows = [slake_row(21, 3, img_name="xmlab3/\x1b]0;pwned\x07\u202esource.jpg")]
+    (root / "test.json").write_text(json.dumps(rows), encoding="utf-8")
+    assert main(["stats", "--slake_root", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u202e" not in err and "\\x1b]0;pwned\\x07\\u202e" in err, err

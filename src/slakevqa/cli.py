@@ -24,6 +24,7 @@ from typing import Callable
 from slakevqa import __version__
 from slakevqa.distributed import finish_process_group
 from slakevqa.errors import UserError
+from slakevqa.escaping import printable
 from slakevqa.os_errors import FULL_DISK, describe_os_error, out_of_memory, write_failure
 
 # Verbs whose rerun picks up where a stopped run ended (answers, checkpoints); the others write whole or nothing.
@@ -123,7 +124,7 @@ def run_verb(module: object, args: argparse.Namespace) -> int:
     except UserError as error:
         if getattr(args, "debug", False):
             raise
-        say(f"error: {error}")
+        say(f"error: {printable(str(error))}")  # a field's value quoted from data: no terminal escapes
         return 2
     except Stopped:
         say(stop_line(_verb(module), args))
@@ -135,7 +136,7 @@ def run_verb(module: object, args: argparse.Namespace) -> int:
         line = failure_line(error, _verb(module), args)
         if line is None or getattr(args, "debug", False):
             raise  # anything else is a bug: keep its traceback
-        say(f"error: {line}")
+        say(f"error: {printable(line)}")
         return 2
     finally:
         if previous is not NOT_INSTALLED:
