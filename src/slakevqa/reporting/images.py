@@ -9,8 +9,9 @@ alone which folder is read. A folder is used when:
 * or the user names it with ``--image_root`` (a run that moved machines); when results.json
   records a split file and its sha256, the folder must hold a file of that name with that sha256.
 
-An image is embedded only when its file, symlinks resolved, lies inside such a dataset's image
-folder (``imgs/``), itself resolved: ``imgs/`` linked to another disk is a common layout, while an
+An image is embedded only when its file lies inside such a dataset's image folder (``imgs/``):
+symlinks resolved, or named through the folder's own path with ``..`` folded away. ``imgs/`` or
+single image files linked to another disk are common layouts (the loader reads them), while an
 ``image_path`` or an ``img_name`` with ``..`` that leads elsewhere is refused. When no folder
 qualifies, :attr:`ImageSource.note` says why in one line (printed as a warning and written into
 both reports).
@@ -18,6 +19,7 @@ both reports).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,12 @@ class ImageSource:
     folders: tuple[Path, ...] = ()
     note: str | None = NO_FOLDER_NOTE  # None when images are embedded
     refused: bool = False  # a folder was named (results.json or --image_root) and failed its check
+    named: tuple[Path, ...] = ()  # the same image folders as the dataset names them (imgs/), links unresolved
+
+    def names_inside(self, path: Path) -> bool:
+        """Whether ``path``, ``..`` folded away but links kept, lies in an image folder: the dataset's own link."""
+        lexical = Path(os.path.normpath(os.path.abspath(path)))
+        return any(lexical.is_relative_to(folder) for folder in self.named)
 
 
 def image_source(provenance: dict, image_root: str | Path | None = None) -> ImageSource:
@@ -51,7 +59,9 @@ def image_source(provenance: dict, image_root: str | Path | None = None) -> Imag
         checks.append(_named_folder(Path(image_root).expanduser(), provenance))
     accepted = [(root, folder) for root, folder, _ in checks if root is not None]
     if accepted:
-        return ImageSource(tuple(r for r, _ in accepted), tuple(f for _, f in accepted), None)
+        roots = tuple(r for r, _ in accepted)
+        return ImageSource(roots, tuple(f for _, f in accepted), None,
+                           named=tuple(Path(os.path.normpath(find_layout(r).image_dir)) for r in roots))
     reasons = [reason for _, _, reason in checks if reason]
     if not reasons:
         return ImageSource()
@@ -126,21 +136,24 @@ def safe_name(img_name: str) -> bool:
 def image_file(row: Prediction, source: ImageSource) -> tuple[Path | None, bool]:
     """``(image on disk or None, refused)``: ``row.image_path``, else ``img_name`` in each image folder.
 
-    A file counts only when, symlinks resolved, it lies inside one of ``source.folders``; one that
-    exists elsewhere is refused, and with no folder every one is.
+    ``image_path`` counts when, symlinks resolved, it lies inside one of ``source.folders``, or when it
+    names a file of such a folder through the dataset's own ``imgs/`` (``..`` folded away first): a
+    file the dataset's owner linked to another disk, as the loader reads it (data/slake.py). One that
+    lies elsewhere is refused, and with no folder every one is. ``img_name`` (relative, no ``..``)
+    joined to an image folder names a file of that folder.
     """
-    candidates = [Path(row.image_path)] if row.image_path else []
+    candidates = [(Path(row.image_path), source.names_inside(Path(row.image_path)))] if row.image_path else []
     if safe_name(row.img_name):
-        candidates += [folder / row.img_name for folder in source.folders]
+        candidates += [(folder / row.img_name, True) for folder in source.folders]
     refused = False
-    for candidate in candidates:
+    for candidate, named_inside in candidates:
         try:
             if not candidate.is_file():
                 continue
             real = candidate.resolve()
         except (OSError, ValueError, RuntimeError):  # symlink loops, NUL bytes
             continue
-        if any(real.is_relative_to(folder) for folder in source.folders):
+        if named_inside or any(real.is_relative_to(folder) for folder in source.folders):
             return candidate, False
         refused = True
     return None, refused
