@@ -139,6 +139,15 @@ def reference_kernel(monkeypatch: pytest.MonkeyPatch) -> list:
 
 
 @pytest.fixture(scope="session")
+def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny LLaVA (BPE tokenizer, seed 0) saved once as a Hugging Face folder; tests must leave it as it is
+    (copy it to change it)."""
+    from slakevqa.models.tiny import build_tiny_llava, save_llava
+
+    return save_llava(*build_tiny_llava("bpe", seed=0), tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
 def lora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny base folder and a LoRA adapter folder that names it, built once (merge's atomic outputs in
     test_files_atomic.py, damaged weights in test_models_weight_files.py); tests must leave both as they are."""

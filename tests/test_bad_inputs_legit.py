@@ -33,14 +33,6 @@ ANSWER = {"question_id": 21, "text": "Yes"}
 NOT_UTF8 = os.fsdecode(b"data\xff")  # a folder name in Latin-1, as an old archive unpacks it
 
 
-@pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny LLaVA saved once for this module (only the cases that need a model ask for it)."""
-    from slakevqa.models.tiny import build_tiny_llava, save_llava
-
-    return save_llava(*build_tiny_llava("bpe", seed=0), tmp_path_factory.mktemp("tiny") / "model")
-
-
 def jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
@@ -177,7 +169,7 @@ def test_wrong_input_is_one_line_and_changes_nothing(case: Case, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture, monkeypatch) -> None:
     write_mini_slake(tmp_path / "Slake1.0")
     monkeypatch.chdir(tmp_path)
-    model = request.getfixturevalue("tiny_folder") if case.id in NEEDS_MODEL else tmp_path / "no-model"
+    model = request.getfixturevalue("saved_tiny") if case.id in NEEDS_MODEL else tmp_path / "no-model"
     argv = case.setup(tmp_path, model)
     before = snapshot(tmp_path)
     capsys.readouterr()  # the tiny model's first save prints progress
@@ -268,7 +260,7 @@ def test_symlinked_images_give_the_same_stats_and_sft_export(layouts: dict[str, 
         assert (tmp_path / "sft-plain" / file).read_bytes() == (tmp_path / "sft-linked" / file).read_bytes()
 
 
-def test_eval_reads_a_symlinked_image_folder_as_the_plain_one(tiny_folder: Path, tmp_path: Path) -> None:
+def test_eval_reads_a_symlinked_image_folder_as_the_plain_one(saved_tiny: Path, tmp_path: Path) -> None:
     yes_no = {"train": [slake_row(0, 0, question="Is there a liver?"), slake_row(1, 1, question="Is there a liver?")],
               "test": [slake_row(21, 3, question="Is the liver healthy?"), slake_row(20, 3)]}
     answers = {}
@@ -277,7 +269,7 @@ def test_eval_reads_a_symlinked_image_folder_as_the_plain_one(tiny_folder: Path,
         if name == "linked":
             link_images(root, tmp_path / "disk")
         out = tmp_path / f"eval-{name}"
-        assert main(["eval", "--model_id_or_ckpt", str(tiny_folder), "--slake_root", str(root), "--output_dir",
+        assert main(["eval", "--model_id_or_ckpt", str(saved_tiny), "--slake_root", str(root), "--output_dir",
                      str(out), "--device", "cpu", "--batch_size", "2"]) == 0
         rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
         answers[name] = [(r["qid"], r["prediction"], r["image_path"].split("/Slake1.0/")[1]) for r in rows]

@@ -37,13 +37,6 @@ ENOSPC = OSError(errno.ENOSPC, "No space left on device")
 SAFETENSORS_FULL = "Error while serializing: I/O error: No space left on device (os error 28)"
 
 
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slakevqa.models.tiny import build_tiny_llava, save_llava
-
-    return save_llava(*build_tiny_llava("bpe", seed=0), tmp_path_factory.mktemp("tiny") / "model")
-
-
 def answerable_slake(root: Path, test_questions: int = 4, open_questions: bool = True) -> Path:
     """A SLAKE the tiny model answers without a vocabulary: every CLOSED question is yes/no (odd qids; even ones
     are OPEN, or CLOSED too without ``open_questions``: quick to answer, no generation)."""

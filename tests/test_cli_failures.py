@@ -23,13 +23,6 @@ import pytest
 from slakevqa.cli import run_verb
 from test_bad_inputs_os import SAFETENSORS_FULL, answerable_slake, one_line, snapshot
 
-
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slakevqa.models.tiny import build_tiny_llava, save_llava
-
-    return save_llava(*build_tiny_llava("bpe", seed=0), tmp_path_factory.mktemp("tiny") / "model")
-
 # ---------------------------------------------------------------- memory and SIGTERM, through run_verb
 
 def fake_verb(raises: BaseException | None = None, name: str = "eval") -> SimpleNamespace:

@@ -30,13 +30,6 @@ def _namespaces_work(probe: Path) -> bool:
 
 
 @pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slakevqa.models.tiny import build_tiny_llava, save_llava
-
-    return save_llava(*build_tiny_llava("bpe", seed=0), tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="module")
 def small_disk(tmp_path_factory: pytest.TempPathFactory):
     """Run ``argv`` (a slakevqa command line) twice on a tmpfs: first of ``first`` bytes, then grown to 64 MiB."""
     base = tmp_path_factory.mktemp("disk")

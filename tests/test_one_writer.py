@@ -37,13 +37,6 @@ HOLDER = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from slakevqa.models.tiny import build_tiny_llava, save_llava
-
-    return save_llava(*build_tiny_llava("bpe", seed=0), tmp_path_factory.mktemp("tiny") / "model")
-
-
 def hold(folder: Path) -> subprocess.Popen:
     """A second process holding ``folder``'s lock until killed."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}

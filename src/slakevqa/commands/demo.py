@@ -19,7 +19,6 @@ from pathlib import Path
 
 from slakevqa.config import make_config
 from slakevqa.errors import UserError
-from slakevqa.files import check_output_dir
 from slakevqa.locks import writing
 
 # Measured in benchmarks/RESULTS.md ("learning on CPU"): full fine-tuning with initializer_range 0.1,
@@ -46,9 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from slakevqa.reporting.report import write_report
 
-    out = check_output_dir(args.out, "--out")
     began = time.perf_counter()
-    with writing(out, "demo", "--out"):
+    with writing(args.out, "demo", "--out") as out:  # checks the folder first
         root = dataset(args, out)
         model_dir = tiny_model(out / "tiny")
         untrained = evaluate_untrained(model_dir, root, out / "untrained", args.overwrite)

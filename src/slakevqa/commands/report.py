@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 
 from slakevqa.errors import UserError
-from slakevqa.files import check_output_dir
 from slakevqa.locks import writing
 from slakevqa.reporting.report import write_report
 
@@ -34,8 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.worst < 0:
         raise UserError(f"--worst must be 0 or more, got {args.worst}")
-    if args.out_dir is not None:
-        check_output_dir(args.out_dir, "--out_dir")
     with writing(args.out_dir or args.run_dir, "report", "--out_dir" if args.out_dir else "RUN_DIR"):
         md_path, html_path = write_report(args.run_dir, args.out_dir, args.worst, args.image_root)
     print(f"wrote {md_path}\nwrote {html_path}")

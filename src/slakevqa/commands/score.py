@@ -23,10 +23,10 @@ from pathlib import Path
 
 from slakevqa.commands.dataset_args import add_dataset_arguments
 from slakevqa.commands.scoring_args import add_scoring_arguments, check_scoring_arguments
-from slakevqa.data.reading import require_utf8_name
 from slakevqa.errors import UserError
 from slakevqa.files import make_output_dir
 from slakevqa.locks import writing
+from slakevqa.os_errors import require_utf8_name
 from slakevqa.reporting.tables import headline_table, peers_table
 from slakevqa.runs.results import (
     PREDICTIONS_NAME,

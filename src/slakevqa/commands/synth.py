@@ -12,7 +12,6 @@ from pathlib import Path
 
 from slakevqa.config import check_seed
 from slakevqa.data.synth import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES, write_synthetic_slake
-from slakevqa.files import check_output_dir
 from slakevqa.locks import writing
 
 
@@ -28,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_output_dir(args.out, "--out")
     check_seed(args.seed)
     with writing(args.out, "synth", "--out"):
         summary = write_synthetic_slake(args.out, seed=args.seed, images=args.images,

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 from slakevqa.errors import DataError
-from slakevqa.os_errors import require_utf8_name, shown_path  # noqa: F401 - where the data layer finds them
 
 
 def read_utf8(path: str | Path) -> str:

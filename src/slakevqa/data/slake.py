@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slakevqa.data.images import image_problem, image_problems  # noqa: F401 - image_problem re-exported
-from slakevqa.data.reading import read_json, require_utf8_name
+from slakevqa.data.reading import read_json
 from slakevqa.errors import DataError, UserError
+from slakevqa.os_errors import require_utf8_name
 from slakevqa.records import ANSWER_TYPES, LANGUAGES, SLAKE_FIELDS, VQASample
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ import os
 import shutil
 from pathlib import Path
 
-from slakevqa.data.reading import require_utf8_name
 from slakevqa.errors import UserError
 from slakevqa.files import sync_files
+from slakevqa.os_errors import require_utf8_name
 
 
 def safetensors_problem(path: Path) -> str | None:

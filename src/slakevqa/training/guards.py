@@ -4,7 +4,6 @@
   into the output folder (``models.model_files.publish``), so an output that *is* the model folder
   would replace the base model with an adapter naming itself as its base. ``--overwrite`` does not
   change that: it replaces what an earlier run wrote, never the input.
-* A model folder that another process is writing (a training extending it) is not read.
 * FSDP is refused what would run the sharded model on one process alone.
 * A non-finite loss or gradient norm stops training at once, before the optimiser step and before any
   checkpoint; the trainable weights are checked again before each save, so nothing non-finite is ever
@@ -19,7 +18,6 @@ from pathlib import Path
 
 from slakevqa.errors import UserError
 from slakevqa.files import refuse_overlap
-from slakevqa.locks import refuse_if_being_written
 from slakevqa.training.config import TrainConfig
 
 
@@ -35,7 +33,6 @@ def refuse_output_over_model(model_id: str, output_dir: str | Path) -> None:
     base = _adapter_base(model)
     if base is not None and base.is_dir():
         refuse_overlap(Path(output_dir), base, "--output_dir", "the base model folder of --model_id")
-    refuse_if_being_written(model, "--model_id")
 
 
 def check_fsdp_settings(cfg: TrainConfig) -> None:

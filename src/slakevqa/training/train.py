@@ -27,6 +27,7 @@ from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.kernels.attention import attention_kernels
 from slakevqa.kernels.segment_attention import segments_attended
+from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.models.model_files import (
     MODEL_FILE_PATTERNS,
@@ -112,6 +113,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     set_seed(cfg.seed)
     out = Path(cfg.output_dir)
     check_not_half_saved(cfg.model_id)  # a model folder mid-save, an adapter without weights: refused now
+    refuse_if_being_written(cfg.model_id, "--model_id")  # another training extending it
     refuse_output_over_model(cfg.model_id, out)  # saving publishes config.json and weights into out
 
     # ---- data, vocabulary, prompts
