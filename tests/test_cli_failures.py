@@ -96,6 +96,10 @@ def test_out_of_memory_is_one_line_advising_a_smaller_batch(capsys: pytest.Captu
                                 "try a smaller --batch_size")
     assert run_verb(fake_verb(gpu), args) == 2
     assert "out of memory (GPU memory, tried to allocate 20.00 GiB); try a smaller --batch_size" in one_line(capsys)
+    assert run_verb(fake_verb(gpu), argparse.Namespace(debug=False)) == 2  # batch size from a YAML config
+    assert one_line(capsys).endswith("try a smaller --batch_size")
+    assert run_verb(fake_verb(gpu, "merge"), argparse.Namespace(debug=False)) == 2
+    assert one_line(capsys).endswith("free memory or use a larger machine")
     with pytest.raises(RuntimeError):  # --debug keeps the traceback
         run_verb(fake_verb(cpu), argparse.Namespace(debug=True, batch_size=1))
     with pytest.raises(ValueError):  # anything else is a bug and keeps it too

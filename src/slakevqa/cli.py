@@ -214,7 +214,9 @@ def failure_line(error: Exception, verb: str, args: argparse.Namespace) -> str |
     memory = out_of_memory(error)
     if memory is None:
         return None
-    smaller = "try a smaller --batch_size" if hasattr(args, "batch_size") else "free memory or use a larger machine"
+    # eval and train take --batch_size from a YAML file too, where args holds no attribute for it
+    batched = verb in ("eval", "train") or hasattr(args, "batch_size")
+    smaller = "try a smaller --batch_size" if batched else "free memory or use a larger machine"
     return f"out of memory ({memory}); {smaller}"
 
 
