@@ -22,7 +22,6 @@ with the folder. The same process may take a lock it already holds (training's f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -32,10 +31,9 @@ from pathlib import Path
 from typing import Iterator
 
 from slakevqa.errors import UserError
-from slakevqa.files import INSIDE_LOCK_NAME, check_output_dir
+from slakevqa.files import INSIDE_LOCK_NAME, check_output_dir, temp_stem
 
 LOCK_SUFFIX = ".slakevqa-lock"
-_NAME_MAX = 255  # bytes of one path component on every file system we run on
 _held: dict[str, tuple[int, int]] = {}  # lock path -> (file descriptor, how many times this process took it)
 
 
@@ -52,11 +50,7 @@ def lock_path(folder: str | Path) -> Path:
     folder = Path(folder).expanduser().resolve()
     if folder.is_dir() and folder.parent.is_dir() and not os.access(folder.parent, os.W_OK | os.X_OK):
         return folder / INSIDE_LOCK_NAME
-    name = f".{folder.name}{LOCK_SUFFIX}"
-    if len(os.fsencode(name)) > _NAME_MAX:  # a long but valid folder name: keep a prefix and a hash of the rest
-        digest = hashlib.sha256(os.fsencode(folder.name)).hexdigest()[:16]
-        name = f".{os.fsdecode(os.fsencode(folder.name)[:200])}-{digest}{LOCK_SUFFIX}"
-    return folder.parent / name
+    return folder.parent / f".{temp_stem(folder)}{LOCK_SUFFIX}"  # a long name: a prefix and a hash, as temp files
 
 
 def current_holder(folder: str | Path) -> dict | None:
