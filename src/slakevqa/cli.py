@@ -43,7 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     # prompts, routing, scoring, reports
     "routes": ("routes", "how CLOSED questions are routed (yes/no, options, vocabulary) and the gold-in-candidates share"),
     "score": ("score", "rescore a predictions.jsonl without a model"),
-    "compare": ("compare", "paired bootstrap comparison of two runs"),
+    "compare": ("compare", "one table of two or more runs (one per model family, say): every scorer with intervals, paired tests against the first"),
     "report": ("report", "write report.md and a self-contained report.html for a run"),
     # models
     "init-tiny": ("init_tiny", "write a tiny random LLaVA for tests and the demo"),
