@@ -93,9 +93,9 @@ def pickle_weights(folder: Path) -> None:
     (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"not": "tensors", "call": print}))
 
 
-def vicuna_config(folder: Path) -> None:
+def undeclared_config(folder: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
-    config["text_config"]["model_type"] = "llama"
+    config["text_config"]["model_type"] = "qwen2"  # a LLaVA no family declares (LLaVA-OneVision's language model)
     (folder / "config.json").write_text(json.dumps(config))
 
 
@@ -164,8 +164,8 @@ CASES = [
     # checkpoints: refused before any weight is read
     Case("weights-truncated", model_copy(truncate_weights), ("model.safetensors",)),
     Case("weights-pickle", model_copy(pickle_weights), ("pytorch_model.bin",)),
-    Case("weights-other-chat-format", model_copy(vicuna_config),
-         ("a llava with a llama language model checkpoint", "Mistral format only")),
+    Case("weights-undeclared-family", model_copy(undeclared_config),
+         ("a llava with a qwen2 language model checkpoint", "no slakevqa model family declares", "docs/families.md")),
     Case("weights-half-published-eval", model_copy(half_published), ("last save was interrupted",)),
     Case("weights-half-published-merge", model_copy(half_published, "merge"), ("last save was interrupted",)),
     Case("model-path-typo", flags("eval", "--model_id_or_ckpt", "runs/lora"), ("runs/lora",)),

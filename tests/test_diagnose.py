@@ -225,10 +225,12 @@ class FactEcho:
 
     def __init__(self, model, processor, builder, *, settings=None, closed_answering: str = "score",
                  share_prefix: bool = True, prefix_attention: bool = True, cuda_graphs: bool = True,
-                 attention=None) -> None:
+                 attention=None, family=None) -> None:
         from slakevqa.evaluation.engine import GenerationSettings
         from slakevqa.kernels.attention import AttentionSettings
+        from slakevqa.models.families import family_named
 
+        self.family = family or family_named("llava_med")
         self.model, self.processor, self.builder = model, processor, builder
         self.settings = settings or GenerationSettings()
         self.closed_answering, self.share_prefix = closed_answering, share_prefix
@@ -236,11 +238,10 @@ class FactEcho:
         self.attention = attention or AttentionSettings()
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
-        from slakevqa.inputs.prompts import render_generation_prompt
-
         views = [self.builder.view(s) for s in samples]
         return [Prediction.from_sample(s, s.answer if v.kg_facts else "unknown",
-                                       prompt=render_generation_prompt(v.user_text)) for s, v in zip(samples, views)]
+                                       prompt=self.family.chat.generation_prompt(v.user_text))
+                for s, v in zip(samples, views)]
 
 
 def test_kg_ablation_of_a_run_without_facts_answers_again_with_them(tmp_path: Path, monkeypatch) -> None:

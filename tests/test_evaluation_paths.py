@@ -1,6 +1,6 @@
 """Every evaluation path gives the same answers (src/slakevqa/evaluation/engine.py), on the tiny model in fp32.
 
-The reference is the plainest path, ``share_prefix`` off: every question encoded with its own image,
+The reference is the plain backend (``share_prefix`` off): every question encoded with its own image,
 CLOSED candidates scored on one forward of the left-padded prompts and OPEN answers from
 transformers' own ``generate``. Each other path answers the same questions (OPEN, yes/no and option
 routes, several questions per image) and must give the same predictions and raw outputs, and
@@ -17,8 +17,6 @@ rows-no-flash-kernel          the default on a CPU: no kernel, so the packed for
                               falls back to sdpa with the dense segment mask
 rows-dense-mask               ``AttentionSettings(varlen_attention=False)``: the dense mask, the layout
                               never used even where a kernel would run
-repeated-prefix-generate      ``prefix_attention=False``: each image's prefix encoded once, repeated for
-                              its questions, ``model.generate`` on left-padded rows
 one-at-a-time                 the default path, one question per ``answer`` call
 ============================  ===========================================================================
 """
@@ -55,7 +53,6 @@ PATHS = {
     "rows-varlen-reference-kernel": EvalPath(kernel=True),
     "rows-no-flash-kernel": EvalPath(),
     "rows-dense-mask": EvalPath({"attention": AttentionSettings(varlen_attention=False)}, kernel=True),
-    "repeated-prefix-generate": EvalPath({"prefix_attention": False}),
     "one-at-a-time": EvalPath(one_at_a_time=12),  # two images, every route (one question per call is dear)
 }
 
@@ -94,7 +91,7 @@ def reference(synth_root: Path):
     items = [plain.prepare(s) for s in samples]
     with watching(model) as seen:
         answers = plain.answer(samples)
-    assert plain.shared_prefix_length(items) == 0 and not plain.on_rows(items)
+    assert plain.fast is None and not plain.on_rows(items)
     opened = sum(s.answer_type == "OPEN" for s in samples)
     # every question with its own image: one forward for CLOSED scoring, one generate call for OPEN
     assert seen.images == [len(samples) - opened, opened] and set(seen.attention) == {"sdpa"}
@@ -126,7 +123,7 @@ def test_every_path_gives_the_reference_answers(reference, request: pytest.Fixtu
     items = [engine.prepare(s) for s in samples]
     images = len({s.image_key for s in samples})
     layers = model.config.text_config.num_hidden_layers
-    assert engine.shared_prefix_length(items) == 5 + engine.image_tokens  # <s> [INST] ▁ <image>×16
+    assert engine.fast.shared_prefix_length(items) == 5 + items[0].image.tokens  # <s> [INST] ▁ <image>×16
     if path.startswith("rows-"):
         assert engine.on_rows(items)
         assert seen.images == [images]  # one encoding of the batch's images, shared by CLOSED scoring and OPEN decoding
@@ -140,10 +137,6 @@ def test_every_path_gives_the_reference_answers(reference, request: pytest.Fixtu
         assert varlen_kernel(torch.zeros(1, 2, 3, 8, device=engine.device), torch.bfloat16) is None  # no flash kernel
     elif path == "rows-dense-mask":
         assert kernel == []  # a kernel was there, the setting kept the layout off
-    elif path == "repeated-prefix-generate":
-        assert not engine.on_rows(items)
-        assert seen.images == [images]  # one prefill of the batch's images, shared by CLOSED scoring and generate
-        assert set(seen.attention) == {"sdpa"}
     elif path == "one-at-a-time":
         assert engine.on_rows(items[:1])
         assert seen.images == [1] * len(samples)  # each call encodes its one image once

@@ -37,7 +37,6 @@ def test_greedy_tokens_equal_generate_with_eos_stops(engine_and_questions, eos_b
     raising its output weight, and after it padding, as ``generate`` pads."""
     engine, samples = engine_and_questions
     items = [engine.prepare(s) for s in samples if not s.is_closed][:12]
-    shared = engine.shared_prefix_length(items)
     head = engine.model.lm_head.weight
     saved = head.detach().clone()
     eos, pad = engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id
@@ -45,12 +44,11 @@ def test_greedy_tokens_equal_generate_with_eos_stops(engine_and_questions, eos_b
         with torch.no_grad():
             head[eos] *= eos_boost
         with torch.inference_mode():
-            rows = engine.encode_rows(items, 10)
+            rows = engine.fast.encode_rows(items, 10)
             ours = greedy_tokens(engine.model, cache_argument(engine.model), rows, 10, eos, pad, cuda_graphs=False)
-            cache, ids, mask, _ = engine.encode_shared_prefix(items, shared)
-            theirs = engine.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
-                                           eos_token_id=eos, pad_token_id=pad,
-                                           **{cache_argument(engine.model): cache})[:, ids.shape[1]:]
+            inputs = engine.plain.inputs(items)  # the plain backend's left-padded prompts, each with its image
+            theirs = engine.model.generate(**inputs, max_new_tokens=10, do_sample=False, eos_token_id=eos,
+                                           pad_token_id=pad)[:, inputs["input_ids"].shape[1]:]
     finally:
         with torch.no_grad():
             head.copy_(saved)
@@ -67,9 +65,9 @@ def test_row_budgets_end_rows_early_without_changing_their_tokens(engine_and_que
     eos, pad = engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id
     limits = [1, 3, 8, 2, 8, 5]
     with torch.inference_mode():
-        full = greedy_tokens(engine.model, cache_argument(engine.model), engine.encode_rows(items, 8), 8, eos, pad,
+        full = greedy_tokens(engine.model, cache_argument(engine.model), engine.fast.encode_rows(items, 8), 8, eos, pad,
                              cuda_graphs=False)
-        cut = greedy_tokens(engine.model, cache_argument(engine.model), engine.encode_rows(items, 8), 8, eos, pad,
+        cut = greedy_tokens(engine.model, cache_argument(engine.model), engine.fast.encode_rows(items, 8), 8, eos, pad,
                             cuda_graphs=False, row_budgets=torch.tensor(limits))
     assert sum(int(full[row, limit - 1] != pad) for row, limit in enumerate(limits) if limit < 8) >= 3  # cut short
     for row, limit in enumerate(limits):
@@ -81,7 +79,7 @@ def test_batch_encoding_keeps_no_autograd_graph(engine_and_questions) -> None:
     """The packed forward runs without autograd (at 7B a batch's saved activations filled an H200)."""
     engine, samples = engine_and_questions
     assert any(p.requires_grad for p in engine.model.parameters())
-    batch = engine.encode_batch([engine.prepare(s) for s in samples[:6]])
+    batch = engine.fast.encode([engine.prepare(s) for s in samples[:6]])
     assert not batch.rows.last_logits.requires_grad and not batch.rows.cache.keys[0].requires_grad
 
 
@@ -150,12 +148,11 @@ def test_cuda_graph_replay_equals_eager_steps_and_generate(engine_and_questions)
         runs = {}
         with torch.inference_mode():
             for graphs in (True, False):
-                rows = engine.encode_rows(items, 12)
+                rows = engine.fast.encode_rows(items, 12)
                 runs[graphs] = greedy_tokens(engine.model, cache_argument(engine.model), rows, 12, eos, pad, graphs)
-            cache, ids, mask, _ = engine.encode_shared_prefix(items, engine.shared_prefix_length(items))
-            theirs = engine.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
-                                           eos_token_id=eos, pad_token_id=pad,
-                                           **{cache_argument(engine.model): cache})[:, ids.shape[1]:]
+            inputs = engine.plain.inputs(items)
+            theirs = engine.model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=eos,
+                                           pad_token_id=pad)[:, inputs["input_ids"].shape[1]:]
         assert runs[True].tolist() == runs[False].tolist()
         assert runs[True][:, :theirs.shape[1]].tolist() == theirs.tolist()
     finally:

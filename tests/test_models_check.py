@@ -40,7 +40,7 @@ def test_check_on_converted_tiny_llava_med_prints_the_counts(converted, capsys):
     assert cli(["check", "--model", str(converted), "--max_new_tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert f"loaded: hf model from {converted} (float32 on cpu, sdpa)" in out
-    assert "image tokens per image: 16 (vision tower: (32/8)^2 patches, default strategy; expected 16)" in out
+    assert "image tokens per image: 16 for a 64 px image (expected 16; " in out
     assert "image tokens at positions 5..20; 5 tokens before" in out  # BOS + "[INST] " = 5 ids
     assert "  projector                24,832 / 24,832" in out  # 64*128+128 + 128*128+128
     assert "  LoRA                          0 / 0" in out
@@ -68,7 +68,7 @@ def test_tokenizer_without_image_token_is_refused():
 
     tokenizer = SimpleNamespace(convert_tokens_to_ids=lambda token: 0, unk_token_id=0)
     with pytest.raises(UserError, match="tokenizer has no '<image>' token.*convert-checkpoint"):
-        image_token_id(SimpleNamespace(tokenizer=tokenizer, image_token="<image>"), model=None)
+        image_token_id("<image>", tokenizer, model=None)
 
 
 def test_check_on_an_unknown_folder_exits_2(tmp_path, capsys):

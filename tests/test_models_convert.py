@@ -14,11 +14,13 @@ pytest.importorskip("mistral_common")
 from models_helpers import IMAGE_TOKEN_INDEX, sentencepiece_model, upstream_logits, upstream_pixels, upstream_prompt_ids  # noqa: E402
 from slakevqa.cli import main as cli  # noqa: E402
 from slakevqa.errors import UserError  # noqa: E402
-from slakevqa.inputs.prompts import render_generation_prompt  # noqa: E402
 from slakevqa.models.convert import convert_checkpoint  # noqa: E402
+from slakevqa.models.families.llava_med import CHAT  # noqa: E402
 from slakevqa.models.processor import load_processor  # noqa: E402
 from slakevqa.models.tiny import build_tiny_llava  # noqa: E402
 from slakevqa.models.tiny_original import save_llava_med_original  # noqa: E402
+
+render_generation_prompt = CHAT.generation_prompt
 
 QUESTION = "Which organ is abnormal, the heart or the liver?"
 

@@ -11,10 +11,12 @@ import torch
 from PIL import Image
 
 from slakevqa.errors import UserError
-from slakevqa.inputs.prompts import render_generation_prompt
+from slakevqa.models.families.llava_med import CHAT
 from slakevqa.models.loading import load_model, pick_dtype, resolve_folder
 from slakevqa.models.tiny import build_tiny_llava, save_llava
 from slakevqa.models.tiny_original import save_llava_med_original
+
+render_generation_prompt = CHAT.generation_prompt
 
 quiet = {"log": lambda line: None}
 
@@ -107,15 +109,15 @@ def test_remote_code_needs_the_explicit_flag(tmp_path):
         load_model(tmp_path, **quiet)
 
 
-@pytest.mark.parametrize("text_model", ["llama", "qwen2"])
-def test_a_checkpoint_of_another_chat_format_is_refused_before_its_weights(tmp_path, text_model):
+@pytest.mark.parametrize("text_model", ["qwen2", "mixtral"])
+def test_a_checkpoint_of_an_undeclared_family_is_refused_before_its_weights(tmp_path, text_model):
     from transformers import AutoConfig, LlavaConfig
 
     text = AutoConfig.for_model(text_model, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                 intermediate_size=32, vocab_size=100)
     LlavaConfig(text_config=text).save_pretrained(tmp_path)  # config only: it must not get as far as the weights
-    with pytest.raises(UserError, match=f"a llava with a {text_model} language model checkpoint; slakevqa prompts "
-                                        "in LLaVA-Med v1.5's Mistral format only"):
+    with pytest.raises(UserError, match=f"a llava with a {text_model} language model checkpoint, which no slakevqa "
+                                        "model family declares.*llava_1_5 \\(llava/llama\\).*docs/families.md"):
         load_model(tmp_path, **quiet)
 
 

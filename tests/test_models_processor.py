@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from models_helpers import CLIP_MEAN, CLIP_STD, upstream_pixels
-from slakevqa.models.processor import LLAVA_MED_CHAT_TEMPLATE, PAD_COLOUR, build_image_processor, expand_to_square
+from slakevqa.models.families.llava_med import CHAT_TEMPLATE as LLAVA_MED_CHAT_TEMPLATE
+from slakevqa.models.processor import PAD_COLOUR, build_image_processor, expand_to_square
 
 
 def noise_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:

@@ -7,9 +7,11 @@ from dataclasses import replace
 import torch
 from PIL import Image
 
-from slakevqa.inputs.prompts import render_generation_prompt
+from slakevqa.models.families.llava_med import CHAT
 from slakevqa.models.shapes import TINY, padded_vocab_size
 from slakevqa.models.tiny import build_tiny_llava
+
+render_generation_prompt = CHAT.generation_prompt
 
 
 def test_tiny_config_follows_llava_med_and_learnability_defaults():

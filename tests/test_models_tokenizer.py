@@ -9,7 +9,8 @@ pytest.importorskip("mistral_common")
 pytest.importorskip("sentencepiece")
 
 from models_helpers import SLAKE_QUESTIONS, sentencepiece_model, upstream_prompt_ids  # noqa: E402
-from slakevqa.models.processor import build_processor, generation_prompt, load_processor  # noqa: E402
+from slakevqa.models.families.llava_med import build_processor  # noqa: E402
+from slakevqa.models.processor import generation_prompt, load_processor  # noqa: E402
 from slakevqa.models.tokenizer import build_mistral_tokenizer, save_tokenizer  # noqa: E402
 
 
@@ -78,6 +79,7 @@ def test_chat_template_and_our_encoder_give_the_same_ids_for_every_prompt_style(
     from pathlib import Path
 
     from slakevqa.inputs.encoding import encode_prompt
+    from slakevqa.models.families.llava_med import CHAT as LLAVA_MED_CHAT
 
     golden = json.loads((Path(__file__).parent / "golden" / "prompts.json").read_text(encoding="utf-8"))
     for case in golden.values():
@@ -85,4 +87,4 @@ def test_chat_template_and_our_encoder_give_the_same_ids_for_every_prompt_style(
         message = {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (32, 32))},
                                                {"type": "text", "text": user_text}]}
         ids = processor.apply_chat_template([message], add_generation_prompt=True, tokenize=True)
-        assert ids[0] == encode_prompt(processor.tokenizer, user_text, 16)[0]
+        assert ids[0] == encode_prompt(processor.tokenizer, user_text, 16, chat=LLAVA_MED_CHAT)[0]

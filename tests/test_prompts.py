@@ -23,10 +23,11 @@ from slakevqa.inputs.prompts import (
     PROMPT_STYLES,
     build_user_text,
     get_prompt_style,
-    render_generation_prompt,
-    render_training_text,
 )
 from slakevqa.inputs.routing import Route
+from slakevqa.models.families.llava_med import CHAT
+
+render_generation_prompt, render_training_text = CHAT.generation_prompt, CHAT.training_text
 
 GOLDEN = Path(__file__).parent / "golden" / "prompts.json"
 UPDATE = os.environ.get("SLAKEVQA_UPDATE_GOLDEN") == "1"
@@ -82,8 +83,8 @@ def test_image_comes_first_and_once():
     text = build_user_text("Is this <image> a CT?", Route("yesno", ("Yes", "No")), PROMPT_STYLES["short"])
     prompt = render_generation_prompt(text)
     assert prompt.startswith("[INST] <image>\n") and prompt.count(IMAGE_TOKEN) == 1
-    with pytest.raises(ValueError, match="must not contain"):
-        render_generation_prompt("<image>\nQ?")
+    # a placeholder in user text would splice image features twice: the format removes it
+    assert render_generation_prompt("<image>\nQ?") == "[INST] <image>\nQ? [/INST]"
 
 
 @pytest.mark.parametrize("style", sorted(PROMPT_STYLES))

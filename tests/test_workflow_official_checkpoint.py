@@ -122,11 +122,13 @@ def hf_inputs(folder: Path, question: str) -> tuple[object, dict]:
 
 @pytest.mark.parametrize("folder", ["converted", "run", "merged"])
 def test_every_written_folder_renders_llava_med_for_image_and_string_messages(walk, folder) -> None:
-    from slakevqa.inputs.encoding import encode_prompt, image_token_count
+    from slakevqa.inputs.encoding import encode_prompt
+    from slakevqa.models.families.llava_clip import image_token_count
+    from slakevqa.models.families.llava_med import CHAT as LLAVA_MED_CHAT
 
     question = "Which organ is abnormal, the heart or the liver? "
     processor, inputs = hf_inputs(walk[folder], question)
-    ours, _ = encode_prompt(processor.tokenizer, question.strip(), image_token_count(processor))
+    ours, _ = encode_prompt(processor.tokenizer, question.strip(), image_token_count(processor), chat=LLAVA_MED_CHAT)
     assert inputs["input_ids"][0].tolist() == ours  # BOS once, ▁ around the image, [/INST] last
     text_only = processor.tokenizer.apply_chat_template([{"role": "user", "content": "Is there a mass? "}],
                                                         tokenize=False)

@@ -46,15 +46,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allow the checkpoint's own Python code (off by default)")
 
 
-def describe_architecture(model: PreTrainedModel) -> str:
-    """One line per building block, from the config."""
+def describe_architecture(model: PreTrainedModel, family) -> str:
+    """One line per building block, from the config (what a family's config lacks is left out)."""
     config = model.config
     vision, text = config.vision_config, config.text_config
-    return (f"architecture: {type(model).__name__}; vision {vision.model_type} ({vision.num_hidden_layers} layers, "
-            f"{vision.image_size} px, patch {vision.patch_size}, feature layer {config.vision_feature_layer}, "
-            f"{config.vision_feature_select_strategy}); projector {config.projector_hidden_act}; "
+    layers = getattr(vision, "num_hidden_layers", None) or getattr(vision, "depth", "?")
+    details = [f"{layers} layers", f"{getattr(vision, 'image_size', 'dynamic')} px",
+               f"patch {vision.patch_size}"]
+    if hasattr(config, "vision_feature_layer"):
+        details += [f"feature layer {config.vision_feature_layer}", str(config.vision_feature_select_strategy)]
+    return (f"architecture: {type(model).__name__} (family {family.name}: {family.title}); vision "
+            f"{vision.model_type} ({', '.join(details)}); projector {family.parts.projector}; "
             f"text {text.model_type} ({text.num_hidden_layers} layers, hidden {text.hidden_size}, "
-            f"vocabulary {text.vocab_size})")
+            f"vocabulary {text.vocab_size}); images: {family.images.image_tokens_note}")
 
 
 def print_parameters(model: PreTrainedModel) -> None:
@@ -68,27 +72,25 @@ def print_parameters(model: PreTrainedModel) -> None:
     print(f"  {'all':<15} {totals[0]:>15,} / {totals[1]:,}")
 
 
-def print_image_tokens(model: PreTrainedModel, processor: ProcessorMixin, question: str) -> None:
-    from slakevqa.inputs.prompts import render_generation_prompt
+def print_image_tokens(model: PreTrainedModel, processor: ProcessorMixin, family, question: str) -> None:
     from slakevqa.models.inspect import image_token_layout
 
-    layout = image_token_layout(processor, model, question)
-    vision = model.config.vision_config
-    print(f"image token: {layout.token!r} id {layout.token_id} (= config image_token_index)")
-    print(f"image tokens per image: {layout.per_image} (vision tower: ({vision.image_size}/{vision.patch_size})^2 "
-          f"patches, {model.config.vision_feature_select_strategy} strategy; expected {layout.expected})")
+    layout = image_token_layout(processor, model, family, question)
+    print(f"image token: {layout.token!r} id {layout.token_id} (= config image token id)")
+    print(f"image tokens per image: {layout.per_image} for a 64 px image (expected {layout.expected}; "
+          f"{family.images.image_tokens_note})")
     last = layout.first + layout.per_image - 1
-    print(f"prompt: {render_generation_prompt(question)!r} -> {layout.prompt_length} tokens; image tokens at "
+    print(f"prompt: {family.chat.generation_prompt(question)!r} -> {layout.prompt_length} tokens; image tokens at "
           f"positions {layout.first}..{last}; {layout.first} tokens before, {layout.prompt_length - last - 1} after")
 
 
-def print_chat_template(processor: ProcessorMixin) -> None:
+def print_chat_template(processor: ProcessorMixin, family) -> None:
     """Whether the folder's own chat template gives slakevqa's prompt ids (what HF and vLLM users get)."""
     from slakevqa.models.processor import chat_template_problem
 
-    problem = chat_template_problem(processor)
+    problem = chat_template_problem(processor, family)
     if problem is None:
-        print("chat template: LLaVA-Med v1.5 format; apply_chat_template gives slakevqa's prompt ids token for token")
+        print(f"chat template: {family.title} format; apply_chat_template gives slakevqa's prompt ids token for token")
     else:
         print(f"chat template: the folder's own template is not usable for image questions ({problem}); slakevqa "
               "prompts with its own format, and every folder it writes (convert-checkpoint, train, merge) "
@@ -107,20 +109,24 @@ def load_image(path: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    from slakevqa.models.families import family_named
     from slakevqa.models.inspect import generate_once
     from slakevqa.models.loading import load_model
 
     loaded = load_model(args.model, device=args.device, dtype=args.precision, adapter=args.adapter, base=args.base,
                         merge_adapter=args.merge_adapter, vision_from=args.vision_from,
                         trust_remote_code=args.trust_remote_code)
+    family = family_named(loaded.family)
     print(f"loaded: {loaded.describe()}")
-    print(describe_architecture(loaded.model))
+    print(describe_architecture(loaded.model, family))
+    if family.notes:
+        print(f"family notes: {family.notes}")
     print_parameters(loaded.model)
-    print_image_tokens(loaded.model, loaded.processor, args.question)
-    print_chat_template(loaded.processor)
+    print_image_tokens(loaded.model, loaded.processor, family, args.question)
+    print_chat_template(loaded.processor, family)
     if not args.skip_generate:
         image, label = load_image(args.image)
-        text, n_new, seconds = generate_once(loaded.model, loaded.processor, image, args.question,
+        text, n_new, seconds = generate_once(loaded.model, loaded.processor, family, image, args.question,
                                              args.max_new_tokens)
         print(f"generation on {label} (greedy, at most {args.max_new_tokens} new tokens): {text!r} "
               f"({n_new} tokens, {seconds:.2f} s)")

@@ -31,9 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mm_use_im_start_end", action="store_true",
                         help="wrap the image token as <im_start><image><im_end> (off for LLaVA-Med v1.5)")
     parser.add_argument("--splits", default=",".join(SPLITS), help="comma list (default: all three)")
+    parser.add_argument("--family", default="llava_med",
+                        help="the model family you will train with LLaMA-Factory: its template name goes into "
+                             f"{DATASET_INFO} and the printed command (llava_med, llava_1_5, qwen2_5_vl, gemma3)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from slakevqa.models.families import family_named
+
+    family = family_named(args.family)
+    template = family.llama_factory_template
     out = check_output_dir(args.output_dir, "--output_dir")  # before the dataset is read, not at the first write
     read_dataset_info(out)  # likewise: a broken dataset_info.json is refused before anything is written
     if args.use_hf:
@@ -42,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     splits = tuple(canonical_split(s.strip()) for s in args.splits.split(",") if s.strip())
     with writing(out, "convert-sft"):
         written = export_sft(root, out, args.language, splits, args.mm_use_im_start_end, args.missing_images)
-        info = update_dataset_info(out, written, describe=not args.mm_use_im_start_end)
+        info = update_dataset_info(out, written, describe=not args.mm_use_im_start_end, template=template)
     for split, path in written.items():
         print(f"{split:<11} {path}")
     image_dir = find_layout(root).image_dir
@@ -52,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
               "export without --mm_use_im_start_end)")
     elif info is not None:
         names = ", ".join(entry_name(split) for split in written)
+        named = f"template {template}" if template else f"no LLaMA-Factory template writes {family.title}'s format"
         print(f"{DATASET_INFO} {info} (LLaMA-Factory: dataset_dir {out.resolve()}, media_dir {image_dir}, "
-              f"dataset {names})")
+              f"dataset {names}, {named})")
     return 0

@@ -43,9 +43,14 @@ def entry_name(split: str) -> str:
     return f"slake_{split}"
 
 
-def sharegpt_entry(file_name: str) -> dict:
-    """The ``dataset_info.json`` entry for one exported file (a name inside ``dataset_dir``)."""
-    return {"file_name": file_name, "formatting": "sharegpt", "columns": dict(COLUMNS), "tags": dict(TAGS)}
+def sharegpt_entry(file_name: str, template: str | None = None) -> dict:
+    """The ``dataset_info.json`` entry for one exported file (a name inside ``dataset_dir``).
+
+    ``template``: LLaMA-Factory's chat template for the model family the export is meant for (its
+    ``template:`` training argument); recorded as ``slakevqa_template``, a key LLaMA-Factory's
+    ``DatasetAttr`` does not read, so the entry stays valid for it."""
+    entry = {"file_name": file_name, "formatting": "sharegpt", "columns": dict(COLUMNS), "tags": dict(TAGS)}
+    return {**entry, "slakevqa_template": template} if template else entry
 
 
 def read_dataset_info(folder: str | Path) -> dict:
@@ -70,7 +75,8 @@ def read_dataset_info(folder: str | Path) -> dict:
     return info
 
 
-def update_dataset_info(folder: str | Path, written: dict[str, Path], describe: bool = True) -> Path | None:
+def update_dataset_info(folder: str | Path, written: dict[str, Path], describe: bool = True,
+                        template: str | None = None) -> Path | None:
     """Merge entries for the ``written`` split files into ``folder/dataset_info.json``; returns its path.
 
     Other entries are kept as they are; ours (``slake_<split>``) are replaced. With
@@ -79,7 +85,7 @@ def update_dataset_info(folder: str | Path, written: dict[str, Path], describe: 
     """
     path = Path(folder) / DATASET_INFO
     info = read_dataset_info(folder)
-    ours = {entry_name(split): sharegpt_entry(Path(file).name) for split, file in written.items()}
+    ours = {entry_name(split): sharegpt_entry(Path(file).name, template) for split, file in written.items()}
     merged = {**info, **ours} if describe else {k: v for k, v in info.items() if k not in ours}
     if merged == info and (path.exists() or not merged):
         return path if path.exists() else None

@@ -83,12 +83,13 @@ class EvalConfig:
     do_sample: bool = field(default=False, metadata=_help("sample instead of greedy decoding"))
     seed: int = field(default=42, metadata=_help("seeds sampling"))
     share_prefix: bool = field(default=True, metadata=_help(
-        "encode each image once per batch and share its prompt prefix across its questions (identical answers; "
-        "--no-share_prefix: every question encodes its own image, for comparison)"))
+        "the fast backend where the model family allows it (LLaVA-Med, LLaVA-1.5): each image encoded once per batch "
+        "and its prompt prefix shared by its questions (identical answers; --no-share_prefix: the plain backend, "
+        "every question with its own image and transformers' generate, as for every other family)"))
     prefix_attention: bool = field(default=True, metadata=_help(
         "with share_prefix, run each batch's images and questions in one packed forward and answer on rows that "
-        "read their image's prefix in place (Llama-family language models; the same answers; "
-        "--no-prefix_attention: copy the prefix into every question's cache and decode with transformers' generate)"))
+        "read their image's prefix in place (the fast backend; the same answers; --no-prefix_attention: the plain "
+        "backend)"))
     cuda_graphs: bool = field(default=True, metadata=_help(
         "replay each greedy decoding step as a CUDA graph (CUDA only, not with --load_in_4bit/8bit; "
         "--no-cuda_graphs: launch every kernel, slower)"))

@@ -39,7 +39,6 @@ from slakevqa.evaluation.engine import Engine
 from slakevqa.files import write_json_atomic, write_text_atomic
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.encoding import encode_prompt
-from slakevqa.inputs.prompts import render_generation_prompt
 from slakevqa.records import Prediction, VQASample
 from slakevqa.runs.results import write_predictions
 
@@ -117,10 +116,10 @@ def prompt_record(engine: Engine, sample: VQASample, row: Prediction | None) -> 
     ``tokens`` counts the image tokens too; ``matches_run`` is false when the run's
     prediction was made from another prompt (a resumed run with other settings).
     """
-    view = engine.builder.view(sample)
-    prompt = render_generation_prompt(view.user_text)
-    ids, cut = encode_prompt(engine.tokenizer, view.user_text, engine.image_tokens,
-                             engine.builder.settings.max_prompt_len)
+    item = engine.prepare(sample)
+    view, prompt = item.view, engine.prompt_text(item)
+    ids, cut = encode_prompt(engine.tokenizer, view.user_text, item.image.tokens,
+                             engine.builder.settings.max_prompt_len, chat=engine.family.chat)
     return {"qid": sample.qid, "answer_type": sample.answer_type, **view.route.to_json(),
             "kg_facts": list(view.kg_facts), "prompt": prompt, "tokens": len(ids), "truncated": cut,
             "matches_run": row is not None and row.prompt == prompt}
@@ -264,7 +263,7 @@ def run_kg_ablation(engine: Engine, samples: list[VQASample], rows: list[Predict
     second = Engine(engine.model, engine.processor, other, settings=engine.settings,
                     closed_answering=engine.closed_answering, share_prefix=engine.share_prefix,
                     prefix_attention=engine.prefix_attention, cuda_graphs=engine.cuda_graphs,
-                    attention=engine.attention)
+                    attention=engine.attention, family=engine.family)
     again = answer_in_batches(second, affected, options.batch_size)
     write_predictions(path, again)
     first = [by_qid[s.qid] for s in affected]

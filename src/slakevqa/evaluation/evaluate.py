@@ -83,6 +83,8 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
                     # bitsandbytes' quantised matmuls were never captured in a CUDA graph on our GPUs: launched eagerly
                     cuda_graphs=cfg.cuda_graphs and not (cfg.load_in_4bit or cfg.load_in_8bit),
                     attention=cfg.attention)
+    used["model_family"] = engine.family.name
+    used["eval_backend"] = "fast" if engine.fast is not None else "plain"
 
     # ---- answer what is missing, appending as we go
     shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")

@@ -10,6 +10,7 @@ Example::
     builder = InputBuilder.create(layout, vocab, settings=settings)
     view = builder.view(sample)      # view.user_text, view.route
     image = builder.image(sample)    # PIL image after mask conditioning
+    inputs = builder.image_inputs(sample, family, processor)   # what the model family takes, cached
 """
 
 from __future__ import annotations
@@ -120,14 +121,14 @@ class InputBuilder:
         per_question = sample.qid if settings.mask_mode != "none" else None
         return (sample.image_path, per_question, settings.mask_mode, settings.mask_pad_ratio, settings.blank_images)
 
-    def pixel_values(self, sample: VQASample, image_processor):
-        """Preprocessed pixels of :meth:`image`, computed once per image (SLAKE asks ~11 questions per image).
+    def image_inputs(self, sample: VQASample, family, processor):
+        """The model's inputs for :meth:`image` (``family.images.process``: pixels, extras, token count),
+        computed once per image (SLAKE asks ~11 questions per image).
 
-        With a mask mode the region follows the question, so the key holds the qid;
-        it also holds every setting that changes the pixels, so builder copies may share the cache.
+        With a mask mode the region follows the question, so the key holds the qid; it also holds
+        every setting that changes the pixels and the family, so builder copies may share the cache.
         """
-        key = self.pixel_key(sample)
+        key = (*self.pixel_key(sample), family.name)
         if key not in self.pixel_cache:
-            image = self.image(sample)
-            self.pixel_cache[key] = image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+            self.pixel_cache[key] = family.images.process(processor, self.image(sample))
         return self.pixel_cache[key]

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slakevqa.errors import UserError
-from slakevqa.inputs.prompts import IMAGE_TOKEN, render_generation_prompt, render_training_text
+from slakevqa.inputs.chat_format import ChatFormat
 
 IGNORE_INDEX = -100
 
@@ -33,60 +33,77 @@ class EncodedExample:
     answer_truncated: bool
 
 
-def image_token_count(processor) -> int:
-    """Tokens one image expands to (576 for CLIP-L/14 at 336 px, 16 for the tiny model)."""
-    count = getattr(processor, "num_image_tokens", None)
-    if count:
-        return int(count)
-    size = processor.image_processor.crop_size["height"]
-    return (size // processor.patch_size) ** 2 + processor.num_additional_image_tokens - (
-        1 if processor.vision_feature_select_strategy == "default" else 0)
-
-
-def truncate_prompt(ids: list[int], image_id: int, limit: int) -> tuple[list[int], bool]:
-    """Keep BOS, the image token and the last ``limit - len(head)`` tokens (the question end, ``[/INST]``)."""
+def truncate_prompt(ids: list[int], image_end_id: int, limit: int) -> tuple[list[int], bool]:
+    """Keep everything up to the image block's last token and the last ``limit - len(head)`` tokens
+    (the question's end and the assistant's opening)."""
     if len(ids) <= limit:
         return ids, False
-    head = ids[: ids.index(image_id) + 1]
+    head = ids[: len(ids) - ids[::-1].index(image_end_id)]
     if limit <= len(head):
-        raise UserError(f"--max_prompt_len {limit} leaves no room after the image token")
+        raise UserError(f"--max_prompt_len {limit} leaves no room after the image")
     return head + ids[len(ids) - (limit - len(head)):], True
 
 
 def expand_image_token(ids: list[int], image_id: int, image_tokens: int) -> list[int]:
-    """Replace the single ``<image>`` id by ``image_tokens`` copies (what ``LlavaProcessor`` does to text)."""
+    """Replace the single image placeholder id by ``image_tokens`` copies (what ``LlavaProcessor`` does to text)."""
     at = ids.index(image_id)
     return ids[:at] + [image_id] * image_tokens + ids[at + 1:]
 
 
-def encode_prompt(tokenizer, user_text: str, image_tokens: int, max_prompt_len: int = 512) -> tuple[list[int], bool]:
-    """Ids of the generation prompt ``<s>[INST] <image>×N\n{text} [/INST]``; and whether it was truncated."""
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    ids, cut = truncate_prompt(tokenizer(render_generation_prompt(user_text)).input_ids, image_id, max_prompt_len)
-    return expand_image_token(ids, image_id, image_tokens), cut
+def tokenize(tokenizer, chat: ChatFormat, text: str) -> list[int]:
+    """Ids of a rendered ``text``: BOS from the tokenizer or from the template, as the format says."""
+    return list(tokenizer(text, add_special_tokens=chat.bos_from_tokenizer).input_ids)
 
 
-def encode_answer(tokenizer, user_text: str, answer: str) -> list[int]:
-    """Ids the training text adds after the prompt: `` {answer} </s>`` (``</s>`` included).
+def bos_for(tokenizer, chat: ChatFormat) -> str:
+    return "" if chat.bos_from_tokenizer else (tokenizer.bos_token or "")
 
-    Raises UserError when the tokenizer merges the prompt's end with the answer,
-    since then no split into prompt and answer exists.
+
+def encode_prompt(tokenizer, user_text: str, image_tokens: int, max_prompt_len: int = 512, *,
+                  chat: ChatFormat) -> tuple[list[int], bool]:
+    """Ids of the generation prompt with the image expanded to ``image_tokens``; and whether it was truncated.
+
+    LLaVA-Med: ``<s>[INST] <image>×N\n{text} [/INST]``. Formats whose placeholder repeats (``image_text``
+    None) are expanded on ids after truncation; the others are expanded in the text before tokenising,
+    as their processors do.
     """
-    prompt_ids = tokenizer(render_generation_prompt(user_text)).input_ids
-    full_ids = tokenizer(render_training_text(user_text, answer)).input_ids
+    text = chat.generation_prompt(user_text, bos_for(tokenizer, chat))
+    if chat.image_text is not None:
+        text = text.replace(chat.marker, chat.image_text(image_tokens), 1)
+    ids = tokenize(tokenizer, chat, text)
+    # the limit counts an image as one token whichever way it expands (--max_prompt_len: image tokens excluded)
+    limit = max_prompt_len if chat.image_text is None else max_prompt_len + image_tokens - 1
+    ids, cut = truncate_prompt(ids, tokenizer.convert_tokens_to_ids(chat.image_end), limit)
+    if chat.image_text is None:
+        ids = expand_image_token(ids, tokenizer.convert_tokens_to_ids(chat.image_token), image_tokens)
+    return ids, cut
+
+
+def encode_answer(tokenizer, user_text: str, answer: str, *, chat: ChatFormat) -> list[int]:
+    """Ids the training text adds after the prompt, through the format's stop token (LLaVA-Med: `` {answer} </s>``).
+
+    What a template writes after the stop token (Qwen's and Gemma's newline) is left out: generation
+    stops at the stop token, so the model never predicts it. Raises UserError when the tokenizer
+    merges the prompt's end with the answer, since then no split into prompt and answer exists.
+    """
+    bos = bos_for(tokenizer, chat)
+    prompt_ids = tokenize(tokenizer, chat, chat.generation_prompt(user_text, bos))
+    full_ids = tokenize(tokenizer, chat, chat.training_text(user_text, answer, bos))
     if full_ids[: len(prompt_ids)] != prompt_ids:
         raise UserError(f"the tokenizer merges the prompt end with the answer {answer!r}; "
                         "the chat template cannot be split into prompt and answer")
-    return full_ids[len(prompt_ids):]
+    tail = full_ids[len(prompt_ids):]
+    stop = tokenizer.convert_tokens_to_ids(chat.stop_token)
+    return tail[: tail.index(stop) + 1] if stop in tail else tail
 
 
 def encode_example(tokenizer, user_text: str, answer: str, image_tokens: int, max_prompt_len: int = 512,
-                   max_answer_len: int = 64) -> EncodedExample:
+                   max_answer_len: int = 64, *, chat: ChatFormat) -> EncodedExample:
     """Token ids and labels of one training example (see the module docstring)."""
-    answer_ids = encode_answer(tokenizer, user_text, answer)
-    prompt_ids, prompt_cut = encode_prompt(tokenizer, user_text, image_tokens, max_prompt_len)
+    answer_ids = encode_answer(tokenizer, user_text, answer, chat=chat)
+    prompt_ids, prompt_cut = encode_prompt(tokenizer, user_text, image_tokens, max_prompt_len, chat=chat)
     answer_cut = len(answer_ids) > max_answer_len
-    if answer_cut:  # keep </s> so the model still learns to stop
+    if answer_cut:  # keep the stop token so the model still learns to stop
         answer_ids = answer_ids[: max_answer_len - 1] + answer_ids[-1:]
     return EncodedExample(tuple(prompt_ids + answer_ids), tuple([IGNORE_INDEX] * len(prompt_ids) + answer_ids),
                           len(prompt_ids) - image_tokens + 1, len(answer_ids), prompt_cut, answer_cut)

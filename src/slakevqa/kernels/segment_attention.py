@@ -198,11 +198,8 @@ def segments_attended(model, enabled: bool = True):
         yield
         return
     from slakevqa.kernels.attention import attention_function
-    from slakevqa.models.image_features import llava_core
+    from slakevqa.models.families import family_of
 
-    decoder = getattr(llava_core(model), "language_model", None)
-    if decoder is None:  # not a LLaVA layout: its own attention, dense mask
-        yield
-        return
+    decoder = family_of(model).parts.module(model, "language_model")
     with attention_function(decoder.config, ATTENTION_NAME, segment_attention):
         yield

@@ -34,14 +34,20 @@ ATTENTION_NAME = "slakevqa_shared_prefix"
 
 
 def language_parts(model):
-    """``(decoder, lm_head)`` of a LLaVA-style model (peft-wrapped or not), or None if its layout is other.
+    """``(decoder, lm_head)`` of a model (peft-wrapped or not), its family's parts, or None if the decoder is
+    not a stack the rows can run.
 
     The decoder must be a Llama-family stack (``embed_tokens``, ``rotary_emb``, ``layers``, ``norm``)
     whose attention layers number themselves (``self_attn.layer_idx``).
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = getattr(getattr(base, "model", None), "language_model", None)
-    head = getattr(base, "lm_head", None)
+    from slakevqa.errors import UserError
+    from slakevqa.models.families import family_of
+
+    try:
+        parts = family_of(model).parts
+    except UserError:  # a model of no declared family (a test's plain module): no rows
+        return None
+    decoder, head = parts.module(model, "language_model"), parts.module(model, "lm_head")
     needed = ("embed_tokens", "rotary_emb", "layers", "norm")
     if decoder is None or head is None or not all(hasattr(decoder, name) for name in needed):
         return None

@@ -1,4 +1,4 @@
-"""The model layer: loading, conversion, processors and tiny models for LLaVA-family VLMs.
+"""The model layer: model families, loading, conversion, processors and tiny models.
 
 Public API (torch and transformers are imported only when a function runs)::
 
@@ -9,12 +9,13 @@ Public API (torch and transformers are imported only when a function runs)::
     build_tiny_llava(tokenizer_kind="auto", seed=0, shape=TINY) -> (model, processor)
     save_llava(model, processor, folder); save_llava_med_original(model, processor, folder)
     build_processor(tokenizer, image_size, patch_size); load_processor(folder); generation_prompt(processor, q)
+    FAMILIES, family_of(model), family_named(name)    (slakevqa.models.families: one module per family)
 """
 
 from slakevqa.models.convert import ConversionReport, convert_checkpoint
+from slakevqa.models.families import FAMILIES, family_named, family_of
 from slakevqa.models.loading import LoadedModel, load_model
 from slakevqa.models.processor import (
-                                       LLAVA_MED_CHAT_TEMPLATE,
                                        build_image_processor,
                                        build_processor,
                                        expand_to_square,
@@ -26,7 +27,7 @@ from slakevqa.models.tiny import build_tiny_llava, save_llava
 from slakevqa.models.tiny_original import save_llava_med_original
 
 __all__ = [
-    "ConversionReport", "LLAVA_MED_7B", "LLAVA_MED_CHAT_TEMPLATE", "LlavaShape", "LoadedModel", "TINY",
+    "ConversionReport", "FAMILIES", "LLAVA_MED_7B", "LlavaShape", "LoadedModel", "TINY",
     "build_image_processor", "build_processor", "build_tiny_llava", "llava_config", "convert_checkpoint", "expand_to_square", "generation_prompt",
-    "load_model", "load_processor", "save_llava", "save_llava_med_original",
+    "family_named", "family_of", "load_model", "load_processor", "save_llava", "save_llava_med_original",
 ]

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Callable
 from slakevqa.errors import UserError
 from slakevqa.files import atomic_folder, check_replaceable, refuse_overlap
 from slakevqa.models import original
-from slakevqa.models.processor import build_processor, save_processor
+from slakevqa.models.families.llava_med import build_processor
+from slakevqa.models.processor import save_processor
 from slakevqa.models.tiny import padded_vocab_size
 from slakevqa.models.tokenizer import IMAGE_TOKEN, add_llava_tokens, load_sentencepiece_tokenizer
 

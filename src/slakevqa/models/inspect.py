@@ -1,8 +1,8 @@
 """How a loaded model fits together: parameter counts, image tokens, one generation.
 
-Used by ``slakevqa check`` and the root ``test.py``. Prompts are slakevqa's own
-(:func:`slakevqa.inputs.prompts.render_generation_prompt`, what training and evaluation feed),
-not whatever chat template a checkpoint carries. Every mismatch that would make
+Used by ``slakevqa check`` and the root ``test.py``. Prompts are slakevqa's own, in the model
+family's chat format (what training and evaluation feed), not whatever chat template a checkpoint
+carries; parts are the family's (:mod:`slakevqa.models.families`). Every mismatch that would make
 training or evaluation fail later (no ``<image>`` token, the processor expanding an
 image to a different number of tokens than the vision tower produces) raises a
 :class:`UserError` with what to change.
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from slakevqa.errors import UserError
-from slakevqa.inputs.prompts import render_generation_prompt
 
 if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
     import torch
@@ -39,26 +38,21 @@ class ImageTokenLayout:
     prompt_length: int
 
 
-def component_of(name: str) -> str:
-    """Which component a parameter belongs to, by name (LoRA first: it lives inside the others)."""
-    if "lora_" in name:
-        return "LoRA"
-    if "vision_tower" in name:
-        return "vision tower"
-    if "multi_modal_projector" in name:
-        return "projector"
-    return "language model"
+SHOWN = {"lora": "LoRA", "vision_tower": "vision tower", "projector": "projector", "language_model": "language model"}
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
-    """``{component: (parameters, trainable)}`` for the four components (tied weights once)."""
+    """``{component: (parameters, trainable)}`` for the four components of the model's family (tied weights once)."""
+    from slakevqa.models.families import family_of
+
+    parts = family_of(model).parts
     counts = {name: [0, 0] for name in COMPONENTS}
     seen: set[int] = set()
     for name, parameter in model.named_parameters(remove_duplicate=False):
         if id(parameter) in seen:
             continue
         seen.add(id(parameter))
-        entry = counts[component_of(name)]
+        entry = counts[SHOWN[parts.component_of(name)]]
         entry[0] += parameter.numel()
         entry[1] += parameter.numel() if parameter.requires_grad else 0
     return {name: (total, trainable) for name, (total, trainable) in counts.items()}
@@ -71,10 +65,8 @@ def expected_image_tokens(config: LlavaConfig) -> int:
     return patches + (getattr(config, "vision_feature_select_strategy", "default") == "full")
 
 
-def image_token_id(processor: ProcessorMixin, model: PreTrainedModel) -> tuple[str, int]:
-    """The image token and its id; it must exist in the tokenizer and match the model config."""
-    tokenizer = processor.tokenizer
-    token = getattr(processor, "image_token", None) or "<image>"
+def image_token_id(token: str, tokenizer, model: PreTrainedModel) -> int:
+    """The id of the family's image token; it must exist in the tokenizer and match the model config."""
     token_id = tokenizer.convert_tokens_to_ids(token)
     if token_id is None or token_id == tokenizer.unk_token_id:
         raise UserError(f"the tokenizer has no '{token}' token, so images cannot be placed in prompts; "
@@ -84,7 +76,7 @@ def image_token_id(processor: ProcessorMixin, model: PreTrainedModel) -> tuple[s
     if config_id != token_id:
         raise UserError(f"the tokenizer's '{token}' is id {token_id} but the model config says "
                         f"image_token_index {config_id}; fix config.json so they agree")
-    return token, token_id
+    return token_id
 
 
 def synthetic_image(size: int = 336) -> Image.Image:
@@ -97,15 +89,17 @@ def synthetic_image(size: int = 336) -> Image.Image:
     return Image.fromarray(pixels.astype("uint8"), "RGB")
 
 
-def image_token_layout(processor: ProcessorMixin, model: PreTrainedModel, question: str = "Is there a mass?") -> ImageTokenLayout:
-    """Render one prompt with one image and locate its image tokens; mismatches raise."""
-    token, token_id = image_token_id(processor, model)
-    batch = processor(images=[synthetic_image(64)], text=[render_generation_prompt(question)],
-                      return_tensors="pt")
-    ids = batch["input_ids"][0].tolist()
+def image_token_layout(processor: ProcessorMixin, model: PreTrainedModel, family,
+                       question: str = "Is there a mass?") -> ImageTokenLayout:
+    """Encode one prompt with one image in the family's format and locate its image tokens; mismatches raise."""
+    from slakevqa.inputs.encoding import encode_prompt
+
+    token = family.chat.image_token
+    token_id = image_token_id(token, processor.tokenizer, model)
+    image = family.images.process(processor, synthetic_image(64))
+    ids, _ = encode_prompt(processor.tokenizer, question, image.tokens, 10 ** 6, chat=family.chat)
     positions = [i for i, t in enumerate(ids) if t == token_id]
-    # LLaVA-1.5-style models only: LLaVA-NeXT and others vary the count with the image size.
-    expected = expected_image_tokens(model.config) if model.config.model_type == "llava" else len(positions)
+    expected = vision_token_count(model.config, image.tokens)
     if len(positions) != expected:
         hint = ("; set num_additional_image_tokens to 1 in processor_config.json (CLIP has a CLS token)"
                 if len(positions) == expected - 1 else "; processor and model disagree on image size or patch size")
@@ -116,17 +110,29 @@ def image_token_layout(processor: ProcessorMixin, model: PreTrainedModel, questi
     return ImageTokenLayout(token, token_id, len(positions), expected, positions[0], len(ids))
 
 
-def generate_once(model: PreTrainedModel, processor: ProcessorMixin, image: Image.Image, question: str,
+def vision_token_count(config, processed: int) -> int:
+    """Features the vision side yields per image: LLaVA's patches (+ CLS under ``full``), Gemma 3's
+    ``mm_tokens_per_image``; a count that follows the image (Qwen2.5-VL) is the processor's own."""
+    if config.model_type == "llava":
+        return expected_image_tokens(config)
+    return int(getattr(config, "mm_tokens_per_image", None) or processed)
+
+
+def generate_once(model: PreTrainedModel, processor: ProcessorMixin, family, image: Image.Image, question: str,
                   max_new_tokens: int = 32) -> tuple[str, int, float]:
-    """Greedy answer to one question: ``(text, new token count, seconds)``."""
+    """Greedy answer to one question in the family's format: ``(text, new token count, seconds)``."""
     import torch
 
-    batch = processor(images=[image], text=[render_generation_prompt(question)], return_tensors="pt")
-    batch = batch.to(model.device)
-    batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
+    from slakevqa.inputs.encoding import encode_prompt
+    from slakevqa.models.families.family import on_device, prompt_batch, stop_ids
+
+    inputs = family.images.process(processor, image)
+    ids, _ = encode_prompt(processor.tokenizer, question, inputs.tokens, 10 ** 6, chat=family.chat)
+    batch = on_device(prompt_batch(family, [ids], [inputs], processor.tokenizer.pad_token_id), model)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=stop_ids(family, processor.tokenizer),
                              pad_token_id=processor.tokenizer.pad_token_id)
     new = out[0, batch["input_ids"].shape[1]:]
     text = processor.tokenizer.decode(new, skip_special_tokens=True).strip()

@@ -1,7 +1,7 @@
 """``load_model``: one entry point for every checkpoint kind we meet.
 
-* a Hugging Face LLaVA folder or hub id with a Mistral language model (``model_type: llava``; any
-  other architecture or language model is refused before its weights load: :mod:`.supported`),
+* a Hugging Face folder or hub id of a declared model family (:mod:`slakevqa.models.families`: LLaVA-Med,
+  LLaVA-1.5, Qwen2.5-VL, Gemma 3; any other architecture is refused before its weights load),
 * an original LLaVA-Med checkpoint (``model_type: llava_mistral``): converted once
   into ``$SLAKEVQA_CACHE/converted/<name>-<hash>`` (default ``~/.cache/slakevqa``),
 * a LoRA adapter folder (``adapter_config.json``) on top of its base, optionally merged.
@@ -25,7 +25,6 @@ from slakevqa.errors import UserError
 from slakevqa.models import original
 from slakevqa.models.model_files import check_not_half_saved, check_weight_files, unreadable_weights
 from slakevqa.models.processor import ProcessorUnreadable, load_processor
-from slakevqa.models.supported import check_supported
 
 Log = Callable[[str], None]  # where progress lines go (print, logger.info, a list.append)
 
@@ -58,6 +57,7 @@ class LoadedModel:
     dtype: str
     device: str
     converted_from: str | None = None
+    family: str = "llava_med"  # the model family's registry name (slakevqa.models.families)
     adapter: str | None = None
     merged: bool = False
     quantized_bits: int = 0  # the language model's linear layers in NF4 (4: QLoRA, --load_in_4bit) or int8 (8)
@@ -194,7 +194,7 @@ def ensure_converted(folder: Path, vision_from: str | None = None, log: Log = pr
     return target
 
 
-def quantization_config(bits: int, dtype: str):
+def quantization_config(bits: int, dtype: str, skip: list[str] | None = None):
     """bitsandbytes quantisation of the language model: 4 (QLoRA's NF4 with double quantisation) or 8 (int8).
 
     Only the language model is quantised: the vision tower, the projector and the
@@ -208,15 +208,19 @@ def quantization_config(bits: int, dtype: str):
     except ImportError:
         raise UserError(f"{bits}-bit loading (--qlora, --load_in_{bits}bit) needs bitsandbytes: "
                         "pip install bitsandbytes (CUDA machines only)") from None
-    # both spellings: older 5.x matches substrings, newer ones module-path prefixes
-    skip = ["vision_tower", "model.vision_tower", "multi_modal_projector", "model.multi_modal_projector", "lm_head"]
+    # the family's vision tower, projector and LM head (both spellings: older 5.x matches substrings,
+    # newer ones module-path prefixes)
+    if skip is None:
+        from slakevqa.models.families import DEFAULT_FAMILY, family_named
+
+        skip = family_named(DEFAULT_FAMILY).parts.quantization_skip()
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=getattr(torch, dtype), llm_int8_skip_modules=skip)
 
 
-def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool, bits: int = 0):
+def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool, bits: int = 0, family=None):
     """``AutoModelForImageTextToText`` in ``dtype`` on ``device`` with sdpa attention (``bits`` 4 or 8: quantised LM)."""
     import pickle
 
@@ -228,7 +232,8 @@ def load_hf_model(folder: Path, dtype: str, device: str, trust_remote_code: bool
     if bits and not device.startswith("cuda"):
         raise UserError(f"{bits}-bit loading (--qlora, --load_in_{bits}bit) needs a CUDA GPU; on CPU train with "
                         "--use_lora without --qlora and evaluate unquantised")
-    quantization = {"quantization_config": quantization_config(bits, dtype)} if bits else {}
+    skip = family.parts.quantization_skip() if family is not None else None
+    quantization = {"quantization_config": quantization_config(bits, dtype, skip)} if bits else {}
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             str(folder), dtype=getattr(torch, dtype), attn_implementation="sdpa",
@@ -314,32 +319,46 @@ def load_model(id_or_path: str | Path, *, device: str = "auto", dtype: str = "au
     elif adapter is not None:
         adapter = resolve_folder(adapter)
         check_not_half_saved(adapter)
-    folder, converted_from = hf_folder(folder, vision_from, log)
+    folder, converted_from, family = hf_folder(folder, vision_from, log, trust_remote_code)
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     # The processor first: a tokenizer without the image token is refused before gigabytes of weights load.
     processor_folder = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else folder
     try:
-        processor, unreadable = load_processor(processor_folder, trust_remote_code), None
+        processor, unreadable = load_processor(processor_folder, trust_remote_code, family), None
     except ProcessorUnreadable as error:  # the model's own error (its code, its weights) says more, if it has one
         processor, unreadable = None, error
-    model = load_hf_model(folder, dtype, device, trust_remote_code, bits)
+    model = load_hf_model(folder, dtype, device, trust_remote_code, bits, family)
     if unreadable is not None:
         raise unreadable
     if adapter is not None:
         model = attach_adapter(model, Path(adapter), merge_adapter)
     kind = "lora" if adapter else ("llava_med" if converted_from else "hf")
-    return LoadedModel(model, processor, kind, str(folder), dtype, device, converted_from,
+    return LoadedModel(model, processor, kind, str(folder), dtype, device, converted_from, family.name,
                        str(adapter) if adapter else None, bool(adapter and merge_adapter), bits)
 
 
-def hf_folder(folder: Path, vision_from: str | None, log: Log) -> tuple[Path, str | None]:
-    """``(HF-format folder, original folder or None)``: original checkpoints are converted first."""
+def hf_folder(folder: Path, vision_from: str | None, log: Log, trust_remote_code: bool = False):
+    """``(HF-format folder, original folder or None, model family)``: original checkpoints are converted first.
+
+    The family comes from config.json before any weight loads: a checkpoint of a format no family
+    declares would be asked in the wrong one and answer off-format, silently. A folder with its own
+    code (``auto_map``) of no declared family is first told that it needs ``--trust-remote-code``.
+    """
+    from slakevqa.data.reading import read_json
+    from slakevqa.models.families import family_for_config, family_named
+
     kind = source_kind(folder)
     if kind == "lora":
         raise UserError(f"{folder}: an adapter's base is itself an adapter; merge it first")
     if kind == "llava_med":
         check_weight_files(folder)
-        return ensure_converted(folder, vision_from, log), str(folder)
-    check_supported(folder)  # before the weights load: another chat format would answer off-format, silently
-    return folder, None
+        return ensure_converted(folder, vision_from, log), str(folder), family_named("llava_med")
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    if isinstance(config, dict) and "auto_map" in config and not trust_remote_code:
+        try:
+            family_for_config(config, str(folder))
+        except UserError:
+            raise UserError(f"{folder}: this model needs its own code; pass --trust-remote-code "
+                            "only if you trust its author") from None
+    return folder, None, family_for_config(config if isinstance(config, dict) else {}, str(folder))

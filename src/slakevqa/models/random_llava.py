@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from slakevqa.models.processor import build_processor
+from slakevqa.models.families.llava_med import build_processor
 from slakevqa.models.shapes import LLAVA_MED_7B, llava_config
 from slakevqa.models.tiny import build_tokenizer
 

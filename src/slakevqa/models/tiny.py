@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slakevqa.errors import UserError
-from slakevqa.models.processor import build_processor, save_processor
+from slakevqa.models.families.llava_med import build_processor
+from slakevqa.models.processor import save_processor
 from slakevqa.models.shapes import TINY, LlavaShape, llava_config, padded_vocab_size
 from slakevqa.models.tokenizer import build_bpe_tokenizer, build_mistral_tokenizer, mistral_tokenizer_file
 
@@ -105,8 +106,10 @@ def save_llava(model: PreTrainedModel, processor: ProcessorMixin, folder: str | 
 
 def write_llava(model: PreTrainedModel, processor: ProcessorMixin, folder: str | Path) -> Path:
     """:func:`save_llava` in place, into an existing (temporary) folder: the step inside an atomic write."""
+    from slakevqa.models.families import family_of
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(folder), safe_serialization=True)
-    save_processor(processor, folder)
+    save_processor(processor, folder, family_of(model))  # the family's chat template, whatever the model
     return folder

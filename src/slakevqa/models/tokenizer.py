@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slakevqa.errors import UserError
+from slakevqa.models.families.llava_clip import IMAGE_TOKEN  # LLaVA's placeholder, defined once
 
 if TYPE_CHECKING:  # annotations only: importing transformers at module load would cost seconds
     from transformers import PreTrainedTokenizerBase
 
 
-IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 MISTRAL_VOCAB_SIZE = 32000  # LLaVA-Med v1.5 text vocabulary before <image>/<pad>
 

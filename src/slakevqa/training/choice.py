@@ -49,12 +49,14 @@ def training_spelling(candidate: str, answer: str, vocab: ClosedVocab) -> str:
     return candidate_variants(candidate, vocab)[-1]
 
 
-def make_choice(tokenizer, user_text: str, route: Route, answer: str, vocab: ClosedVocab) -> Choice | None:
-    """The choice of a CLOSED question, or None when it has no candidates or the gold is not among them."""
+def make_choice(tokenizer, user_text: str, route: Route, answer: str, vocab: ClosedVocab, chat) -> Choice | None:
+    """The choice of a CLOSED question, or None when it has no candidates or the gold is not among them.
+
+    ``chat``: the model family's :class:`~slakevqa.inputs.chat_format.ChatFormat`."""
     keys = [match_key(c) for c in route.candidates]
     if route.kind == "open" or match_key(answer) not in keys:
         return None
-    segments = tuple(tuple(encode_answer(tokenizer, user_text, training_spelling(c, answer, vocab)))
+    segments = tuple(tuple(encode_answer(tokenizer, user_text, training_spelling(c, answer, vocab), chat=chat))
                      for c in route.candidates)
     return Choice(segments, keys.index(match_key(answer)))
 

@@ -10,15 +10,16 @@ Three layouts of a batch:
 * ``sft`` with ``pack``: one row per image, its questions as segments (:mod:`slakevqa.kernels.packing`);
 * ``mc``/``hybrid``: one row per question with its candidates as segments (:mod:`slakevqa.training.choice`).
 
-Images come as ``pixel_values``, one per row, or, with an :class:`ImageFeatureCache`
-(frozen vision tower), as cached ``image_features``.
+Images come as the model family's inputs (``pixel_values``, and ``image_grid_thw`` for Qwen2.5-VL),
+one image per row, or, with an :class:`ImageFeatureCache` (frozen vision tower, families whose
+``fast.feature_cache`` flag is on), as cached ``image_features``; per-token extras (Gemma 3's
+``token_type_ids``) come from the family too. Packing needs the family's ``fast.packing`` flag.
 """
 
 from __future__ import annotations
 
 from slakevqa.inputs.builder import InputBuilder
-from slakevqa.inputs.encoding import EncodedExample, batch_stats, encode_example, image_token_count, pad_batch
-from slakevqa.inputs.prompts import IMAGE_TOKEN
+from slakevqa.inputs.encoding import EncodedExample, batch_stats, encode_example, pad_batch
 from slakevqa.kernels.packing import pack_by_image
 from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.records import VQASample
@@ -29,37 +30,43 @@ class ExampleEncoder:
     """Encodes samples for one run; ``batch(samples)`` returns model inputs and batch statistics."""
 
     def __init__(self, builder: InputBuilder, processor, max_prompt_len: int, max_answer_len: int,
-                 objective: str = "sft", pack: bool = False, features: ImageFeatureCache | None = None) -> None:
+                 objective: str = "sft", pack: bool = False, features: ImageFeatureCache | None = None,
+                 family=None) -> None:
+        from slakevqa.models.families import DEFAULT_FAMILY, family_named
+
+        self.family = family or family_named(DEFAULT_FAMILY)
         self.builder, self.processor, self.objective = builder, processor, objective
-        self.pack, self.features = pack and objective == "sft", features
+        self.pack = pack and objective == "sft" and self.family.fast.packing
+        self.features = features if self.family.fast.feature_cache else None
         self.max_prompt_len, self.max_answer_len = max_prompt_len, max_answer_len
-        self.image_tokens = image_token_count(processor)
         self.texts: dict[int, EncodedExample] = {}
         self.choices: dict[int, Choice | None] = {}
 
     def encode(self, sample: VQASample) -> EncodedExample:
         if sample.qid not in self.texts:
             view = self.builder.view(sample)
-            tokenizer = self.processor.tokenizer
+            tokenizer, chat = self.processor.tokenizer, self.family.chat
             self.texts[sample.qid] = encode_example(tokenizer, view.user_text, sample.answer,
-                                                    self.image_tokens, self.max_prompt_len, self.max_answer_len)
+                                                    self.image_inputs(sample).tokens, self.max_prompt_len,
+                                                    self.max_answer_len, chat=chat)
             self.choices[sample.qid] = (make_choice(tokenizer, view.user_text, view.route, sample.answer,
-                                                    self.builder.vocab) if self.objective != "sft" else None)
+                                                    self.builder.vocab, chat) if self.objective != "sft" else None)
         return self.texts[sample.qid]
 
+    def image_inputs(self, sample: VQASample):
+        return self.builder.image_inputs(sample, self.family, self.processor)
+
     def pixel_values(self, sample: VQASample):
-        return self.builder.pixel_values(sample, self.processor.image_processor)
+        return self.image_inputs(sample).pixel_values
 
     def batch(self, samples: list[VQASample]) -> tuple[dict, dict]:
-        import torch
-
         examples = [self.encode(s) for s in samples]
         pad = self.processor.tokenizer.pad_token_id
         rows = samples  # the sample whose pixels each row takes
         if self.objective != "sft":
             batch = pack_batch(examples, [self.choices[s.qid] for s in samples], self.objective, pad)
         elif self.pack:
-            image_id = self.processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+            image_id = self.processor.tokenizer.convert_tokens_to_ids(self.family.chat.image_token)
             batch, firsts = pack_by_image(examples, [self.builder.pixel_key(s) for s in samples], image_id, pad)
             rows = [samples[i] for i in firsts]
         else:
@@ -68,7 +75,8 @@ class ExampleEncoder:
             batch["image_features"] = self.features.features([self.builder.pixel_key(s) for s in rows],
                                                              lambda i: self.pixel_values(rows[i]))
         else:
-            batch["pixel_values"] = torch.stack([self.pixel_values(s) for s in rows])
+            batch.update(self.family.images.collate([self.image_inputs(s) for s in rows]))
+        batch.update(self.family.images.text_inputs(batch["input_ids"]))
         stats = batch_stats(examples)
         stats["closed_ratio"] = sum(s.is_closed for s in samples) / len(samples)
         return batch, stats

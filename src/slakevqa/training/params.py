@@ -1,10 +1,14 @@
 """Which parameters train: LoRA targets, projector, vision tower, last LLM layers, full fine-tuning.
 
-The reference toolkit had two silent defects here, both fixed by construction:
+Where each part lives is the model family's :class:`~slakevqa.models.families.Parts` (LLaVA's
+``multi_modal_projector``, Qwen2.5-VL's ``visual.merger``, Gemma 3's projector of raw parameters);
+nothing here guesses from attribute names. The reference toolkit had two silent defects, both
+fixed by construction:
 
 * its LoRA targets ``q_proj,k_proj,v_proj,o_proj`` also matched the CLIP vision
-  tower's attention. We resolve targets to full module names inside the language
-  model (``lora_scope="language_model"``, the default) and hand peft that explicit list;
+  tower's attention (every family's vision encoder has such names). We resolve targets to full
+  module names inside the language model (``lora_scope="language_model"``, the default) and hand
+  peft that explicit list;
 * it marked the projector trainable *before* ``get_peft_model``, which freezes
   every non-LoRA parameter again. We pass the projector as peft ``modules_to_save``
   (so it is trained *and* saved with the adapter) and apply every other unfreeze
@@ -28,7 +32,6 @@ from dataclasses import dataclass
 
 from slakevqa.errors import UserError
 
-PROJECTOR = "multi_modal_projector"
 COMPONENTS: tuple[str, ...] = ("vision_tower", "projector", "language_model", "lora")
 _REGEX_HINTS = set("|*()[]^$\\")
 
@@ -69,36 +72,42 @@ def _split_names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
-def component_of(parameter_name: str) -> str:
-    """``vision_tower``, ``projector``, ``lora`` or ``language_model`` (which includes ``lm_head``)."""
-    if "lora_" in parameter_name:
-        return "lora"
-    if "vision_tower" in parameter_name:
-        return "vision_tower"
-    if PROJECTOR in parameter_name:
-        return "projector"
-    return "language_model"
+def parts_of(model):
+    """The model family's :class:`~slakevqa.models.families.Parts` of ``model`` (through peft/DDP wrappers)."""
+    from slakevqa.models.families import family_of
+
+    return family_of(model).parts
 
 
-def linear_module_names(model, scope: str = "language_model") -> list[str]:
-    """Full names of the ``nn.Linear`` modules LoRA may wrap (``lm_head`` excluded)."""
+def component_of(parameter_name: str, parts=None) -> str:
+    """``vision_tower``, ``projector``, ``lora`` or ``language_model`` (which includes ``lm_head``).
+
+    ``parts``: the family's (default LLaVA's module paths)."""
+    if parts is None:
+        from slakevqa.models.families.llava_med import LLAVA_PARTS as parts
+    return parts.component_of(parameter_name)
+
+
+def linear_module_names(model, scope: str = "language_model", parts=None) -> list[str]:
+    """Full names of the ``nn.Linear`` modules LoRA may wrap (``lm_head`` and the projector excluded)."""
     import torch
 
     if scope not in ("language_model", "all"):
         raise UserError(f"unknown LoRA scope '{scope}': use language_model or all")
+    parts = parts or parts_of(model)
     names = []
     for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head") or PROJECTOR in name \
-                or "lora_" in name or name.endswith("base_layer"):
+        if not isinstance(module, torch.nn.Linear) or name.endswith(parts.lm_head) \
+                or parts.component_of(name) == "projector" or "lora_" in name or name.endswith("base_layer"):
             continue
-        if scope == "all" or "language_model" in name:
+        if scope == "all" or parts.in_language_model(name):
             names.append(name)
     return names
 
 
-def resolve_lora_targets(model, spec: str, scope: str = "language_model") -> list[str]:
+def resolve_lora_targets(model, spec: str, scope: str = "language_model", parts=None) -> list[str]:
     """Full module names matching ``spec`` inside ``scope``; zero matches is an error naming close ones."""
-    candidates = linear_module_names(model, scope)
+    candidates = linear_module_names(model, scope, parts)
     target = parse_target_spec(spec)
     if spec.strip() == "all-linear":
         matched = candidates
@@ -133,12 +142,14 @@ def set_requires_grad(model, predicate, value: bool = True) -> int:
     return count
 
 
-def last_layer_prefixes(model, count: int) -> tuple[str, ...]:
+def last_layer_prefixes(model, count: int, parts=None) -> tuple[str, ...]:
     """Name fragments of the last ``count`` decoder layers of the language model."""
+    parts = parts or parts_of(model)
     layers = model.config.text_config.num_hidden_layers
     if count > layers:
         raise UserError(f"--unfreeze_last_llm_layers {count}: the language model has only {layers} layers")
-    return tuple(f"language_model.layers.{i}." for i in range(layers - count, layers))
+    stack = parts.language_model.split(".", 1)[1] if parts.language_model.startswith("model.") else parts.language_model
+    return tuple(f"{stack}.layers.{i}." for i in range(layers - count, layers))
 
 
 def configure_trainable(model, use_lora: bool = True, lora_r: int = 8, lora_alpha: int = 16,
@@ -148,24 +159,26 @@ def configure_trainable(model, use_lora: bool = True, lora_r: int = 8, lora_alph
     """Freeze and unfreeze as the flags say; returns the model to train (a PeftModel under LoRA).
 
     Without LoRA this is full fine-tuning of the language model (and ``lm_head``);
-    the projector and vision tower follow their own flags in both modes.
+    the projector and vision tower follow their own flags in both modes. The parts are the
+    model family's (:func:`parts_of`).
     """
+    parts = parts_of(model)
     set_requires_grad(model, lambda name: True, False)
     if use_lora:
         from peft import LoraConfig, get_peft_model
 
-        targets = resolve_lora_targets(model, lora_target_modules, lora_scope)
+        targets = resolve_lora_targets(model, lora_target_modules, lora_scope, parts)
         config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, bias="none",
                             target_modules=targets, task_type="CAUSAL_LM",
-                            modules_to_save=[PROJECTOR] if tune_mm_projector else None)
+                            modules_to_save=[parts.projector_leaf] if tune_mm_projector else None)
         model = get_peft_model(model, config)
     else:
-        set_requires_grad(model, lambda name: component_of(name) == "language_model")
-        set_requires_grad(model, lambda name: component_of(name) == "projector", tune_mm_projector)
+        set_requires_grad(model, lambda name: parts.component_of(name) == "language_model")
+        set_requires_grad(model, lambda name: parts.component_of(name) == "projector", tune_mm_projector)
     if not freeze_vision_tower:
-        set_requires_grad(model, lambda name: component_of(name) == "vision_tower")
+        set_requires_grad(model, lambda name: parts.component_of(name) == "vision_tower")
     if unfreeze_last_llm_layers:
-        prefixes = last_layer_prefixes(model, unfreeze_last_llm_layers)
+        prefixes = last_layer_prefixes(model, unfreeze_last_llm_layers, parts)
         set_requires_grad(model, lambda name: "lora_" not in name and any(p in name for p in prefixes))
     return model
 
@@ -176,9 +189,10 @@ def parameter_counts(model) -> dict[str, dict[str, int]]:
     Under peft the projector appears twice (the frozen original and the trained
     copy in ``modules_to_save``); both are counted, as both are in memory.
     """
+    parts = parts_of(model)
     counts = {component: {"total": 0, "trainable": 0} for component in COMPONENTS}
     for name, parameter in model.named_parameters():
-        entry = counts[component_of(name)]
+        entry = counts[parts.component_of(name)]
         entry["total"] += parameter.numel()
         entry["trainable"] += parameter.numel() if parameter.requires_grad else 0
     return counts

@@ -111,12 +111,13 @@ class Probe:
     processor: object
     batch_size: int
     attention: AttentionSettings
+    family: object  # slakevqa.models.families.ModelFamily
 
     def answer(self, model: torch.nn.Module) -> list[Prediction]:
         """The probe questions answered by the evaluation engine, in probe order."""
         from slakevqa.evaluation.engine import Engine
 
-        engine = Engine(model, self.processor, self.builder, attention=self.attention)
+        engine = Engine(model, self.processor, self.builder, attention=self.attention, family=self.family)
         predictions: list[Prediction] = []
         with held_out_mode(model):
             for at in range(0, len(self.questions), self.batch_size):
@@ -151,7 +152,7 @@ class Probe:
 
 
 def build_probe(cfg: TrainConfig, root: Path, train_samples: list[VQASample], builder: InputBuilder,
-                processor: object, accelerator: object) -> Probe | None:
+                processor: object, accelerator: object, family) -> Probe | None:
     """The run's probe: questions and loss records from ``cfg.eval_split``, else from the training samples.
 
     None where nothing would use it (no TensorBoard and no ``eval_steps``) or this
@@ -168,8 +169,8 @@ def build_probe(cfg: TrainConfig, root: Path, train_samples: list[VQASample], bu
     # No eval loss without held-out records: a loss on training questions under that name would mislead.
     records = held_out[: DRY_RUN_LIMIT if cfg.dry_run else EVAL_LOSS_RECORDS]
     return Probe(balanced_subset(pool, size, cfg.seed), records, source, own,
-                 ExampleEncoder(own, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len), processor,
-                 cfg.batch_size, cfg.attention)
+                 ExampleEncoder(own, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, family=family), processor,
+                 cfg.batch_size, cfg.attention, family)
 
 
 def runs_alone(accelerator: object) -> bool:
@@ -207,15 +208,14 @@ def answers_table(predictions: list[Prediction]) -> str:
     return "| qid | type | route | question | target | prediction |\n|---|---|---|---|---|---|\n" + "\n".join(rows)
 
 
-def prompt_previews(samples: list[VQASample], builder: InputBuilder) -> str:
-    """The exact training texts of ``samples`` (prompt and supervised answer), as markdown code blocks."""
-    from slakevqa.inputs.prompts import render_training_text
-
+def prompt_previews(samples: list[VQASample], builder: InputBuilder, chat) -> str:
+    """The exact training texts of ``samples`` (prompt and supervised answer) in the family's chat format
+    ``chat``, as markdown code blocks."""
     blocks = []
     for sample in samples:
         view = builder.view(sample)
         head = f"**qid {sample.qid}** · {sample.answer_type} · route `{view.route.kind}`"
-        blocks.append(f"{head}\n\n```\n{render_training_text(view.user_text, sample.answer)}\n```")
+        blocks.append(f"{head}\n\n```\n{chat.training_text(view.user_text, sample.answer)}\n```")
     return "\n\n".join(blocks)
 
 

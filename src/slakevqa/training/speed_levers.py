@@ -41,16 +41,22 @@ BOUND_METHODS: tuple[str, ...] = ("forward", "extra_repr", "_get_name")  # what 
 
 
 def language_model(model):
-    """The decoder stack (``MistralModel``: ``layers``, ``norm``) inside peft / DDP / LLaVA wrappers."""
-    from slakevqa.models.image_features import llava_core
+    """The decoder stack (``MistralModel``: ``layers``, ``norm``) inside peft / DDP wrappers: the family's part."""
+    from slakevqa.models.families import family_of
 
-    return llava_core(model).language_model
+    return family_of(model).parts.module(model, "language_model")
 
 
-def liger_unavailable(model, device_type: str) -> str | None:
-    """Why Liger cannot run here (``None``: it can): no CUDA, not installed, or not a Mistral language model."""
+def liger_unavailable(model, device_type: str, family=None) -> str | None:
+    """Why Liger cannot run here (``None``: it can): no CUDA, a family without Liger (its ``fast.liger``),
+    not installed, or not a Mistral language model."""
+    from slakevqa.models.families import family_of
+
     if device_type != "cuda":
         return f"Liger's kernels are Triton kernels for CUDA GPUs; this run is on {device_type}"
+    family = family or family_of(model)
+    if family.fast.liger != "apply_liger_kernel_to_mistral":
+        return f"slakevqa does not apply Liger to the {family.name} family yet"
     model_type = language_model(model).config.model_type
     if model_type != "mistral":
         return f"slakevqa applies Liger to Mistral language models only; this one is {model_type!r}"
@@ -63,7 +69,7 @@ def liger_unavailable(model, device_type: str) -> str | None:
     return None
 
 
-def resolve_kernels(choice: str, model, device_type: str) -> str:
+def resolve_kernels(choice: str, model, device_type: str, family=None) -> str:
     """``liger`` or ``plain``: what ``--kernels CHOICE`` means here; an explicit ``liger`` that cannot run fails.
 
     >>> resolve_kernels("auto", model, "cpu")
@@ -73,7 +79,7 @@ def resolve_kernels(choice: str, model, device_type: str) -> str:
         raise UserError(f"--kernels {choice!r}: use one of {', '.join(KERNELS)}")
     if choice == "plain":
         return "plain"
-    reason = liger_unavailable(model, device_type)
+    reason = liger_unavailable(model, device_type, family)
     if reason is None:
         return "liger"
     if choice == "liger":
@@ -156,7 +162,7 @@ def liger_version() -> str:
         return "unknown"
 
 
-def apply_speed_levers(model, kernels: str, compile: bool, device_type: str,
+def apply_speed_levers(model, kernels: str, compile: bool, device_type: str, family=None,
                        backend: str = "inductor") -> tuple[dict, Callable[[], None]]:
     """Apply ``--kernels`` and ``--compile_layers``; what was applied (for run_config.json) and the undo.
 
@@ -166,7 +172,7 @@ def apply_speed_levers(model, kernels: str, compile: bool, device_type: str,
         >>> applied
         {'kernels': 'liger', 'liger_version': '0.8.5', 'compile_layers': True}
     """
-    resolved = resolve_kernels(kernels, model, device_type)
+    resolved = resolve_kernels(kernels, model, device_type, family)
     undos = [apply_liger(model)] if resolved == "liger" else []
     if compile:
         undos.append(compile_layers(model, backend=backend))

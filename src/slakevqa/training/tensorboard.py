@@ -46,7 +46,7 @@ from slakevqa.data.stats import split_stats
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.records import ANSWER_TYPES, Prediction, VQASample
 from slakevqa.training.grid import probe_grid
-from slakevqa.training.params import component_of
+from slakevqa.training.params import parts_of
 from slakevqa.training.probe import Probe, answers_table, balanced_subset, probe_metrics, prompt_previews
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class TrainLogger:
         self.answered: tuple[int, list[Prediction]] = (-1, [])  # (step, probe predictions): reused by a final grid
 
     def start(self, samples: list[VQASample], counts: dict, total_steps: int, builder: InputBuilder | None = None,
-              probe: Probe | None = None) -> None:
+              probe: Probe | None = None, chat=None) -> None:
         """Log the run's configuration, data and parameters; remember the probe for later steps."""
         self.total_steps, self.probe = total_steps, probe
         if self.writer is None:
@@ -97,12 +97,12 @@ class TrainLogger:
         for component, entry in counts.items():
             for kind, n in entry.items():
                 self.writer.add_scalar(f"train/params/{component}/{kind}", n, 0)
-        if builder is not None:
+        if builder is not None and chat is not None:
             preview = balanced_subset(samples, PREVIEW_SIZE, self.cfg.seed)
-            self.writer.add_text("data/prompt_preview", prompt_previews(preview, builder))
+            self.writer.add_text("data/prompt_preview", prompt_previews(preview, builder, chat))
         if probe is not None and probe.questions:
             self.writer.add_text("probe/source", f"{len(probe.questions)} questions from split `{probe.source}`")
-            self.writer.add_text("probe/questions", prompt_previews(probe.questions, probe.builder))
+            self.writer.add_text("probe/questions", prompt_previews(probe.questions, probe.builder, probe.family.chat))
 
     def _data_tables(self, samples: list[VQASample]) -> None:
         stats = split_stats(samples)
@@ -193,9 +193,10 @@ class TrainLogger:
             self.writer.add_histogram("train/loss_per_sample", torch.tensor(self.hist_rows), step)
             self.hist_rows = []
         norms: dict[str, float] = {}
+        parts = parts_of(model)
         for name, parameter in model.named_parameters():
-            if parameter.requires_grad and component_of(name) in ("projector", "lora"):
-                key = component_of(name)
+            if parameter.requires_grad and parts.component_of(name) in ("projector", "lora"):
+                key = parts.component_of(name)
                 norms[key] = norms.get(key, 0.0) + float(parameter.detach().float().norm()) ** 2
         for key, squared in norms.items():
             self.writer.add_scalar(f"train/param_norm/{key}", squared ** 0.5, step)

@@ -28,6 +28,7 @@ from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.kernels.attention import attention_kernels
 from slakevqa.kernels.segment_attention import segments_attended
 from slakevqa.locks import refuse_if_being_written
+from slakevqa.models.families import family_of
 from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.models.model_files import (
     MODEL_FILE_PATTERNS,
@@ -135,6 +136,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     # ---- model and what trains
     if model is None:
         model, processor = load_for_training(cfg, accelerator.device)
+    family = family_of(model)
+    check_family_supports(cfg, family)
     model = configure_trainable(model, cfg.use_lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                                 cfg.lora_target_modules, cfg.lora_scope, cfg.tune_mm_projector,
                                 cfg.freeze_vision_tower, cfg.unfreeze_last_llm_layers)
@@ -144,17 +147,19 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         keep_activations(model, cfg.gradient_checkpointing_keep)
     # after peft (Liger's SwiGLU calls peft's wrapped projections) and before DDP/FSDP wrap the model
-    speed, _ = apply_speed_levers(model, kernels_for(cfg, accelerator), cfg.compile_layers, accelerator.device.type)
+    speed, _ = apply_speed_levers(model, kernels_for(cfg, accelerator), cfg.compile_layers, accelerator.device.type,
+                                  family)
     # packed rows' flash varlen attention (a keyword the compiled layers would guard and recompile on)
     varlen = cfg.attention.varlen_attention and not cfg.compile_layers
     speed["varlen_attention"] = varlen and accelerator.device.type == "cuda"
     counts = parameter_counts(model)
-    features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator) else None
+    features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator, family) else None
     encoder = ExampleEncoder(builder, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
-                             pack=cfg.pack_images, features=features)
+                             pack=cfg.pack_images, features=features, family=family)
+    speed["packed"] = encoder.pack
     groups = image_group_ids(samples, builder) if encoder.pack else None  # batches follow the image
     pad_id = processor.tokenizer.pad_token_id
-    probe = build_probe(cfg, root, samples, builder, processor, accelerator)  # held-out diagnostics, or None
+    probe = build_probe(cfg, root, samples, builder, processor, accelerator, family)  # held-out diagnostics, or None
 
     # ---- optimiser and schedule (pure functions of the step)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -173,7 +178,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
 
     # ---- the loop
     logger = TrainLogger(cfg, out, enabled=accelerator.is_main_process, main=accelerator.is_main_process)
-    logger.start(samples, counts, n_steps, builder, probe)
+    logger.start(samples, counts, n_steps, builder, probe, family.chat)
     model.train()
     step_seconds: list[float] = []
     for step in range(start, n_steps):
@@ -227,7 +232,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         layout = precision_layout(accelerator.unwrap_model(model), accelerator.mixed_precision)
         save_trained(accelerator.unwrap_model(model), processor, out, cfg.model_id, full_state,
                      lambda stage: write_run_config(cfg, stage, n_steps, losses, counts, builder,
-                                                    accelerator, layout, throughput, speed))
+                                                    accelerator, layout, throughput, speed, family.name))
     logger.close(encoder.stats(), n_steps, accelerator.unwrap_model(model))  # with a final probe
     results = None
     if cfg.final_eval:
@@ -311,9 +316,19 @@ def clear_train_outputs(cfg: TrainConfig, out: Path) -> None:
         shutil.rmtree(out / "tb", ignore_errors=True)
 
 
-def uses_feature_cache(cfg: TrainConfig, accelerator) -> bool:
-    """Cached vision features need a frozen tower; under FSDP the tower is sharded and runs inside the forward."""
-    return cfg.cache_image_features and cfg.freeze_vision_tower and not is_fsdp(accelerator)
+def uses_feature_cache(cfg: TrainConfig, accelerator, family) -> bool:
+    """Cached vision features need a frozen tower and a family that declares them (LLaVA's fixed features);
+    under FSDP the tower is sharded and runs inside the forward."""
+    return (cfg.cache_image_features and cfg.freeze_vision_tower and family.fast.feature_cache
+            and not is_fsdp(accelerator))
+
+
+def check_family_supports(cfg: TrainConfig, family) -> None:
+    """Refuse settings the family's fast paths do not carry yet, in one line (packing falls back silently:
+    it changes speed, not the mathematics)."""
+    if cfg.closed_train_objective != "sft" and not family.fast.packing:
+        raise UserError(f"--closed_train_objective {cfg.closed_train_objective} scores candidates as packed "
+                        f"segments, which the {family.name} family does not support yet; use sft")
 
 
 def image_group_ids(samples: list, builder: InputBuilder) -> list[int]:
@@ -380,13 +395,14 @@ def save_trained(model, processor, out: Path, base: str = "", state_dict: dict |
     """
     import json
 
+    from slakevqa.models.families import family_of
     from slakevqa.models.processor import save_processor
 
     stage = start_publish(out)
     try:
         # state_dict: the gathered one under FSDP (peft keeps only the adapter's keys of it).
         model.save_pretrained(str(stage), safe_serialization=True, state_dict=state_dict)
-        save_processor(processor, stage)
+        save_processor(processor, stage, family_of(model))
         adapter_config = stage / "adapter_config.json"
         if base and hasattr(model, "peft_config"):  # set after saving: set before, peft looks the name up on the hub
             config = json.loads(adapter_config.read_text(encoding="utf-8"))

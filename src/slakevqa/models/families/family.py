@@ -1,0 +1,235 @@
+"""What a model family declares (decision 15): recognition, chat format, image inputs, parts, fast paths.
+
+A family is data plus a few pure functions, one frozen :class:`ModelFamily` per module in this
+package, registered in :data:`slakevqa.models.families.FAMILIES`. Everything family-specific in
+slakevqa reads it: the prompt encoder (:attr:`ModelFamily.chat`), the image pipeline
+(:attr:`ModelFamily.images`), which parameters LoRA, freezing and QLoRA touch (:attr:`ModelFamily.parts`),
+and which fast paths may run (:attr:`ModelFamily.fast`). Nothing finds parts by attribute names.
+
+One image of one question flows through a family like this::
+
+    PIL image --images.process(image_processor, image)--> ImageInputs(tensors={"pixel_values": ...}, tokens=N)
+    user text --chat (template, placeholder expanded to N)--> prompt ids
+    batch     --images.collate([ImageInputs, ...])--> {"pixel_values": ..., "image_grid_thw": ...}
+              --images.text_inputs(input_ids)--> {"token_type_ids": ...}   (per-token extras, Gemma 3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from slakevqa.inputs.chat_format import ChatFormat
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """One image as the model takes it: its tensors (``pixel_values`` and extras) and its token count."""
+
+    tensors: dict[str, Any]
+    tokens: int
+
+    @property
+    def pixel_values(self):
+        return self.tensors["pixel_values"]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Module paths of a family's parts, as ``named_modules`` writes them on the unwrapped model.
+
+    ``projector`` may lie inside ``vision`` (Qwen2.5-VL's merger is ``model.visual.merger``): the
+    projector is matched first. ``projector_leaf`` is what peft's ``modules_to_save`` names.
+    """
+
+    vision: str
+    projector: str
+    language_model: str
+    lm_head: str = "lm_head"
+
+    @property
+    def projector_leaf(self) -> str:
+        return self.projector.split(".", 1)[1] if self.projector.startswith("model.") else self.projector
+
+    def component_of(self, parameter_name: str) -> str:
+        """``lora``, ``projector``, ``vision_tower`` or ``language_model`` (``lm_head`` included), for any
+        wrapping (peft's ``base_model.model.``, DDP's ``module.``, ``modules_to_save`` copies)."""
+        name = "." + parameter_name
+        if "lora_" in parameter_name:
+            return "lora"
+        if _inside(name, self.projector):
+            return "projector"
+        if _inside(name, self.vision):
+            return "vision_tower"
+        return "language_model"
+
+    def module(self, model, part: str):
+        """The ``part`` (``vision``, ``projector``, ``language_model``, ``lm_head``) of ``model``, through DDP's
+        ``module`` and peft's wrappers: the one way slakevqa reaches a part (no attribute-name guessing)."""
+        base = getattr(model, "module", model)
+        if hasattr(base, "get_base_model"):
+            base = base.get_base_model()
+        return base.get_submodule(getattr(self, part))
+
+    def in_language_model(self, module_name: str) -> bool:
+        return _inside("." + module_name, self.language_model)
+
+    def quantization_skip(self) -> list[str]:
+        """Modules bitsandbytes leaves unquantised: vision, projector, LM head (both spellings transformers
+        has used: module-path prefixes and substrings)."""
+        leaves = [self.vision, self.projector, self.lm_head]
+        return sorted({*leaves, *(p.split(".", 1)[1] for p in leaves if p.startswith("model."))})
+
+
+def _inside(dotted_name: str, path: str) -> bool:
+    # "model.visual" must match "....model.visual.blocks.0" but not "....model.visual_extra"
+    tail = path.split(".", 1)[1] if path.startswith("model.") else path
+    return f".{tail}." in dotted_name + "." or dotted_name.endswith(f".{tail}")
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """Which of slakevqa's fast paths a family's models may take (each tested equal to the plain one).
+
+    ``shared_prefix_eval``: evaluation's fast backend (each image's prefix once, rows, packed forward);
+    ``packing``: training rows packed by image; ``varlen_attention``: flash attention's variable-length
+    kernel for packed segments; ``cuda_graphs``: the decoding step replayed as a CUDA graph;
+    ``feature_cache``: cached projector outputs when the vision tower is frozen;
+    ``liger``: the name of liger-kernel's ``apply_liger_kernel_to_*`` for its language model, or "".
+    """
+
+    shared_prefix_eval: bool = False
+    packing: bool = False
+    varlen_attention: bool = False
+    cuda_graphs: bool = False
+    feature_cache: bool = False
+    liger: str = ""
+
+    def names(self) -> list[str]:
+        return [name for name, on in (("shared prefix eval", self.shared_prefix_eval), ("packing", self.packing),
+                                      ("varlen attention", self.varlen_attention), ("CUDA graphs", self.cuda_graphs),
+                                      ("feature cache", self.feature_cache), ("Liger", bool(self.liger))) if on]
+
+
+@dataclass(frozen=True)
+class ImagePipeline:
+    """How a family's images become model inputs, and how its processor is built.
+
+    Args:
+        build_processor: ``(tokenizer, **sizes) -> processor`` with the family's default preprocessing
+            (PIL image backend), for tiny models and conversions.
+        process: ``(processor, PIL image) -> ImageInputs`` for one image.
+        collate: ``[ImageInputs, ...] -> {name: tensor}`` for a batch, in row order.
+        text_inputs: ``(input_ids (B, T)) -> {name: tensor}``: per-token inputs the forward needs besides ids
+            (Gemma 3's ``token_type_ids``); ``{}`` for most families.
+        compose_processor: ``(folder, tokenizer, image_processor, chat_template) -> processor`` where
+            ``AutoProcessor`` cannot build the family's processor on every machine (Qwen-VL's needs
+            torchvision for its video part); ``None``: ``AutoProcessor`` with the PIL image processor.
+        image_tokens_note: one line on sizes and token counts, for ``check`` and docs.
+        pad_to_square: what mask conditioning's and LLaVA's pad-to-square mean for it.
+    """
+
+    build_processor: Callable[..., Any]
+    process: Callable[[Any, Any], ImageInputs]
+    collate: Callable[[list[ImageInputs]], dict]
+    text_inputs: Callable[[Any], dict] = field(default=lambda input_ids: {})
+    compose_processor: Callable[..., Any] | None = None
+    image_tokens_note: str = ""
+    pad_to_square: str = ""
+
+
+def stacked(images: list[ImageInputs]) -> dict:
+    """``pixel_values`` of fixed-size images stacked into ``(B, C, H, W)``: the LLaVA and Gemma 3 rule."""
+    import torch
+
+    return {"pixel_values": torch.stack([image.pixel_values for image in images])}
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One model family (module docstring). ``name`` is the registry key, recorded in fingerprints.
+
+    Args:
+        name: registry key (``llava_med``, ``llava_1_5``, ``qwen2_5_vl``, ``gemma3``).
+        title: for tables and messages.
+        hub_ids: checkpoints of this family users run (README's families table).
+        model_type: ``config.json``'s ``model_type``.
+        text_model_types: accepted ``text_config.model_type`` values (LLaVA-Med and LLaVA-1.5 share
+            ``llava`` and differ here).
+        model_class / processor_class: transformers class names (``AutoModelForImageTextToText`` and, on
+            machines with torchvision, ``AutoProcessor`` build these from the folders we write).
+        chat: the chat format (one template; our encoder renders it, our folders carry it).
+        images: the image pipeline.
+        parts: module paths of vision tower, projector, language model and LM head.
+        fast: which fast paths apply.
+        llama_factory_template: LLaMA-Factory's template name for ``convert-sft``'s ``dataset_info.json``
+            ("" where none of its templates writes the family's format).
+        position_ids: ``(model, input_ids, attention_mask, batch_images) -> position_ids`` of a left-padded
+            prompt batch, in the layout the forward takes (3-D for M-RoPE); the plain backend continues
+            them for CLOSED candidate tokens with :attr:`next_positions`.
+        next_positions: ``(prompt position_ids, steps) -> position_ids`` of ``steps`` tokens after the prompt.
+        tiny_config: ``(tokenizer, seed-free sizes) -> config`` of a tiny random model for tests.
+        notes: what a user should know (``check`` prints it, docs/families.md lists it).
+    """
+
+    name: str
+    title: str
+    hub_ids: tuple[str, ...]
+    model_type: str
+    text_model_types: tuple[str, ...]
+    model_class: str
+    processor_class: str
+    chat: ChatFormat
+    images: ImagePipeline
+    parts: Parts
+    fast: FastPaths
+    llama_factory_template: str
+    position_ids: Callable[..., Any]
+    next_positions: Callable[[Any, int], Any]
+    tiny_config: Callable[..., Any]
+    notes: str = ""
+
+    def recognises(self, model_type: str | None, text_model_type: str | None) -> bool:
+        return model_type == self.model_type and (text_model_type in self.text_model_types)
+
+
+def left_padded_positions(model, input_ids, attention_mask, batch_images: dict):
+    """Positions 0, 1, ... of each row's real tokens (padding at 0): the 1-D RoPE families' rule."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def continue_positions(positions, steps: int):
+    """``steps`` positions after each row's last: ``(B, steps)`` from ``(B, T)``."""
+    import torch
+
+    return positions[:, -1:] + 1 + torch.arange(steps, device=positions.device)
+
+
+def prompt_batch(family: ModelFamily, prompts: list[list[int]], images: list[ImageInputs], pad_id: int) -> dict:
+    """Model inputs of left-padded prompts, one image each: ``input_ids``, ``attention_mask``, the family's
+    image inputs (:attr:`ImagePipeline.collate`) and per-token extras (:attr:`ImagePipeline.text_inputs`).
+
+    Example: two prompts of 5 and 3 ids give ``input_ids`` of shape (2, 5) with two pad ids opening row 1."""
+    import torch
+
+    width = max(len(ids) for ids in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids):] = torch.tensor(ids)
+        mask[row, width - len(ids):] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, **family.images.collate(images),
+            **family.images.text_inputs(input_ids)}
+
+
+def on_device(batch: dict, model) -> dict:
+    """``batch`` on ``model``'s device; floating tensors (pixels) in its dtype, ids, grids and masks as they are."""
+    parameter = next(model.parameters())
+    return {name: value.to(parameter.device, parameter.dtype) if value.is_floating_point() else value.to(parameter.device)
+            for name, value in batch.items()}
+
+
+def stop_ids(family: ModelFamily, tokenizer) -> list[int]:
+    """The family's end-of-turn token and the tokenizer's EOS (Qwen's and Gemma's may differ from their turn end)."""
+    stop = tokenizer.convert_tokens_to_ids(family.chat.stop_token)
+    return list(dict.fromkeys(i for i in (stop, tokenizer.eos_token_id) if i is not None))
