@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from slakevqa.models.convert import convert_checkpoint
+    from slakevqa.models.families import family_named
     from slakevqa.models.inspect import generate_once, synthetic_image
     from slakevqa.models.loading import load_model, pick_device
 
@@ -261,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     results["load_dtype"], results["parameters"] = loaded.dtype, sum(p.numel() for p in loaded.model.parameters())
     image_side = loaded.model.config.vision_config.image_size
     text, n_new, _ = phase("generate", rss, results, lambda: generate_once(
-        loaded.model, loaded.processor, synthetic_image(image_side), "Is there a mass?", args.max_new_tokens))
+        loaded.model, loaded.processor, family_named(loaded.family), synthetic_image(image_side), "Is there a mass?",
+        args.max_new_tokens))
     results["generated_tokens"], results["generated_text"] = n_new, text
     print(f"{results['parameters']:,} parameters ({loaded.dtype} on {device}); checkpoint {size:.2f} GB; "
           f"generated {n_new} tokens: {text!r}")

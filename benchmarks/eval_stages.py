@@ -27,11 +27,12 @@ toolkit's way. Each stage is timed with CUDA synchronised around it:
 * ``prepare``: prompt ids and cached pixels;
 * ``score``: CLOSED candidate scoring (prompt prefill + candidate tokens);
 * ``generate``: OPEN generation;
-* ``prefill_images``: the image prefixes (once per batch, and again for a call whose images
-  the batch's prefill lacks); ``encode_shared_prefix``: copying them into one row per
-  question (plus any such second prefill), inside ``score_candidates`` and ``generate``;
-  ``encode_batch``: ``rows`` settings' one packed forward per batch of its images and questions
-  (instead of ``prefill_images``; ``score_candidates`` and ``generate`` then time only what follows).
+* ``encode_batch``: ``rows`` settings' one packed forward per batch of its images and questions (the fast
+  backend's ``encode``; ``score_candidates`` and ``generate`` then time only what follows).
+
+Settings: ``rows`` is the fast backend (the default); ``noshare`` (and ``share``, the repeated-prefix path
+before issue 26, which now runs as the plain backend) every question with its own image, left-padded, on
+transformers' ``generate``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from eval_throughput import build_model, trained_lengths  # noqa: E402  (benchmarks/ is not a package)
 
-STAGES = ("prepare", "prefill_images", "score_candidates", "generate", "encode_shared_prefix", "encode_batch")
+STAGES = ("prepare", "score_candidates", "generate")  # the engine's; the fast backend's encode is "encode_batch"
 
 
 def synchronise() -> None:
@@ -57,8 +58,8 @@ def synchronise() -> None:
         torch.cuda.synchronize()
 
 
-def timing(engine, name: str, times: dict) -> None:
-    """Replace ``engine.name`` by a timed wrapper that adds its seconds to ``times[name]``."""
+def timing(engine, name: str, times: dict, label: str = "") -> None:
+    """Replace ``engine.name`` by a timed wrapper that adds its seconds to ``times[label or name]``."""
     original = getattr(engine, name)
 
     def timed(*args, **kwargs):
@@ -66,7 +67,7 @@ def timing(engine, name: str, times: dict) -> None:
         began = time.perf_counter()
         result = original(*args, **kwargs)
         synchronise()
-        times[name] += time.perf_counter() - began
+        times[label or name] += time.perf_counter() - began
         return result
 
     setattr(engine, name, timed)
@@ -75,23 +76,27 @@ def timing(engine, name: str, times: dict) -> None:
 def run(engine, samples, batch_size: int, setting: str) -> dict:
     import torch
 
+    from slakevqa.evaluation.engine import Engine
     from slakevqa.kernels.attention import AttentionSettings
 
     parts = setting.split("+")
     share, cudnn = parts[0] != "noshare", "cudnn" in parts
     times: dict[str, float] = defaultdict(float)
-    engine.share_prefix = share
-    engine.prefix_attention, engine.cuda_graphs = parts[0] == "rows", "eager" not in parts
+    # the backend is chosen when the engine is built: one per setting, sharing the model, builder and pixel cache
+    engine = Engine(engine.model, engine.processor, engine.builder, settings=engine.settings,
+                    share_prefix=share, prefix_attention=parts[0] == "rows", cuda_graphs="eager" not in parts,
+                    attention=AttentionSettings(cudnn_attention=cudnn, varlen_attention="dense" not in parts))
     engine.one_decode_per_batch = "pergroup" not in parts
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    engine.attention = AttentionSettings(cudnn_attention=cudnn, varlen_attention="dense" not in parts)
     lengths = trained_lengths(engine) if "trained" in parts else contextlib.nullcontext()
     undo_liger = liger_kernels(engine.model) if "liger" in parts else (lambda: None)
     order = budget_first_order(samples, engine.settings) if "budgetorder" in parts else samples
     with lengths:
         for name in STAGES:
             timing(engine, name, times)
+        if engine.fast is not None:
+            timing(engine.fast, "encode", times, "encode_batch")
         synchronise()
         began = time.perf_counter()
         answers = [p for i in range(0, len(order), batch_size) for p in engine.answer(order[i:i + batch_size])]
@@ -99,8 +104,6 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
         total = time.perf_counter() - began
         by_qid = {p.qid: p for p in answers}
         answers = [by_qid[s.qid] for s in samples]  # in the split's order, for the comparisons
-        for name in STAGES:
-            delattr(engine, name)  # back to the class's method
     undo_liger()
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None
     return {"setting": setting, "share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size,
@@ -135,7 +138,7 @@ def decode_costs(engine, items) -> dict:
     A random model never says ``</s>``, so every call runs its whole budget.
     """
     opened = [p for p in items if not p.view.route.candidates]
-    prefixes = engine.encode_batch(items)
+    prefixes = engine.fast.encode(items)
     costs: dict = {"open_rows": len(opened)}
     for graphs in (True, False):
         engine.cuda_graphs = graphs
@@ -208,7 +211,7 @@ def main() -> None:
             model.lm_head.weight.mul_(args.lm_head_scale)
     engine = Engine(model, processor, builder)
     for sample in samples:  # pixels first: no setting pays for preprocessing
-        engine.pixel_values(sample)
+        engine.prepare(sample)
     engine.answer(samples[:8])  # kernels, allocator
     reports, answers = [], {}
     settings = args.settings.split(",")
@@ -229,17 +232,16 @@ def main() -> None:
         from train_packing import profile_steps
 
         batch = samples[:args.batch_size]
-        engine.prefix_attention, engine.cuda_graphs = True, True
         items = [engine.prepare(s) for s in batch]
-        print(profile_steps(lambda: engine.encode_batch(items), steps=1), flush=True)
+        print(profile_steps(lambda: engine.fast.encode(items), steps=1), flush=True)
         print(profile_steps(lambda: engine.answer(batch), steps=1), flush=True)
         print(json.dumps(decode_costs(engine, items)), flush=True)
         opened = [p for p in items if not p.view.route.candidates]
-        prefixes = engine.encode_batch(items)
-        engine.cuda_graphs = False  # eager steps: every kernel of a step listed
+        prefixes = engine.fast.encode(items)
+        engine.cuda_graphs = engine.fast.cuda_graphs = False  # eager steps: every kernel of a step listed
         print(f"{len(opened)} OPEN rows, 16 eager decoding steps:", flush=True)
         print(profile_steps(lambda: engine.generate(opened, 16, prefixes), steps=1), flush=True)
-        engine.cuda_graphs = True
+        engine.cuda_graphs = engine.fast.cuda_graphs = True
     if args.naive_limit:
         from eval_throughput import naive_answer
 

@@ -90,7 +90,7 @@ def trained_lengths(engine):
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    import slakevqa.evaluation.engine as engine_module
+    import slakevqa.evaluation.fast_backend as engine_module  # where the rows decode (greedy_tokens)
 
     class GoldLengthStop(StoppingCriteria):
         def __init__(self, start: int, limits: torch.Tensor) -> None:
@@ -170,13 +170,12 @@ def main() -> None:
     batched, engine_s = timed(lambda: [p for i in range(0, len(samples), args.batch_size)
                                        for p in engine.answer(samples[i: i + args.batch_size])], device)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    engine.share_prefix = False  # issue 7's comparison: every question encodes its own image and prefix
+    plain = Engine(model, processor, builder, share_prefix=False)  # issue 7's comparison: every question its own image
     unshared, unshared_s = timed(lambda: [p for i in range(0, len(samples), args.batch_size)
-                                          for p in engine.answer(samples[i: i + args.batch_size])], device)
+                                          for p in plain.answer(samples[i: i + args.batch_size])], device)
     same_paths = sum(a.prediction == b.prediction for a, b in zip(batched, unshared))
     trained = None
     if args.trained_lengths:
-        engine.share_prefix = True
         with trained_lengths(engine):
             answered, trained_s = timed(lambda: [p for i in range(0, len(samples), args.batch_size)
                                                  for p in engine.answer(samples[i: i + args.batch_size])], device)

@@ -93,11 +93,13 @@ def step_convert(walk: Walk, log: Path) -> str:
     return f"{HF} written; original deleted"
 
 
-def step_check(walk: Walk, log: Path) -> str:
-    image, question = first_question(walk.slake)
-    output = walk.run(walk.cli("check", "--model", HF, "--image", image, "--question", question,
-                               "--max_new_tokens", "16"), log)
-    return last_line(output)
+def step_check_model(model: str) -> Callable[[Walk, Path], str]:
+    def run(walk: Walk, log: Path) -> str:
+        image, question = first_question(walk.slake)
+        output = walk.run(walk.cli("check", "--model", model, "--image", image, "--question", question,
+                                   "--max_new_tokens", "16"), log)
+        return last_line(output)
+    return run
 
 
 def train_command(walk: Walk, output_dir: str, max_steps: int, save_steps: int, *extra: str,
@@ -107,16 +109,20 @@ def train_command(walk: Walk, output_dir: str, max_steps: int, save_steps: int, 
                     *TB_FLAGS, *extra)
 
 
-def step_train_resume(walk: Walk, log: Path) -> str:
+def step_train_resume_of(model: str, lora: str, *extra: str) -> Callable[[Walk, Path], str]:
+    return lambda walk, log: train_kill_resume(walk, log, model, lora, *extra)
+
+
+def train_kill_resume(walk: Walk, log: Path, model: str, lora: str, *extra: str) -> str:
     """Start training, kill -9 it once a mid-run checkpoint exists, run the same command again: it must resume."""
-    cmd = train_command(walk, LORA, 8, 2)
+    cmd = train_command(walk, lora, 8, 2, *extra, model=model)
     with log.open("a", encoding="utf-8") as handle:
         handle.write(f"$ {' '.join(cmd)}   # to be killed with SIGKILL at the first checkpoint\n")
         handle.flush()
         process = subprocess.Popen(cmd, cwd=walk.work, env=walk.env, stdout=handle, stderr=subprocess.STDOUT)
         killed_at = None
         while process.poll() is None and walk.remaining() > 5:
-            done = [p for p in (walk.work / LORA).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+            done = [p for p in (walk.work / lora).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
             if done:
                 process.kill()  # SIGKILL: no cleanup, as a preempted job dies
                 process.wait()
@@ -136,11 +142,18 @@ def step_train_resume(walk: Walk, log: Path) -> str:
     resumed = [line for line in output.splitlines() if "resumed from" in line]
     if not resumed:
         raise StepFailed(f"killed after {killed_at}, but the second run did not say it resumed")
-    results = walk.work / LORA / "eval_test" / "results.json"
+    results = walk.work / lora / "eval_test" / "results.json"
     if not results.is_file():
         raise StepFailed(f"no {results.relative_to(walk.work)} after the resumed run")
     return (f"killed after {killed_at}; {resumed[-1].split('INFO: ')[-1].strip()}; eval_test/results.json; "
-            f"{precision(walk, LORA)}")
+            f"{precision(walk, lora)}; {throughput(walk, lora)}")
+
+
+def throughput(walk: Walk, output_dir: str) -> str:
+    """Training samples/s and peak memory the run recorded (run_config.json)."""
+    recorded = run_config(walk, output_dir).get("throughput") or {}
+    keys = ["steady_samples_per_second", "peak_memory_gib_per_process"]
+    return ", ".join(f"{k} {recorded[k]}" for k in keys if k in recorded) or "no throughput recorded"
 
 
 def step_tensorboard(walk: Walk, log: Path) -> str:
@@ -168,23 +181,27 @@ def step_merge(walk: Walk, log: Path) -> str:
     return f"{MERGED} written"
 
 
-def step_eval_merged(walk: Walk, log: Path) -> str:
-    """Evaluating the merged folder must give the answers of the adapter folder (merged at load)."""
-    step_eval(MERGED, f"{MERGED}/eval")(walk, log)
-    reference = walk.work / LORA / "eval" / "predictions.jsonl"
-    if not reference.is_file():
-        raise StepFailed("no step-3 predictions to compare with")
-    differ, n = answer_differences(reference, walk.work / MERGED / "eval" / "predictions.jsonl")
-    if differ:
-        raise StepFailed(f"{differ}/{n} answers differ from the LoRA folder's evaluation")
-    return f"{n}/{n} answers equal to the LoRA folder's evaluation"
+def step_eval_merged_of(lora: str, merged: str) -> Callable[[Walk, Path], str]:
+    def run(walk: Walk, log: Path) -> str:
+        """Evaluating the merged folder must give the answers of the adapter folder (merged at load)."""
+        step_eval(merged, f"{merged}/eval")(walk, log)
+        reference = walk.work / lora / "eval" / "predictions.jsonl"
+        if not reference.is_file():
+            raise StepFailed("no predictions of the adapter folder to compare with")
+        differ, n = answer_differences(reference, walk.work / merged / "eval" / "predictions.jsonl")
+        if differ:
+            raise StepFailed(f"{differ}/{n} answers differ from the LoRA folder's evaluation")
+        return f"{n}/{n} answers equal to the LoRA folder's evaluation"
+    return run
 
 
-def step_plain(walk: Walk, log: Path) -> str:
-    image, question = first_question(walk.slake)
-    output = walk.run([sys.executable, STEPS_PY, "plain", MERGED, image, question]
-                      + (["--tiny"] if walk.tiny else []), log)
-    return last_line(output)
+def step_plain_of(merged: str) -> Callable[[Walk, Path], str]:
+    def run(walk: Walk, log: Path) -> str:
+        image, question = first_question(walk.slake)
+        output = walk.run([sys.executable, STEPS_PY, "plain", merged, image, question]
+                          + (["--tiny"] if walk.tiny else []), log)
+        return last_line(output)
+    return run
 
 
 def step_compare(walk: Walk, log: Path) -> str:
@@ -257,13 +274,13 @@ def plan(walk: Walk) -> list[tuple[str, list[str], Callable[[Walk, Path], str] |
     return [
         ("0_build_original", [], step_build),
         ("1a_convert_checkpoint", [f"{ORIG}/config.json"], step_convert),
-        ("1b_check", [f"{HF}/config.json"], step_check),
-        ("2a_train_kill_resume", [f"{HF}/config.json"], step_train_resume),
+        ("1b_check", [f"{HF}/config.json"], step_check_model(HF)),
+        ("2a_train_kill_resume", [f"{HF}/config.json"], step_train_resume_of(HF, LORA)),
         ("2b_tensorboard_probes", [f"{LORA}/tb"], step_tensorboard),
         ("3_eval_lora", [adapter], step_eval(LORA, f"{LORA}/eval")),
         ("4_merge", [adapter], step_merge),
-        ("5_eval_merged", [f"{MERGED}/config.json"], step_eval_merged),
-        ("6_plain_transformers", [f"{MERGED}/config.json"], step_plain),
+        ("5_eval_merged", [f"{MERGED}/config.json"], step_eval_merged_of(LORA, MERGED)),
+        ("6_plain_transformers", [f"{MERGED}/config.json"], step_plain_of(MERGED)),
         ("7a_compare", [f"{LORA}/eval/predictions.jsonl", f"{MERGED}/eval/predictions.jsonl"], step_compare),
         ("7b_report", [f"{LORA}/eval/predictions.jsonl"], step_report),
         ("8a_train_qlora", [f"{HF}/config.json"], step_train("runs/qlora", "--qlora") if cuda else None),
@@ -320,9 +337,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", default="",
                         help="comma-separated name prefixes: run only these steps (and give what they need "
                              "yourself), e.g. 0_,1a_,9 re-runs the fp16 steps after a fix")
-    parser.add_argument("--part", choices=("readme", "extra"), default="readme",
+    parser.add_argument("--part", choices=("readme", "extra", "family"), default="readme",
                         help="readme: the README's main GPU path (~510 s on an H200); extra: zero-shot eval of "
-                             "the original folder, score, full fine-tuning, hybrid objective, diagnose")
+                             "the original folder, score, full fine-tuning, hybrid objective, diagnose; family: "
+                             "another model family's path (--family)")
+    parser.add_argument("--family", default="qwen2_5_vl", help="--part family: llava_1_5, qwen2_5_vl or gemma3")
+    parser.add_argument("--speed_root", default="",
+                        help="--part family: a SLAKE folder whose test split an eval times (q/s, peak memory)")
+    parser.add_argument("--speed_limit", type=int, default=0, help="questions of --speed_root's test split (0: all)")
     args = parser.parse_args(argv)
     args.work = args.work or ("/tmp/walk-tiny" if args.tiny else "/tmp/walk")
     return args
@@ -339,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     print(" | ".join(f"{k} {v}" for k, v in env.items()), f"| work {walk.work}", flush=True)
     began = time.monotonic()
     chosen = [prefix for prefix in walk.steps.split(",") if prefix]
-    for name, needs, work in (plan_extra(walk) if walk.part == "extra" else plan(walk)):
+    from walkthrough_family import plan_family  # it builds on this module's steps
+
+    plans = {"extra": plan_extra, "family": plan_family, "readme": plan}
+    for name, needs, work in plans[walk.part](walk):
         if chosen and not name.startswith(tuple(chosen)):
             continue
         if work is None:

@@ -99,6 +99,9 @@ class Walk:
         self.tiny, self.work, self.keep = args.tiny, Path(args.work).resolve(), args.keep
         self.part = getattr(args, "part", "readme")
         self.steps = getattr(args, "steps", "")  # name prefixes to run (gpu_walkthrough.py --steps)
+        self.family = getattr(args, "family", "")  # --part family: which model family
+        self.speed_root = str(Path(args.speed_root).resolve()) if getattr(args, "speed_root", "") else ""
+        self.speed_limit = getattr(args, "speed_limit", 0)
         self.out = Path(args.out or os.environ.get("OUT") or ROOT / "work_walkthrough_out").resolve()
         self.slake = str(Path(args.slake_root).resolve())
         self.deadline = time.monotonic() + args.budget

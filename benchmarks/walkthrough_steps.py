@@ -3,6 +3,7 @@
     python benchmarks/walkthrough_steps.py build ORIGINAL_DIR [--tiny]
     python benchmarks/walkthrough_steps.py plain MERGED_DIR IMAGE QUESTION [--tiny]
     python benchmarks/walkthrough_steps.py tb TB_DIR
+    python benchmarks/walkthrough_steps.py build-family FAMILY FOLDER [--tiny]
 
 ``benchmarks/gpu_walkthrough.py`` starts these in a subprocess, like the CLI steps, so
 that every step's GPU memory belongs to one process and the driver never holds any.
@@ -18,6 +19,8 @@ that every step's GPU memory belongs to one process and the driver never holds a
   the prompt ids must equal ``slakevqa.inputs.encoding.encode_prompt``'s token for token.
 * ``tb``: the training run's TensorBoard events must hold probe scalars and ``eval/loss``
   at two steps or more.
+* ``build-family``: a random model of another family at its published shape (bf16, on the GPU) or its
+  tiny one (``--tiny``), with the family's tokenizer and processor (``benchmarks/family_shapes.py``).
 """
 
 from __future__ import annotations
@@ -59,22 +62,30 @@ def plain(folder: Path, image: Path, question: str, tiny: bool) -> int:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from slakevqa.data.images import load_rgb
     from slakevqa.inputs.encoding import encode_prompt
+    from slakevqa.models.families import family_for_folder
+    from slakevqa.models.families.family import stop_ids
+    from slakevqa.models.processor import load_processor
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.float32 if tiny else torch.bfloat16
-    processor = AutoProcessor.from_pretrained(str(folder))
+    family = family_for_folder(folder)
+    try:
+        processor = AutoProcessor.from_pretrained(str(folder))
+    except (OSError, ValueError, AttributeError, ImportError) as error:  # Qwen-VL's processor needs torchvision (CPU rehearsal)
+        print(f"AutoProcessor: {type(error).__name__}: {str(error)[:120]}; the family's own composition instead")
+        processor = load_processor(folder, family=family)
     model = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype, device_map={"": device})
     messages = [{"role": "user", "content": [{"type": "image", "path": str(image)},
                                              {"type": "text", "text": question}]}]
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                            return_tensors="pt")
-    vision = model.config.vision_config
-    image_tokens = (vision.image_size // vision.patch_size) ** 2  # 576 at the real shape
-    ours, _ = encode_prompt(processor.tokenizer, question, image_tokens)
+    image_tokens = family.images.process(load_processor(folder, family=family), load_rgb(image)).tokens
+    ours, _ = encode_prompt(processor.tokenizer, question, image_tokens, 10 ** 6, chat=family.chat)
     theirs = inputs["input_ids"][0].tolist()
-    print(f"{type(processor).__name__} + {type(model).__name__} ({dtype}, {device}); {image_tokens} image tokens; "
-          f"prompt {len(theirs)} ids (apply_chat_template) vs {len(ours)} (encode_prompt)")
+    print(f"{family.name}: {type(processor).__name__} + {type(model).__name__} ({dtype}, {device}); {image_tokens} "
+          f"image tokens; prompt {len(theirs)} ids (apply_chat_template) vs {len(ours)} (encode_prompt)")
     if theirs != ours:
         at = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
         print(f"FAIL: ids differ from position {at}: apply_chat_template {theirs[max(0, at - 3):at + 6]} "
@@ -84,7 +95,8 @@ def plain(folder: Path, image: Path, question: str, tiny: bool) -> int:
     inputs = inputs.to(device)
     inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     with torch.inference_mode():
-        out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+        out = model.generate(**inputs, max_new_tokens=16, do_sample=False,
+                             eos_token_id=stop_ids(family, processor.tokenizer))
     new = out[0, inputs["input_ids"].shape[1]:]
     text = processor.decode(new, skip_special_tokens=True)
     print(f"ids equal token for token; generated {len(new)} tokens: {text!r}")
@@ -125,7 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true")
     p = sub.add_parser("tb")
     p.add_argument("folder", type=Path)
+    p = sub.add_parser("build-family")
+    p.add_argument("family")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--tiny", action="store_true")
     args = parser.parse_args(argv)
+    if args.what == "build-family":
+        from family_shapes import build_family
+
+        print(build_family(args.family, args.folder, args.tiny))
+        return 0
     if args.what == "build":
         return build(args.folder, args.tiny)
     if args.what == "plain":
