@@ -11,7 +11,9 @@ import lzma
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 TOKENIZERS = Path(os.environ.get("SLAKEVQA_TOKENIZERS", Path(__file__).resolve().parents[2] / "shared" / "tokenizers"))
 FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -48,3 +50,14 @@ def real_tokenizer(source_name: str, tmp_path_factory: pytest.TempPathFactory):
 
     folder = tokenizer_folder(source_name, tmp_path_factory.mktemp(f"{source_name}_tokenizer"))
     return AutoTokenizer.from_pretrained(str(folder))
+
+
+def noise_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    """Seeded noise of any size: pixels that tell preprocessing differences apart."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 256, size=(height, width, 3 if mode == "RGB" else 1), dtype=np.uint8)
+    return Image.fromarray(array.squeeze(-1) if mode == "L" else array, mode)
+
+
+def user_message(user_text: str, image: Image.Image) -> dict:
+    return {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": user_text}]}

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from family_fixtures import ANSWERS, USER_TEXTS, real_tokenizer
+from family_fixtures import ANSWERS, USER_TEXTS, noise_image, real_tokenizer, user_message
 from slakevqa.inputs.encoding import encode_answer, encode_prompt
 from slakevqa.kernels.compat import cache_argument, returned_cache
 from slakevqa.models.families import FAMILIES, family_for_config, gemma3
@@ -35,16 +35,6 @@ def processor(tokenizer):
 @pytest.fixture(scope="module")
 def tiny(tokenizer):
     return gemma3.build_tiny(tokenizer)
-
-
-def noise_image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    array = rng.integers(0, 256, size=(height, width, 3 if mode == "RGB" else 1), dtype=np.uint8)
-    return Image.fromarray(array.squeeze(-1) if mode == "L" else array, mode)
-
-
-def user_message(user_text: str, image: Image.Image) -> dict:
-    return {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": user_text}]}
 
 
 def processor_ids(processor, messages: list[dict], generation: bool) -> dict:
