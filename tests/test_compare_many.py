@@ -113,7 +113,12 @@ def test_one_printed_table_holds_scorers_peers_and_slices(compared: tuple[dict, 
     assert row[4] == f"{100 * cell['value']:.2f} [{100 * cell['ci_low']:.2f}, {100 * cell['ci_high']:.2f}]"
     assert row[6] == f"{100 * pair['delta']:+.2f} [{100 * pair['ci_low']:+.2f}, {100 * pair['ci_high']:+.2f}]"
     assert row[7] == f"{pair['p_value']:.3f} *"
-    assert any(line.startswith("| peer: lmms_eval | slake_accuracy | - |") for line in table)
+    peer = comparison["runs"][1]["peer_cells"]["lmms_eval"]["slake_accuracy"]
+    test = comparison["comparisons"][0]["peer_tests"]["lmms_eval"]["slake_accuracy"]
+    row = next(line for line in table if line.startswith("| peer: lmms_eval | slake_accuracy | 120 |")).split(" | ")
+    assert peer["value"] == comparison["runs"][1]["peers"]["lmms_eval"]["slake_accuracy"]  # the peer's own number
+    assert row[4] == f"{100 * peer['value']:.2f} [{100 * peer['ci_low']:.2f}, {100 * peer['ci_high']:.2f}]"
+    assert row[6] == f"{100 * test['delta']:+.2f} [{100 * test['ci_low']:+.2f}, {100 * test['ci_high']:+.2f}]"
     assert any(line.startswith("| exact | modality=CT / OPEN |") for line in table)
 
 

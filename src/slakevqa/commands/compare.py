@@ -8,14 +8,15 @@ short label each: the folder name, with parent folders where two would collide; 
 and model where the run's results.json or run_fingerprint.json records them), then one table: per
 scorer and group each run's value with its 95% interval, and each later run's difference from the
 first with a paired 95% interval and a two-sided p-value (``*`` marks p < 0.05, uncorrected for the
-number of comparisons); then every other pipeline's own headline per run (``peer:`` rows). Slices
+number of comparisons); then every other pipeline's own headline per run (``peer:`` rows), with the same
+intervals and paired tests (bootstrapped from its per-question values: slakevqa.scoring.peer_intervals). Slices
 are printed with ``--all_slices``; the JSON written by ``--out`` and the Markdown report written by
 ``--report`` hold every slice. All runs must hold the same questions with the same gold answers.
 
 The JSON: ``runs`` (label, path, model_family, model_id, model, results_file, each run's own
-``metrics`` / ``slices`` cells as in results.json, ``peers``), ``comparisons`` (one per later run:
-``run``, ``baseline``, paired ``metrics`` / ``slices`` cells ``{"a", "b", "delta", "ci_low",
-"ci_high", "p_value", "n"}``, ``peers`` differences), ``n``, ``scorer_versions``, ``peer_versions``,
+``metrics`` / ``slices`` cells as in results.json, ``peers`` numbers and ``peer_cells`` with intervals),
+``comparisons`` (one per later run: ``run``, ``baseline``, paired ``metrics`` / ``slices`` cells ``{"a", "b",
+"delta", "ci_low", "ci_high", "p_value", "n"}``, ``peers`` differences and ``peer_tests`` paired cells), ``n``, ``scorer_versions``, ``peer_versions``,
 ``text_field``, ``bootstrap``. With exactly two runs it also keeps the keys it always had: ``a`` and
 ``b`` (the paths), ``metrics`` and ``slices`` (the paired cells) and ``peers`` ``{"a": ..., "b": ...}``.
 """
@@ -38,6 +39,7 @@ from slakevqa.runs.results import read_predictions, run_files
 from slakevqa.scoring import scorer_versions
 from slakevqa.scoring.aggregate import CONFIDENCE, score_rows
 from slakevqa.scoring.paired import align_many, compare_many
+from slakevqa.scoring.peer_intervals import peer_cells
 from slakevqa.scoring.peers import peer_headlines, peer_versions
 
 
@@ -86,10 +88,13 @@ def build_comparison(files: Sequence[tuple[Path, Path]], rows: Sequence[list[Pre
     tables = compare_many(scores, rows[0], args.slices, args.resamples, args.seed)
     labels = run_labels([predictions for predictions, _ in files])
     peers = [peer_headlines(run_rows, args.text_field) for run_rows in rows]
-    runs = [{"label": label, "path": str(predictions), **run_identity(predictions, results), **table, "peers": peer}
-            for label, (predictions, results), table, peer in zip(labels, files, tables["runs"], peers)]
-    comparisons = [{"run": label, "baseline": labels[0], **pair, "peers": peer_differences(peers[0], peer)}
-                   for label, pair, peer in zip(labels[1:], tables["pairs"], peers[1:])]
+    cells, tests = peer_cells(rows, args.text_field, args.resamples, args.seed)
+    runs = [{"label": label, "path": str(predictions), **run_identity(predictions, results), **table, "peers": peer,
+             "peer_cells": cell}
+            for label, (predictions, results), table, peer, cell in zip(labels, files, tables["runs"], peers, cells)]
+    comparisons = [{"run": label, "baseline": labels[0], **pair, "peers": peer_differences(peers[0], peer),
+                    "peer_tests": test}
+                   for label, pair, peer, test in zip(labels[1:], tables["pairs"], peers[1:], tests)]
     common = {"n": len(rows[0]), "scorer_versions": scorer_versions(args.scorers), "text_field": args.text_field,
               "bootstrap": {"resamples": args.resamples, "seed": args.seed, "confidence": CONFIDENCE,
                             "method": "paired percentile"}}

@@ -38,9 +38,9 @@ from slakevqa.runs.results import PREDICTIONS_NAME, read_results
 log = logging.getLogger(__name__)
 
 PEERS_NOTE = ("Rows `peer: NAME` are that pipeline's own headline numbers for the same answers (its key names, "
-              "grouping and averaging): one number per run, with no interval or test. For intervals and paired "
-              "tests of a pipeline's per-question metric, name it in --scorers (lmms_eval, multimedeval_recall, "
-              "reference_exact, llava_med_f1, ...; docs/metrics.md says which compares with which).")
+              "grouping and averaging), with 95% intervals and paired tests from the same question resamples as "
+              "the scorers' (each headline is a mean of per-question values, or a sum of such means); n counts "
+              "the questions of the number's group. docs/metrics.md says which number compares with which.")
 
 
 def _name_parts(predictions: Path) -> tuple[str, ...]:

@@ -150,11 +150,15 @@ def comparison_slice_rows(comparison: dict) -> list[list[str]]:
 
 
 def comparison_peer_rows(comparison: dict) -> list[list[str]]:
-    """One row per other pipeline's headline number: each run's value, each later run's difference.
+    """One row per other pipeline's headline number: each run's value [95% CI], each later run's paired difference.
 
-    These are each pipeline's own aggregates: no count, no interval, no test (``-``).
+    A comparison written before peers had intervals (no ``peer_cells``) shows the numbers alone (``-``).
     """
     runs, pairs = comparison["runs"], comparison["comparisons"]
+    if all("peer_cells" in run for run in runs) and all("peer_tests" in pair for pair in pairs):
+        return [_cells_row(f"peer: {peer}", key, [run["peer_cells"][peer][key] for run in runs],
+                           [pair["peer_tests"][peer][key] for pair in pairs])
+                for peer, keys in runs[0]["peer_cells"].items() for key in keys]
     rows = []
     for peer, numbers in runs[0]["peers"].items():
         for key in numbers:

@@ -166,6 +166,25 @@ def headline(rows: Sequence[tuple[str, str, str]]) -> dict[str, float]:
     return out
 
 
+def question_values(rows: Sequence[tuple[str, str, str]]) -> dict[str, list[float | None]]:
+    """Each headline key's value for each question, ``None`` where the question is outside that key's group:
+    every key of :func:`headline` is the mean of its values (``tests/test_peer_intervals.py``), which lets
+    ``slakevqa compare`` bootstrap the headline (:mod:`slakevqa.scoring.peer_intervals`)."""
+    values: dict[str, list[float | None]] = {key: [] for key in HEADLINE_KEYS}
+    for prediction, answer, answer_type in rows:
+        _check_type(answer_type)
+        pred, gold = _first_pass(prediction), _first_pass(answer)
+        f1_value, prec, rec = _f1score(pred, gold)
+        if answer_type == "OPEN":
+            row = {"exact match score": _exact_match(pred, gold), "f1 score": f1_value, "precision": prec,
+                   "recall": rec, "open accuracy": _substring_hit(pred, gold)}
+        else:
+            row = {"yes/no accuracy": _substring_hit(pred, gold), "recall_closed": rec}
+        for key in HEADLINE_KEYS:
+            values[key].append(None if key not in row else float(row[key]))
+    return values
+
+
 def _answer_row(record: object, path: Path, line_no: int) -> tuple[int, str]:
     """``(question_id, text)`` of one decoded answer line, or a DataError naming the field."""
     where = f"line {line_no}"
@@ -197,4 +216,4 @@ def read_answers(path: Path) -> list[tuple[int, str]]:
     return [_answer_row(record, Path(path), number) for number, record in json_lines(path)]
 
 
-__all__ = ["HEADLINE_KEYS", "VERSION", "f1", "headline", "open_hit", "precision", "read_answers"]
+__all__ = ["HEADLINE_KEYS", "VERSION", "f1", "headline", "open_hit", "precision", "question_values", "read_answers"]

@@ -154,6 +154,19 @@ def headline(rows: Sequence[tuple[str, str, str]]) -> dict[str, float]:
     }
 
 
+def question_values(rows: Sequence[tuple[str, str, str]]) -> dict[str, list[float | None]]:
+    """Each headline key's value for each question, ``None`` where the question is outside that key's group:
+    every key of :func:`headline` is the mean of its values (``tests/test_peer_intervals.py``), which lets
+    ``slakevqa compare`` bootstrap the headline (:mod:`slakevqa.scoring.peer_intervals`)."""
+    values: dict[str, list[float | None]] = {key: [] for key in HEADLINE_KEYS}
+    for prediction, answer, kind in rows:
+        hit, group = score(prediction, answer, kind) or 0.0, kind.strip().lower()
+        values["slake_accuracy"].append(hit)
+        values["slake_open_accuracy"].append(hit if group == "open" else None)
+        values["slake_closed_accuracy"].append(hit if group == "closed" else None)
+    return values
+
+
 def _sample_fields(record: Any, path: Path, line_no: int) -> tuple[int, str]:
     """(qid, raw response) of one decoded ``--log_samples`` line, or a one-line UserError."""
     def fail(field: str, problem: str) -> UserError:

@@ -237,5 +237,21 @@ def headline(rows: Sequence[tuple[str, str, str]]) -> dict[str, float]:
     }
 
 
+def question_values(rows: Sequence[tuple[str, str, str]]) -> dict[str, list[float | None]]:
+    """Each headline key's value for each question, ``None`` where the question is outside that key's group:
+    every key of :func:`headline` is the mean of its values (``tests/test_peer_intervals.py``), which lets
+    ``slakevqa compare`` bootstrap the headline (:mod:`slakevqa.scoring.peer_intervals`)."""
+    values: dict[str, list[float | None]] = {key: [] for key in HEADLINE_KEYS}
+    for row in rows:
+        hit, found = closed_accuracy(*row), recall(*row)
+        values["bleu"].append(bleu1(*row))
+        values["F1"].append(f1(*row))
+        values["recall"].append(found)
+        values["closedQuestionsAccuracy"].append(hit)
+        values["openQuestionsRecall"].append(found if hit is None else None)
+        values["openQuestionsAccuracy"].append((1.0 if found >= _OPEN_THRESHOLD else 0.0) if hit is None else None)
+    return values
+
+
 __all__ = ["HEADLINE_KEYS", "VERSION", "bleu1", "clean_str", "closed_accuracy", "f1", "headline",
-           "is_closed", "open_accuracy", "recall"]
+           "is_closed", "open_accuracy", "question_values", "recall"]

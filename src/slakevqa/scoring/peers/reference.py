@@ -184,6 +184,23 @@ def headline(rows: Sequence[tuple[str, str, str]]) -> dict[str, float]:
             "closed/accuracy": closed_acc, "overall/score": 0.5 * closed_acc + 0.5 * open_f1}
 
 
+# The headline key that is no mean of question values but a sum of two keys' means.
+DERIVED = {"overall/score": lambda means: 0.5 * means["closed/accuracy"] + 0.5 * means["open/token_f1"]}
+
+
+def question_values(rows: Sequence[tuple[str, str, str]]) -> dict[str, list[float | None]]:
+    """Each headline key's value for each question, ``None`` where the question is outside that key's group:
+    every key of :func:`headline` but ``overall/score`` (:data:`DERIVED`) is the mean of its values (``tests/test_peer_intervals.py``), which lets
+    ``slakevqa compare`` bootstrap the headline (:mod:`slakevqa.scoring.peer_intervals`)."""
+    values: dict[str, list[float | None]] = {key: [] for key in HEADLINE_KEYS if key not in DERIVED}
+    for prediction, answer, answer_type in rows:
+        is_open = _group(answer_type) == "OPEN"
+        values["open/token_f1"].append((token_f1(prediction, answer, answer_type) or 0.0) if is_open else None)
+        values["open/exact_match"].append((exact(prediction, answer, answer_type) or 0.0) if is_open else None)
+        values["closed/accuracy"].append(None if is_open else closed_accuracy(prediction, answer, answer_type) or 0.0)
+    return values
+
+
 def _field(path: Path, line_no: int, row: dict, name: str, kind: type) -> object:
     """``row[name]`` checked for type, or a one-line UserError naming file, line and field."""
     value = row.get(name)
