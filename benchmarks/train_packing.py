@@ -239,13 +239,13 @@ def restore(model, snapshot: dict) -> None:
 
 
 def parameter_counts(model) -> dict:
-    from slakevqa.models.image_features import llava_core
+    from slakevqa.models.families.family import unwrapped
 
-    core = llava_core(model)
+    config = unwrapped(model).config
     named = list(model.named_parameters())
     vision = sum(p.numel() for n, p in named if "vision_tower" in n)
-    patches = (core.config.vision_config.image_size // core.config.vision_config.patch_size) ** 2 + 1
-    text = core.config.text_config
+    patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2 + 1
+    text = config.text_config
     return {"lm": sum(p.numel() for n, p in named if "language_model" in n and "lora_" not in n)
             + sum(p.numel() for n, p in named if "lm_head" in n),
             "lora": sum(p.numel() for n, p in named if "lora_" in n or ("multi_modal_projector" in n and p.requires_grad)),

@@ -20,22 +20,25 @@ from __future__ import annotations
 from typing import Callable
 
 
-def llava_core(model):
-    """The ``LlavaModel`` inside DDP / peft / ``LlavaForConditionalGeneration`` wrappers."""
-    model = getattr(model, "module", model)  # DDP
-    if hasattr(model, "get_base_model"):  # peft
-        model = model.get_base_model()
-    return model.model
+def feature_parts(model):
+    """``(vision tower, projector, token embeddings, config)`` of a LLaVA-family model, through its family's
+    parts (DDP and peft wrappers included; under peft the projector is its trained copy)."""
+    from slakevqa.models.families import family_of
+    from slakevqa.models.families.family import unwrapped
+
+    parts = family_of(model).parts
+    embeddings = parts.module(model, "language_model").get_input_embeddings()
+    return parts.module(model, "vision"), parts.module(model, "projector"), embeddings, unwrapped(model).config
 
 
-def vision_features(core, pixel_values):
+def vision_features(vision, config, pixel_values):
     """The hidden states LLaVA hands its projector: ``(B, N, D)`` (one feature layer or several concatenated)."""
     import torch
 
-    layer = core.config.vision_feature_layer
-    hidden = core.vision_tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+    layer = config.vision_feature_layer
+    hidden = vision(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
     layers = [hidden[layer]] if isinstance(layer, int) else [hidden[i] for i in layer]
-    if core.config.vision_feature_select_strategy == "default":
+    if config.vision_feature_select_strategy == "default":
         layers = [h[:, 1:] for h in layers]  # drop CLS
     return layers[0] if len(layers) == 1 else torch.cat(layers, dim=-1)
 
@@ -44,7 +47,7 @@ class ImageFeatureCache:
     """Features per pixel key, on the model's device; ``features(keys, pixels)`` computes only the missing ones."""
 
     def __init__(self, model) -> None:
-        self.core = llava_core(model)
+        self.vision, _, _, self.config = feature_parts(model)
         self.cache: dict[tuple, object] = {}
 
     def features(self, keys: list[tuple], pixels: Callable[[int], object]):
@@ -53,11 +56,10 @@ class ImageFeatureCache:
 
         missing = [i for i, key in enumerate(keys) if key not in self.cache]
         if missing:
-            tower = self.core.vision_tower
-            dtype, device = next(tower.parameters()).dtype, next(tower.parameters()).device
+            dtype, device = next(self.vision.parameters()).dtype, next(self.vision.parameters()).device
             batch = torch.stack([pixels(i) for i in missing]).to(device, dtype)
             with torch.no_grad():
-                computed = vision_features(self.core, batch)
+                computed = vision_features(self.vision, self.config, batch)
             for i, row in zip(missing, computed):
                 self.cache[keys[i]] = row
         return torch.stack([self.cache[key] for key in keys])
@@ -65,13 +67,13 @@ class ImageFeatureCache:
 
 def with_image_embeddings(model, inputs: dict) -> dict:
     """``inputs`` with ``image_features`` replaced by ``inputs_embeds`` (tokens embedded, images projected)."""
-    core = llava_core(model)
+    _, projector, embeddings, config = feature_parts(model)
     inputs = dict(inputs)
     input_ids, features = inputs.pop("input_ids"), inputs.pop("image_features")
-    embeds = core.get_input_embeddings()(input_ids)
-    projected = core.multi_modal_projector(features).to(embeds.dtype)
-    image_id = getattr(core.config, "image_token_id", None)
-    image_id = core.config.image_token_index if image_id is None else image_id  # older config spelling
+    embeds = embeddings(input_ids)
+    projected = projector(features).to(embeds.dtype)
+    image_id = getattr(config, "image_token_id", None)
+    image_id = config.image_token_index if image_id is None else image_id  # older config spelling
     where = (input_ids == image_id)[..., None]
     inputs["inputs_embeds"] = embeds.masked_scatter(where, projected)
     return inputs

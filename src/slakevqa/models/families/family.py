@@ -66,10 +66,7 @@ class Parts:
     def module(self, model, part: str):
         """The ``part`` (``vision``, ``projector``, ``language_model``, ``lm_head``) of ``model``, through DDP's
         ``module`` and peft's wrappers: the one way slakevqa reaches a part (no attribute-name guessing)."""
-        base = getattr(model, "module", model)
-        if hasattr(base, "get_base_model"):
-            base = base.get_base_model()
-        return base.get_submodule(getattr(self, part))
+        return unwrapped(model).get_submodule(getattr(self, part))
 
     def in_language_model(self, module_name: str) -> bool:
         return _inside("." + module_name, self.language_model)
@@ -79,6 +76,12 @@ class Parts:
         has used: module-path prefixes and substrings)."""
         leaves = [self.vision, self.projector, self.lm_head]
         return sorted({*leaves, *(p.split(".", 1)[1] for p in leaves if p.startswith("model."))})
+
+
+def unwrapped(model):
+    """The transformers model inside DDP's ``module`` and peft's wrappers (parameters shared, not copied)."""
+    base = getattr(model, "module", model)
+    return base.get_base_model() if hasattr(base, "get_base_model") else base
 
 
 def _inside(dotted_name: str, path: str) -> bool:
