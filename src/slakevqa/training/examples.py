@@ -37,7 +37,7 @@ class ExampleEncoder:
         self.family = family or family_named(DEFAULT_FAMILY)
         self.builder, self.processor, self.objective = builder, processor, objective
         self.pack = pack and objective == "sft" and self.family.fast.packing
-        self.features = features if self.family.fast.feature_cache else None
+        self.features = features  # given only where the family allows it (training.train.uses_feature_cache)
         self.max_prompt_len, self.max_answer_len = max_prompt_len, max_answer_len
         self.texts: dict[int, EncodedExample] = {}
         self.choices: dict[int, Choice | None] = {}

@@ -171,7 +171,6 @@ class ModelFamily:
             prompt batch, in the layout the forward takes (3-D for M-RoPE); the plain backend continues
             them for CLOSED candidate tokens with :attr:`next_positions`.
         next_positions: ``(prompt position_ids, steps) -> position_ids`` of ``steps`` tokens after the prompt.
-        tiny_config: ``(tokenizer, seed-free sizes) -> config`` of a tiny random model for tests.
         notes: what a user should know (``check`` prints it, docs/families.md lists it).
     """
 
@@ -189,7 +188,6 @@ class ModelFamily:
     llama_factory_template: str
     position_ids: Callable[..., Any]
     next_positions: Callable[[Any, int], Any]
-    tiny_config: Callable[..., Any]
     notes: str = ""
 
     def recognises(self, model_type: str | None, text_model_type: str | None) -> bool:

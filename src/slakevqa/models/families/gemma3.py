@@ -245,7 +245,6 @@ FAMILY = ModelFamily(
     parts=GEMMA3_PARTS,
     fast=FastPaths(),  # none yet: each needs the bidirectional image block (token_type_ids) first
     llama_factory_template="gemma3", position_ids=left_padded_positions, next_positions=continue_positions,
-    tiny_config=tiny_config,
     notes="image soft tokens attend bidirectionally within their block (token_type_ids, passed to every "
           "forward); no FlashAttention-2 in transformers for Gemma 3 (use sdpa or eager); 256 tokens per "
           "896 px image, pan-and-scan off; MedGemma (google/medgemma-4b-it) shares the architecture, "

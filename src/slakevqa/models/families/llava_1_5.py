@@ -159,7 +159,6 @@ FAMILY = ModelFamily(
     fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True,
                    feature_cache=True, liger=""),
     llama_factory_template="llava", position_ids=left_padded_positions, next_positions=continue_positions,
-    tiny_config=tiny_config,
     notes="prompts follow llava-hf's template, which has no system prompt; upstream LLaVA-1.5 trained and "
           "evaluated with Vicuna v1's ('A chat between a curious user and an artificial intelligence "
           "assistant. ...') before 'USER:'. Images are padded to square as LLaVA-1.5 trained, whereas "

@@ -70,13 +70,6 @@ def process(processor, image) -> ImageInputs:
     return ImageInputs({"pixel_values": pixels}, llava_clip.image_token_count(processor))
 
 
-def tiny_config(tokenizer):
-    """The learnability-tested tiny shape (:data:`slakevqa.models.shapes.TINY`): CLIP 32 px, 16 image tokens."""
-    from slakevqa.models.shapes import TINY, llava_config
-
-    return llava_config(TINY, tokenizer)
-
-
 LLAVA_PARTS = Parts(vision="model.vision_tower", projector="model.multi_modal_projector",
                     language_model="model.language_model")
 
@@ -93,5 +86,4 @@ FAMILY = ModelFamily(
     # LLaMA-Factory has no template of LLaVA-Med v1.5's format: its llava_next_mistral and mistral write
     # "[INST] {content}[/INST]" (no space before [/INST]; mistral has no image plugin), so none is named
     llama_factory_template="", position_ids=left_padded_positions, next_positions=continue_positions,
-    tiny_config=tiny_config,
     notes="original-format checkpoints (model_type llava_mistral) are converted once into the cache")

@@ -285,7 +285,7 @@ FAMILY = ModelFamily(
                           "(H/28)*(W/28) tokens per image (SLAKE 512x512 -> 504x504 -> 324)",
         pad_to_square="none: each image keeps its aspect ratio and gets its own token grid"),
     parts=PARTS, fast=FastPaths(), llama_factory_template="qwen2_vl",
-    position_ids=position_ids, next_positions=next_positions, tiny_config=tiny_config,
+    position_ids=position_ids, next_positions=next_positions,
     notes="the image-aware chat template is the processor's (system 'You are a helpful assistant.'); the "
           "tokenizer files' template is Qwen2.5's text-only one and is never used; image token counts vary "
           "with image size (324 for SLAKE's 512x512); positions are 3-D (M-RoPE)")
