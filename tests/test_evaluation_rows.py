@@ -45,7 +45,7 @@ def test_greedy_tokens_equal_generate_with_eos_stops(engine_and_questions, eos_b
             head[eos] *= eos_boost
         with torch.inference_mode():
             rows = engine.fast.encode_rows(items, 10)
-            ours = greedy_tokens(engine.model, cache_argument(engine.model), rows, 10, eos, pad, cuda_graphs=False)
+            ours = greedy_tokens(engine.model, cache_argument(engine.model), rows, 10, [eos], pad, cuda_graphs=False)
             inputs = engine.plain.inputs(items)  # the plain backend's left-padded prompts, each with its image
             theirs = engine.model.generate(**inputs, max_new_tokens=10, do_sample=False, eos_token_id=eos,
                                            pad_token_id=pad)[:, inputs["input_ids"].shape[1]:]
@@ -65,9 +65,9 @@ def test_row_budgets_end_rows_early_without_changing_their_tokens(engine_and_que
     eos, pad = engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id
     limits = [1, 3, 8, 2, 8, 5]
     with torch.inference_mode():
-        full = greedy_tokens(engine.model, cache_argument(engine.model), engine.fast.encode_rows(items, 8), 8, eos, pad,
+        full = greedy_tokens(engine.model, cache_argument(engine.model), engine.fast.encode_rows(items, 8), 8, [eos], pad,
                              cuda_graphs=False)
-        cut = greedy_tokens(engine.model, cache_argument(engine.model), engine.fast.encode_rows(items, 8), 8, eos, pad,
+        cut = greedy_tokens(engine.model, cache_argument(engine.model), engine.fast.encode_rows(items, 8), 8, [eos], pad,
                             cuda_graphs=False, row_budgets=torch.tensor(limits))
     assert sum(int(full[row, limit - 1] != pad) for row, limit in enumerate(limits) if limit < 8) >= 3  # cut short
     for row, limit in enumerate(limits):
@@ -149,7 +149,7 @@ def test_cuda_graph_replay_equals_eager_steps_and_generate(engine_and_questions)
         with torch.inference_mode():
             for graphs in (True, False):
                 rows = engine.fast.encode_rows(items, 12)
-                runs[graphs] = greedy_tokens(engine.model, cache_argument(engine.model), rows, 12, eos, pad, graphs)
+                runs[graphs] = greedy_tokens(engine.model, cache_argument(engine.model), rows, 12, [eos], pad, graphs)
             inputs = engine.plain.inputs(items)
             theirs = engine.model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=eos,
                                            pad_token_id=pad)[:, inputs["input_ids"].shape[1]:]

@@ -263,20 +263,17 @@ def test_transformers_generate_gives_our_answer(workflow: Workflow, in_transform
 
 
 def test_backends_give_the_same_answers(workflow: Workflow, in_transformers) -> None:
-    """LLaVA-1.5: the fast backend equals the plain one. Qwen2.5-VL and Gemma 3 have the plain backend only, and
-    a question answered alone gets eval's answer from its batch of 8 (left padding changes nothing)."""
+    """The fast backend equals the plain one for every family (LLaVA-1.5's packed prefill, Qwen2.5-VL's and
+    Gemma 3's prefix through the model's forward), and a question answered alone gets eval's answer from its
+    batch of 8 (left padding and rows change nothing)."""
     model, processor = in_transformers
     builder, samples = builder_of(workflow), questions(workflow)
-    engine = Engine(model, processor, builder)
-    if workflow.family.fast.shared_prefix_eval:
-        plain = Engine(model, processor, builder, share_prefix=False)
-        assert engine.fast is not None and plain.fast is None
-        assert engine.on_rows([engine.prepare(s) for s in samples])
-        assert_same_answers(engine.answer(samples), plain.answer(samples))
-    else:
-        assert engine.fast is None
-        batched = answers(workflow.eval_b)
-        first = {batched[s.qid].route: s for s in reversed(samples)}  # the first question of each route
-        assert first.keys() == {"open", "yesno", "options"}
-        alone = sorted(first.values(), key=lambda s: s.qid)
-        assert_same_answers([engine.answer([s])[0] for s in alone], [batched[s.qid] for s in alone])
+    engine, plain = Engine(model, processor, builder), Engine(model, processor, builder, share_prefix=False)
+    assert workflow.family.fast.shared_prefix_eval and engine.fast is not None and plain.fast is None
+    assert engine.on_rows([engine.prepare(s) for s in samples])
+    assert_same_answers(engine.answer(samples), plain.answer(samples))
+    batched = answers(workflow.eval_b)
+    first = {batched[s.qid].route: s for s in reversed(samples)}  # the first question of each route
+    assert first.keys() == {"open", "yesno", "options"}
+    alone = sorted(first.values(), key=lambda s: s.qid)
+    assert_same_answers([engine.answer([s])[0] for s in alone], [batched[s.qid] for s in alone])

@@ -19,6 +19,7 @@ import torch
 from family_fixtures import ANSWERS, USER_TEXTS, noise_image, real_tokenizer, user_message
 from slakevqa.inputs.encoding import encode_answer, encode_prompt
 from slakevqa.kernels.compat import cache_argument, returned_cache
+from slakevqa.kernels.shared_prefix import supports_shared_prefix
 from slakevqa.models.families import FAMILIES, family_for_config, qwen2_5_vl
 from slakevqa.models.families.qwen2_5_vl import CHAT, FAMILY
 
@@ -252,4 +253,6 @@ def test_recognition_and_parts(tokenizer, tiny):
     assert {leaf.rsplit(".", 1)[-1] for leaf in vision_leaves} >= {"qkv", "gate_proj", "up_proj", "down_proj"}
     assert not any(parts.in_language_model(name) for name in vision_leaves)
     assert parts.in_language_model("model.language_model.layers.0.self_attn.q_proj")
-    assert FAMILY.llama_factory_template == "qwen2_vl" and not FAMILY.fast.names()
+    assert FAMILY.llama_factory_template == "qwen2_vl"
+    # evaluation rows after a prefix through the model (M-RoPE), no packed prefill, no packed training yet
+    assert supports_shared_prefix(tiny[0]) and FAMILY.fast.shared_prefix_eval and not FAMILY.fast.packed_prefill

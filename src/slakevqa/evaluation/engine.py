@@ -86,7 +86,8 @@ class Engine:
         self.plain = PlainBackend(model, self.tokenizer, self.family, settings.do_sample, settings.temperature)
         fast = (share_prefix and prefix_attention and self.family.fast.shared_prefix_eval
                 and supports_shared_prefix(model))
-        self.fast = FastBackend(model, self.tokenizer, self.family, cuda_graphs, attention) if fast else None
+        longest = max(settings.max_new_tokens_open_default, settings.max_new_tokens_open_abnormality)
+        self.fast = FastBackend(model, self.tokenizer, self.family, cuda_graphs, attention, longest) if fast else None
 
     @property
     def device(self):
@@ -105,10 +106,15 @@ class Engine:
 
     def answer(self, samples: list[VQASample]) -> list[Prediction]:
         prepared = [self.prepare(s) for s in samples]
+        # the fast backend serves prompts of one prefix at a time (Qwen2.5-VL's follows the image size)
+        parts = self.fast.partitions(prepared) if self.fast is not None else [prepared]
+        results: dict[int, Prediction] = {}
         with attention_kernels(self.attention.cudnn_attention):
-            # On rows, one packed forward of images and questions serves CLOSED scoring and OPEN decoding alike.
-            batch = self.fast.encode(prepared) if self.on_rows(prepared) else None
-            return self._answer(prepared, batch)
+            for part in parts:
+                # On rows, one prefill of images and questions serves CLOSED scoring and OPEN decoding alike.
+                batch = self.fast.encode(part) if self.on_rows(part) else None
+                results.update((p.sample.qid, prediction) for p, prediction in zip(part, self._answer(part, batch)))
+        return [results[p.sample.qid] for p in prepared]
 
     def _answer(self, prepared: list[Prepared], batch: BatchRows | None) -> list[Prediction]:
         results: dict[int, Prediction] = {}

@@ -19,11 +19,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slakevqa.evaluation.packed_prefill import encode_packed
+from slakevqa.evaluation.prefix_prefill import encode_by_prefix
 from slakevqa.evaluation.row_decoding import EncodedRows, candidate_tail_logprobs, greedy_tokens
 from slakevqa.kernels.attention import AttentionSettings
 from slakevqa.kernels.compat import cache_argument
 from slakevqa.kernels.packing import image_groups
 from slakevqa.kernels.segment_attention import segments_attended
+from slakevqa.kernels.shared_prefix import language_parts
+from slakevqa.models.families.family import stop_ids
+
+
+def sliding_window(config) -> int | None:
+    """The language model's sliding window where any layer slides (Gemma 3: every five of six), else None."""
+    slides = "sliding_attention" in (getattr(config, "layer_types", None) or ())
+    return getattr(config, "sliding_window", None) if slides else None
 
 
 @dataclass
@@ -38,9 +47,11 @@ class FastBackend:
     """Shared image prefixes and rows; ``encode`` a batch once, then ``score`` and ``generate`` on it."""
 
     def __init__(self, model, tokenizer, family, cuda_graphs: bool = True,
-                 attention: AttentionSettings = AttentionSettings()) -> None:
+                 attention: AttentionSettings = AttentionSettings(), longest_answer: int = 64) -> None:
+        """``longest_answer``: the most tokens a row may add after its prompt (decoding budget, candidate
+        length), for the sliding-window check of :meth:`can_answer`."""
         self.model, self.tokenizer, self.family = model, tokenizer, family
-        self.cuda_graphs, self.attention = cuda_graphs, attention
+        self.cuda_graphs, self.attention, self.longest_answer = cuda_graphs, attention, longest_answer
 
     @property
     def device(self):
@@ -61,7 +72,20 @@ class FastBackend:
         return end if same else 0
 
     def can_answer(self, items: list) -> bool:
-        return self.shared_prefix_length(items) > 0
+        """Whether the rows serve ``items``: they share a prefix and every row fits the sliding window."""
+        window = sliding_window(language_parts(self.model)[0].config)
+        longest = max(len(p.prompt_ids) for p in items) + self.longest_answer
+        return self.shared_prefix_length(items) > 0 and (window is None or longest <= window)
+
+    def partitions(self, items: list) -> list[list]:
+        """``items`` split by the prompt tokens up to their last image token, in order of first appearance: each
+        part shares one prefix (Qwen2.5-VL's token count follows the image size; other families give one part)."""
+        image_id = self.tokenizer.convert_tokens_to_ids(self.family.chat.image_token)
+
+        def prefix_of(ids: list[int]) -> tuple:
+            return tuple(ids[:len(ids) - ids[::-1].index(image_id)]) if image_id in ids else ()
+
+        return [[items[i] for i in part] for part in image_groups([prefix_of(p.prompt_ids) for p in items])]
 
     def pixels(self, items: list):
         import torch
@@ -74,11 +98,16 @@ class FastBackend:
         import torch
 
         groups = image_groups([id(p.pixel_values) for p in items])
-        with torch.inference_mode(), segments_attended(self.model, self.attention.varlen_attention):
-            # no autograd graph: at 7B a batch's activations would fill the card
-            rows = encode_packed(self.model, cache_argument(self.model), [p.prompt_ids for p in items], groups,
-                                 self.pixels([items[g[0]] for g in groups]), self.shared_prefix_length(items),
-                                 self.tokenizer.pad_token_id, self.attention.varlen_attention)
+        prompts, prefix = [p.prompt_ids for p in items], self.shared_prefix_length(items)
+        pad, varlen = self.tokenizer.pad_token_id, self.attention.varlen_attention
+        with torch.inference_mode():  # no autograd graph: at 7B a batch's activations would fill the card
+            if self.family.fast.packed_prefill:
+                with segments_attended(self.model, varlen):
+                    rows = encode_packed(self.model, cache_argument(self.model), prompts, groups,
+                                         self.pixels([items[g[0]] for g in groups]), prefix, pad, varlen)
+            else:
+                rows = encode_by_prefix(self.model, self.family, cache_argument(self.model), prompts, groups,
+                                        [items[g[0]].image for g in groups], prefix, pad, varlen)
         return BatchRows(rows, {id(p): row for row, p in enumerate(items)})
 
     def rows_of(self, items: list, batch: BatchRows | None) -> tuple[EncodedRows, list[int]]:
@@ -112,8 +141,8 @@ class FastBackend:
             encoded, order = self.rows_of(items, batch)
             rows = encoded.select(order, max_new_tokens)
             limits = None if budgets is None or min(budgets) == max_new_tokens else torch.tensor(budgets)
-            stop = self.tokenizer.convert_tokens_to_ids(self.family.chat.stop_token)
-            out = greedy_tokens(self.model, cache_argument(self.model), rows, max_new_tokens, stop,
+            out = greedy_tokens(self.model, cache_argument(self.model), rows, max_new_tokens,
+                                stop_ids(self.family, self.tokenizer),
                                 self.tokenizer.pad_token_id, self.cuda_graphs, row_budgets=limits)
         budgets = budgets or [max_new_tokens] * len(items)
         return [self.tokenizer.decode(row[:budget], skip_special_tokens=True).strip()

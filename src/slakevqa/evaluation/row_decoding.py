@@ -49,9 +49,10 @@ class EncodedRows:
                            self.next_position[index], self.last_logits[index], self.tail_width)
 
 
-def greedy_tokens(model, cache_keyword: str, rows: EncodedRows, budget: int, eos_id: int, pad_id: int,
+def greedy_tokens(model, cache_keyword: str, rows: EncodedRows, budget: int, stop_ids: list[int], pad_id: int,
                   cuda_graphs: bool = True, row_budgets=None):
-    """Greedy answers (rows, budget): token ids, ``pad_id`` after a row's ``</s>``.
+    """Greedy answers (rows, budget): token ids, ``pad_id`` after a row's stop token (any of ``stop_ids``: the
+    family's end of turn and the tokenizer's EOS, as ``generate`` stops).
 
     ``row_budgets`` (rows,): a row ends after that many tokens, as if it had said ``</s>``
     (benchmarks use it to decode what a fine-tuned model would; the batch still runs until
@@ -59,8 +60,8 @@ def greedy_tokens(model, cache_keyword: str, rows: EncodedRows, budget: int, eos
     """
     decoder, head = language_parts(model)
     first = rows.last_logits.argmax(-1)
-    state = DecodeState.start(first, rows, budget, pad_id, row_budgets)
-    state.record(first, eos_id)
+    state = DecodeState.start(first, rows, budget, pad_id, stop_ids, row_budgets)
+    state.record(first)
     if budget == 1:
         return state.out
 
@@ -69,7 +70,7 @@ def greedy_tokens(model, cache_keyword: str, rows: EncodedRows, budget: int, eos
         rows.cache.start = state.column
         hidden = run_rows(model, state.token[:, None], state.position[:, None], rows.cache, rows.groups,
                           state.valid[:, None, :], cache_keyword)
-        state.advance(head(hidden[:, -1]).argmax(-1), eos_id, pad_id)
+        state.advance(head(hidden[:, -1]).argmax(-1), pad_id)
 
     with attention_swapped(decoder):
         graphed = cuda_graphs and state.token.is_cuda
@@ -93,9 +94,11 @@ class DecodeState:
     done: object      # (rows,) bool
     out: object       # (rows, budget)
     limits: object    # (rows,) tokens each row may emit
+    stops: object     # (n,) the ids that end a row
 
     @staticmethod
-    def start(first, rows: EncodedRows, budget: int, pad_id: int, row_budgets=None) -> "DecodeState":
+    def start(first, rows: EncodedRows, budget: int, pad_id: int, stop_ids: list[int],
+              row_budgets=None) -> "DecodeState":
         import torch
 
         device = first.device
@@ -103,18 +106,22 @@ class DecodeState:
         return DecodeState(first.clone(), rows.next_position.clone(),
                            torch.tensor(rows.tail_width, device=device), torch.tensor(1, device=device),
                            rows.valid.clone(), torch.zeros_like(first, dtype=torch.bool),
-                           torch.full((first.shape[0], budget), pad_id, dtype=torch.long, device=device), limits)
+                           torch.full((first.shape[0], budget), pad_id, dtype=torch.long, device=device), limits,
+                           torch.tensor(stop_ids, dtype=torch.long, device=device))
 
-    def record(self, first, eos_id: int) -> None:
+    def stopped(self, tokens):
+        return (tokens[:, None] == self.stops).any(-1)  # no host sync: CUDA graphs capture it
+
+    def record(self, first) -> None:
         self.out[:, 0] = first
-        self.done |= (first == eos_id) | (self.limits <= 1)
+        self.done |= self.stopped(first) | (self.limits <= 1)
 
-    def advance(self, predicted, eos_id: int, pad_id: int) -> None:
+    def advance(self, predicted, pad_id: int) -> None:
         import torch
 
         predicted = torch.where(self.done, pad_id, predicted)
         self.out.index_copy_(1, self.step.view(1), predicted[:, None])
-        self.done |= (predicted == eos_id) | (self.limits <= self.step + 1)
+        self.done |= self.stopped(predicted) | (self.limits <= self.step + 1)
         self.token.copy_(predicted)
         self.position += 1
         self.column += 1

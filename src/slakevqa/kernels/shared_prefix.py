@@ -38,7 +38,8 @@ def language_parts(model):
     not a stack the rows can run.
 
     The decoder must be a Llama-family stack (``embed_tokens``, ``rotary_emb``, ``layers``, ``norm``)
-    whose attention layers number themselves (``self_attn.layer_idx``).
+    whose attention layers number themselves (``self_attn.layer_idx``) and take no logit soft-capping
+    (Gemma 2's; the rows' attention has none).
     """
     from slakevqa.errors import UserError
     from slakevqa.models.families import family_of
@@ -52,6 +53,8 @@ def language_parts(model):
     if decoder is None or head is None or not all(hasattr(decoder, name) for name in needed):
         return None
     if not all(hasattr(getattr(layer, "self_attn", None), "layer_idx") for layer in decoder.layers):
+        return None
+    if getattr(decoder.config, "attn_logit_softcapping", None) is not None:
         return None
     return decoder, head
 
@@ -259,12 +262,14 @@ def run_rows(model, input_ids, position_ids, cache: RowCache, groups: ImageGroup
     ``key_mask`` (rows, L, width) bool: the row's own columns each token sees (itself included).
     Call inside :func:`attention_swapped`.
     """
+    from slakevqa.models.families import family_of
+
     decoder, _ = language_parts(model)
     hidden = decoder.embed_tokens(input_ids)
-    embeddings = decoder.rotary_emb(hidden, position_ids)
-    for layer in decoder.layers[:decoder.config.num_hidden_layers]:
+    embeddings = family_of(model).text_rotary(decoder, hidden, position_ids)  # text tokens: 1-D positions
+    for layer, embedding in zip(decoder.layers[:decoder.config.num_hidden_layers], embeddings):
         out = layer(hidden, attention_mask=key_mask, position_ids=position_ids, use_cache=True,
-                    position_embeddings=embeddings, image_groups=groups, **{cache_keyword: cache})
+                    position_embeddings=embedding, image_groups=groups, **{cache_keyword: cache})
         hidden = out[0] if isinstance(out, tuple) else out
     return decoder.norm(hidden)
 

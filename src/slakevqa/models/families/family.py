@@ -98,7 +98,11 @@ class FastPaths:
     ``packing``: training rows packed by image; ``varlen_attention``: flash attention's variable-length
     kernel for packed segments; ``cuda_graphs``: the decoding step replayed as a CUDA graph;
     ``feature_cache``: cached projector outputs when the vision tower is frozen;
-    ``liger``: the name of liger-kernel's ``apply_liger_kernel_to_*`` for its language model, or "".
+    ``liger``: the name of liger-kernel's ``apply_liger_kernel_to_*`` for its language model, or "";
+    ``packed_prefill``: the fast backend runs each image's prefix and its questions in one packed forward
+    (a causal prefix of 1-D positions: LLaVA); off, the prefix runs through the model's own forward (its
+    image attention and positions: Gemma 3's bidirectional block, Qwen2.5-VL's M-RoPE) and the questions
+    as rows after it.
     """
 
     shared_prefix_eval: bool = False
@@ -107,6 +111,7 @@ class FastPaths:
     cuda_graphs: bool = False
     feature_cache: bool = False
     liger: str = ""
+    packed_prefill: bool = False
 
     def names(self) -> list[str]:
         return [name for name, on in (("shared prefix eval", self.shared_prefix_eval), ("packing", self.packing),
@@ -148,6 +153,12 @@ def stacked(images: list[ImageInputs]) -> dict:
     return {"pixel_values": torch.stack([image.pixel_values for image in images])}
 
 
+def text_rotary_1d(decoder, hidden, positions) -> list:
+    """One rotary embedding of ``positions`` for every layer: the Llama-family rule."""
+    embeddings = decoder.rotary_emb(hidden, positions)
+    return [embeddings] * decoder.config.num_hidden_layers
+
+
 @dataclass(frozen=True)
 class ModelFamily:
     """One model family (module docstring). ``name`` is the registry key, recorded in fingerprints.
@@ -172,6 +183,9 @@ class ModelFamily:
             them for CLOSED candidate tokens with :attr:`next_positions`.
         next_positions: ``(prompt position_ids, steps) -> position_ids`` of ``steps`` tokens after the prompt.
         notes: what a user should know (``check`` prints it, docs/families.md lists it).
+        text_rotary: ``(decoder, hidden, positions (rows, L)) -> [position embeddings per layer]`` of text
+            tokens at 1-D ``positions``: what the fast backend's rows pass each decoder layer (Qwen2.5-VL's text
+            tokens take the same position on its three axes; Gemma 3's layers differ by attention type).
     """
 
     name: str
@@ -189,6 +203,7 @@ class ModelFamily:
     position_ids: Callable[..., Any]
     next_positions: Callable[[Any, int], Any]
     notes: str = ""
+    text_rotary: Callable[[Any, Any, Any], list] = text_rotary_1d
 
     def recognises(self, model_type: str | None, text_model_type: str | None) -> bool:
         return model_type == self.model_type and (text_model_type in self.text_model_types)

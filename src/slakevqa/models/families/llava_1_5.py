@@ -156,8 +156,8 @@ FAMILY = ModelFamily(
                                        "trained (image_aspect_ratio pad); llava-hf's own preprocessing crops"),
     parts=LLAVA_PARTS,
     # Llama decoder: the shared-prefix rows, packing, varlen and CUDA graphs take it as they take Mistral
-    fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True,
-                   feature_cache=True, liger=""),
+    fast=FastPaths(shared_prefix_eval=True, packed_prefill=True, packing=True, varlen_attention=True,
+                   cuda_graphs=True, feature_cache=True, liger=""),
     llama_factory_template="llava", position_ids=left_padded_positions, next_positions=continue_positions,
     notes="prompts follow llava-hf's template, which has no system prompt; upstream LLaVA-1.5 trained and "
           "evaluated with Vicuna v1's ('A chat between a curious user and an artificial intelligence "

@@ -81,8 +81,8 @@ FAMILY = ModelFamily(
                          image_tokens_note="336 px after pad-to-square, 576 tokens (CLIP ViT-L/14, layer -2, no CLS)",
                          pad_to_square="padded with the CLIP mean colour (122, 116, 104), centred, as LLaVA-Med"),
     parts=LLAVA_PARTS,
-    fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True,
-                   feature_cache=True, liger="apply_liger_kernel_to_mistral"),
+    fast=FastPaths(shared_prefix_eval=True, packed_prefill=True, packing=True, varlen_attention=True,
+                   cuda_graphs=True, feature_cache=True, liger="apply_liger_kernel_to_mistral"),
     # LLaMA-Factory has no template of LLaVA-Med v1.5's format: its llava_next_mistral and mistral write
     # "[INST] {content}[/INST]" (no space before [/INST]; mistral has no image plugin), so none is named
     llama_factory_template="", position_ids=left_padded_positions, next_positions=continue_positions,

@@ -219,6 +219,13 @@ def next_positions(positions: Tensor, steps: int) -> Tensor:
     return steps_after[None].repeat(3, 1, 1)
 
 
+def text_rotary(decoder: Any, hidden: Tensor, positions: Tensor) -> list:
+    """Rotary embeddings of text tokens at 1-D ``positions`` ``(rows, L)``: the same value on all three M-RoPE
+    axes (text after an image goes on from ``max + 1`` on every axis), the same for every layer."""
+    embeddings = decoder.rotary_emb(hidden, positions[None].expand(3, -1, -1))  # 5.17 takes only (3, rows, L)
+    return [embeddings] * decoder.config.num_hidden_layers
+
+
 def tiny_config(tokenizer: Any):
     """A tiny random Qwen2.5-VL: text 64 hidden, 2 layers, 4 heads (head_dim 16, M-RoPE sections 2+3+3),
     2 KV heads; vision 32 hidden, 2 blocks (the second with full attention), patch 14, merge 2. Token ids
@@ -284,8 +291,9 @@ FAMILY = ModelFamily(
         image_tokens_note="dynamic: resized to multiples of 28 px within 3136..12845056 pixels, "
                           "(H/28)*(W/28) tokens per image (SLAKE 512x512 -> 504x504 -> 324)",
         pad_to_square="none: each image keeps its aspect ratio and gets its own token grid"),
-    parts=PARTS, fast=FastPaths(), llama_factory_template="qwen2_vl",
-    position_ids=position_ids, next_positions=next_positions,
+    parts=PARTS, fast=FastPaths(shared_prefix_eval=True, varlen_attention=True, cuda_graphs=True),
+    llama_factory_template="qwen2_vl", position_ids=position_ids, next_positions=next_positions,
+    text_rotary=text_rotary,
     notes="the image-aware chat template is the processor's (system 'You are a helpful assistant.'); the "
           "tokenizer files' template is Qwen2.5's text-only one and is never used; image token counts vary "
           "with image size (324 for SLAKE's 512x512); positions are 3-D (M-RoPE)")
