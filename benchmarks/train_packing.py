@@ -5,6 +5,9 @@
         python benchmarks/train_packing.py --slake_root bench_data/Slake1.0 --split test
     # CPU smoke test at toy size:
     PYTHONPATH=src python benchmarks/train_packing.py --tiny --slake_root DIR --steps 3
+    # another family at its published shape (benchmarks/family_shapes.py; bench_data/tokenizers carried):
+    PYTHONPATH=src python benchmarks/train_packing.py --family qwen2_5_vl --slake_root bench_data/Slake1.0 \
+        --modes naive+ckpt,packed+ckpt+varlen --batch_size 16
 
 Every mode trains the same model (random weights, bf16, sdpa; LoRA r=64 on every linear
 layer of the language model, the projector trained fully, the vision tower frozen, as
@@ -37,7 +40,10 @@ Reports samples/s, peak memory and model FLOP utilisation. MFU counts the FLOPs 
 the tokens each step actually runs (so packing's saved work is not counted as work):
 per text token 4N of the frozen language model (forward + input gradients) + 6N of
 the adapters, attention 12·d·L per (query, key) pair the mask allows, and the
-vision forward for images not yet cached. Peak: 989 TFLOP/s dense bf16 (H100/H200 SXM).
+vision forward for images not yet cached. Peak: 989 TFLOP/s dense bf16 (H100/H200 SXM). ``--family``
+other than ``llava_med`` trains that family's random model at its published shape the same way (its own
+packing rules: Qwen2.5-VL's M-RoPE positions, Gemma 3's image block; no feature cache where the family has
+none) and reports no FLOPs (the count above is LLaVA's).
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PEAK_TFLOPS = 989.0
 SUFFIXES = {"ckpt", "ckpt2", "peftcast", "cudnn", "liger", "compile", "varlen", "keepN"}
@@ -61,9 +68,15 @@ def suffix_kind(part: str) -> str:
     return "keepN" if part.startswith("keep") and part[4:].isdigit() else part
 
 
-def build(tiny: bool, device: str):
+def build(tiny: bool, device: str, family: str = "llava_med"):
+    import tempfile
+
     import torch
 
+    if family != "llava_med":
+        from family_eval_speed import build as build_family
+
+        return build_family(family, tiny, Path(tempfile.mkdtemp(prefix="train_packing_")))
     if tiny:
         from slakevqa.models.tiny import build_tiny_llava
 
@@ -142,6 +155,8 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
 
     from slakevqa.kernels.attention import attention_kernels
     from slakevqa.kernels.segment_attention import segments_attended
+    from slakevqa.models.families import family_of
+    from slakevqa.models.families.family import packed_inputs
     from slakevqa.models.image_features import ImageFeatureCache
     from slakevqa.training.examples import ExampleEncoder
     from slakevqa.training.loss import answer_loss
@@ -158,12 +173,13 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
         for layer in adapter_layers(model):
             layer.cast_input_dtype_enabled = False
     autocast = contextlib.nullcontext() if peft_cast or device.type != "cuda" else torch.autocast("cuda", torch.bfloat16)
-    features = ImageFeatureCache(model) if packed else None
-    encoder = ExampleEncoder(builder, processor, 512, 64, pack=packed, features=features)
+    family = family_of(model)
+    features = ImageFeatureCache(model) if packed and family.fast.feature_cache else None
+    encoder = ExampleEncoder(builder, processor, 512, 64, pack=packed, features=features, family=family)
     groups = image_group_ids(samples, builder) if packed else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
-    counts = parameter_counts(model)
+    counts = parameter_counts(model) if family.name == "llava_med" else None  # FLOPs: LLaVA's count only
     pad = processor.tokenizer.pad_token_id
     model.train()
     if device.type == "cuda":
@@ -176,8 +192,9 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
         cached_before = len(features.cache) if features else 0
         rows = micro_batch_indices(state["step"], len(samples), args.batch_size, 0, groups=groups)
         batch, _ = encoder.batch([samples[i] for i in rows])
-        new_images = (len(features.cache) - cached_before) if features else batch["pixel_values"].shape[0]
+        new_images = (len(features.cache) - cached_before) if features else batch["input_ids"].shape[0]  # a row, an image
         batch = {k: v.to(device) for k, v in batch.items() if varlen or k != "segment_layout"}
+        batch = packed_inputs(family, model, batch)
         # backward too: checkpointing recomputes attention there
         with autocast, attention_kernels(cudnn), segments_attended(model, varlen):
             loss = answer_loss(model, batch).loss
@@ -191,7 +208,7 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
             torch.cuda.synchronize(device)
         if timed and state["step"] >= args.warmup:
             state["seconds"] += time.perf_counter() - began
-            state["flops"] += step_flops(counts, batch, pad, new_images)
+            state["flops"] += step_flops(counts, batch, pad, new_images) if counts else 0.0
             state["rows"] += batch["input_ids"].shape[0]
             state["tokens"] += int((batch["input_ids"] != pad).sum())
         state["step"] += 1
@@ -208,8 +225,8 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
             "steps": args.steps, "samples_per_s": round(args.steps * args.batch_size / seconds, 2),
             "rows_per_step": round(rows / args.steps, 2), "tokens_per_step": round(tokens / args.steps),
             "step_s": round(seconds / args.steps, 4), "peak_gib": round(peak, 1) if peak else None,
-            "tflops": round(flops / seconds / 1e12, 1),
-            "mfu": round(flops / seconds / 1e12 / PEAK_TFLOPS, 3) if device.type == "cuda" else None,
+            "tflops": round(flops / seconds / 1e12, 1) if counts else None,
+            "mfu": round(flops / seconds / 1e12 / PEAK_TFLOPS, 3) if device.type == "cuda" and counts else None,
             "losses": [round(float(loss), 5) for loss in state["losses"]]}
 
 
@@ -271,6 +288,7 @@ def main() -> None:
                         help="comma-separated; MODE@N runs MODE at batch size N")
     parser.add_argument("--lora_dropout", type=float, default=0.05)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--family", default="llava_med", choices=("llava_med", "llava_1_5", "qwen2_5_vl", "gemma3"))
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per mode")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
@@ -283,7 +301,7 @@ def main() -> None:
     root = Path(args.slake_root)
     samples = load_split(root, args.split, "en")
     builder = InputBuilder.create(find_layout(root), ClosedVocab.empty())  # routes from questions alone
-    model, processor = build(args.tiny, device)
+    model, processor = build(args.tiny, device, args.family)
     model = configure_trainable(model, use_lora=True, lora_r=64, lora_alpha=128, lora_dropout=args.lora_dropout,
                                 lora_target_modules="all-linear", tune_mm_projector=True, freeze_vision_tower=True)
     results, default_batch = [], args.batch_size

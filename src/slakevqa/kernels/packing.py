@@ -78,6 +78,22 @@ def segment_batch(rows: list[Row], pad_id: int, mask_device=None) -> dict:
     return batch
 
 
+def with_image_blocks(batch: dict, image_id: int) -> dict:
+    """``batch`` with each row's image tokens seeing one another both ways (Gemma 3's image block; one image per
+    row), its ``segment_layout`` dropped: flash attention's causal sequences cannot carry such a block, so the
+    dense mask serves (sdpa).
+
+    >>> mask = with_image_blocks(segment_batch([([1, 9, 9, 2], [-100] * 4, [0, 1, 2, 3], [0, 0, 0, 1])], 0), 9)
+    >>> mask["attention_mask"][0, 0].int().tolist(), "segment_layout" in mask
+    ([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], False)
+    """
+    image = batch["input_ids"] == image_id
+    block = image[:, None, :, None] & image[:, None, None, :]
+    out = {name: value for name, value in batch.items() if name != "segment_layout"}
+    out["attention_mask"] = batch["attention_mask"] | block.to(batch["attention_mask"].device)
+    return out
+
+
 def prefix_length(input_ids: tuple[int, ...], image_id: int) -> int:
     """Tokens up to and including the last image token: the part every question of an image shares."""
     return len(input_ids) - input_ids[::-1].index(image_id)

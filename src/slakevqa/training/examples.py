@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.encoding import EncodedExample, batch_stats, encode_example, pad_batch
-from slakevqa.kernels.packing import pack_by_image
+from slakevqa.kernels.packing import pack_by_image, with_image_blocks
 from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.records import VQASample
 from slakevqa.training.choice import Choice, make_choice, pack_batch
@@ -63,14 +63,16 @@ class ExampleEncoder:
         examples = [self.encode(s) for s in samples]
         pad = self.processor.tokenizer.pad_token_id
         rows = samples  # the sample whose pixels each row takes
+        image_id = self.processor.tokenizer.convert_tokens_to_ids(self.family.chat.image_token)
         if self.objective != "sft":
             batch = pack_batch(examples, [self.choices[s.qid] for s in samples], self.objective, pad)
         elif self.pack:
-            image_id = self.processor.tokenizer.convert_tokens_to_ids(self.family.chat.image_token)
             batch, firsts = pack_by_image(examples, [self.builder.pixel_key(s) for s in samples], image_id, pad)
             rows = [samples[i] for i in firsts]
         else:
             batch = pad_batch(examples, pad)
+        if batch["attention_mask"].dim() == 4 and self.family.images.bidirectional:  # packed rows of Gemma 3
+            batch = with_image_blocks(batch, image_id)
         if self.features is not None:
             batch["image_features"] = self.features.features([self.builder.pixel_key(s) for s in rows],
                                                              lambda i: self.pixel_values(rows[i]))

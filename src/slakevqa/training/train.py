@@ -29,6 +29,7 @@ from slakevqa.kernels.attention import attention_kernels
 from slakevqa.kernels.segment_attention import segments_attended
 from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.families import family_of
+from slakevqa.models.families.family import packed_inputs
 from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.models.model_files import (
     MODEL_FILE_PATTERNS,
@@ -189,6 +190,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
             batch, stats = encoder.batch([samples[i] for i in rows])
             # without varlen the layout stays out of the forward (compiled layers would guard on it)
             batch = {k: v.to(accelerator.device) for k, v in batch.items() if varlen or k != "segment_layout"}
+            batch = packed_inputs(family, model, batch)  # Qwen2.5-VL's packed rows take M-RoPE positions
             sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast(), adapters_under_autocast(autocast_adapters), \
                     attention_kernels(cfg.attention.cudnn_attention), segments_attended(model, varlen), \

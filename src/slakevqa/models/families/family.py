@@ -135,6 +135,7 @@ class ImagePipeline:
             torchvision for its video part); ``None``: ``AutoProcessor`` with the PIL image processor.
         image_tokens_note: one line on sizes and token counts, for ``check`` and docs.
         pad_to_square: what mask conditioning's and LLaVA's pad-to-square mean for it.
+        bidirectional: an image's tokens attend to one another both ways (Gemma 3): packed rows' masks say so.
     """
 
     build_processor: Callable[..., Any]
@@ -144,6 +145,7 @@ class ImagePipeline:
     compose_processor: Callable[..., Any] | None = None
     image_tokens_note: str = ""
     pad_to_square: str = ""
+    bidirectional: bool = False
 
 
 def stacked(images: list[ImageInputs]) -> dict:
@@ -183,6 +185,8 @@ class ModelFamily:
             them for CLOSED candidate tokens with :attr:`next_positions`.
         next_positions: ``(prompt position_ids, steps) -> position_ids`` of ``steps`` tokens after the prompt.
         notes: what a user should know (``check`` prints it, docs/families.md lists it).
+        packed_positions: ``(model, packed batch) -> position_ids`` where the 1-D positions packed rows carry do
+            not serve (Qwen2.5-VL's M-RoPE); ``None``: they do.
         text_rotary: ``(decoder, hidden, positions (rows, L)) -> [position embeddings per layer]`` of text
             tokens at 1-D ``positions``: what the fast backend's rows pass each decoder layer (Qwen2.5-VL's text
             tokens take the same position on its three axes; Gemma 3's layers differ by attention type).
@@ -204,6 +208,7 @@ class ModelFamily:
     next_positions: Callable[[Any, int], Any]
     notes: str = ""
     text_rotary: Callable[[Any, Any, Any], list] = text_rotary_1d
+    packed_positions: Callable[[Any, dict], Any] | None = None
 
     def recognises(self, model_type: str | None, text_model_type: str | None) -> bool:
         return model_type == self.model_type and (text_model_type in self.text_model_types)
@@ -236,6 +241,13 @@ def prompt_batch(family: ModelFamily, prompts: list[list[int]], images: list[Ima
         mask[row, width - len(ids):] = 1
     return {"input_ids": input_ids, "attention_mask": mask, **family.images.collate(images),
             **family.images.text_inputs(input_ids)}
+
+
+def packed_inputs(family: ModelFamily, model, batch: dict) -> dict:
+    """``batch`` with the family's own positions where its rows are packed (a 4-D mask) and 1-D ones do not serve."""
+    if family.packed_positions is None or batch["attention_mask"].dim() != 4:
+        return batch
+    return {**batch, "position_ids": family.packed_positions(model, batch)}
 
 
 def on_device(batch: dict, model) -> dict:

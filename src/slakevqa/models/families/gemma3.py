@@ -249,11 +249,11 @@ FAMILY = ModelFamily(
         image_tokens_note="896x896 px, 256 tokens per image (SigLIP 14 px patches, 64x64 pooled to 16x16), "
                           "no pan-and-scan",
         pad_to_square="none: Gemma 3 stretches every image to 896x896 (bilinear), aspect ratio not kept; "
-                      "images are not padded"),
+                      "images are not padded", bidirectional=True),
     parts=GEMMA3_PARTS,
     # evaluation's prefix runs through the model's forward (the bidirectional image block); its rows read it
     # through flash attention's variable-length kernel (head_dim 256 is its largest)
-    fast=FastPaths(shared_prefix_eval=True, varlen_attention=True, cuda_graphs=True),
+    fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True),
     llama_factory_template="gemma3", position_ids=left_padded_positions, next_positions=continue_positions,
     text_rotary=text_rotary,
     notes="image soft tokens attend bidirectionally within their block (token_type_ids, passed to every "

@@ -209,6 +209,26 @@ def position_ids(model: Any, input_ids: Tensor, attention_mask: Tensor, batch_im
     return positions
 
 
+def packed_positions(model: Any, batch: dict) -> Tensor:
+    """M-RoPE positions ``(3, R, T)`` of packed rows (slakevqa.kernels.packing: the image prefix, then each
+    question as a segment whose 1-D positions go on from the prefix's length).
+
+    The prefix (up to the row's last image token, P tokens) takes the model's own positions; a token after
+    it takes its 1-D position plus the prefix's shift (its largest position + 1 - P) on every axis, which
+    is what the unpacked row gives that token: text after an image counts on from ``max + 1``.
+    """
+    import torch
+
+    ids, flat = batch["input_ids"], batch["position_ids"]
+    columns = torch.arange(ids.shape[1], device=ids.device)
+    image = ids == IMAGE_TOKEN_ID
+    length = (torch.where(image, columns, -1).amax(-1) + 1)[:, None]  # P per row
+    in_prefix = columns < length
+    positions = position_ids(model, ids, in_prefix.long(), batch)  # the prefix's (others: filler)
+    shift = torch.where(in_prefix, positions, -1).amax(dim=(0, 2))[:, None] + 1 - length  # (R, 1)
+    return torch.where(in_prefix, positions, (flat + shift)[None])
+
+
 def next_positions(positions: Tensor, steps: int) -> Tensor:
     """``(3, B, steps)`` positions of ``steps`` tokens after the prompt: each row's largest position + 1, 2, ...
     on every axis (what ``generate`` continues with: its ``rope_deltas`` are ``max + 1 - length``)."""
@@ -291,9 +311,9 @@ FAMILY = ModelFamily(
         image_tokens_note="dynamic: resized to multiples of 28 px within 3136..12845056 pixels, "
                           "(H/28)*(W/28) tokens per image (SLAKE 512x512 -> 504x504 -> 324)",
         pad_to_square="none: each image keeps its aspect ratio and gets its own token grid"),
-    parts=PARTS, fast=FastPaths(shared_prefix_eval=True, varlen_attention=True, cuda_graphs=True),
+    parts=PARTS, fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True),
     llama_factory_template="qwen2_vl", position_ids=position_ids, next_positions=next_positions,
-    text_rotary=text_rotary,
+    text_rotary=text_rotary, packed_positions=packed_positions,
     notes="the image-aware chat template is the processor's (system 'You are a helpful assistant.'); the "
           "tokenizer files' template is Qwen2.5's text-only one and is never used; image token counts vary "
           "with image size (324 for SLAKE's 512x512); positions are 3-D (M-RoPE)")
