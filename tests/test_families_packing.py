@@ -24,7 +24,7 @@ from slakevqa.inputs.vocab import build_closed_vocab
 from slakevqa.models.families import family_named
 from slakevqa.models.families.family import packed_inputs
 from slakevqa.training.examples import ExampleEncoder
-from slakevqa.training.loss import answer_loss
+from slakevqa.training.loss import answer_loss, packed_loss
 from slakevqa.training.params import configure_trainable
 
 TOKENIZERS = {"qwen2_5_vl": "qwen2_5", "gemma3": "gemma3"}
@@ -100,3 +100,22 @@ def test_qwen_packed_positions_break_without_the_shift(stretched: Path,
         flat = answer_loss(model, packed).row_losses
     # 1e-6 against ~4e-4 with this seed: the random tiny model's logits move little with positions
     assert float((right - want).abs().max()) < 1e-5 and float((flat - want).abs().max()) > 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_choice_rows_leave_the_answer_loss_unchanged(name: str, stretched: Path,
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``--closed_train_objective hybrid`` packs candidates after each prompt: with the choice loss weighted 0 the
+    loss is the answer loss of one row per question (M-RoPE positions and the image block hold there too)."""
+    family = family_named(name)
+    tokenizer = family_fixtures.real_tokenizer(TOKENIZERS[name], tmp_path_factory)
+    model, processor = importlib.import_module(f"slakevqa.models.families.{name}").build_tiny(tokenizer, seed=2)
+    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
+    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:10]
+    plain, _ = ExampleEncoder(builder, processor, 512, 64, family=family).batch(samples)
+    hybrid, _ = ExampleEncoder(builder, processor, 512, 64, "hybrid", family=family).batch(samples)
+    with torch.no_grad():
+        reference = answer_loss(model, plain)
+        combined, stats = packed_loss(model, packed_inputs(family, model, hybrid), mc_weight=0.0)
+    assert stats["mc_rows"] >= 1 and combined.tokens == reference.tokens
+    torch.testing.assert_close(combined.row_losses, reference.row_losses, atol=1e-5, rtol=1e-5)

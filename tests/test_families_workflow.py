@@ -205,6 +205,9 @@ def test_eval_and_training_record_the_family(workflow: Workflow) -> None:
         assert recorded["model_family"] == workflow.family.name, folder
         assert recorded["eval_backend"] == backend, folder
     assert len(answers(workflow.eval_a)) == QUESTIONS and len(answers(workflow.adapter / "eval_test")) == 8
+    run_config = json.loads((workflow.adapter / "run_config.json").read_text(encoding="utf-8"))
+    assert run_config["model_family"] == workflow.family.name
+    assert run_config["speed_levers"]["packed"] is True  # every family trains on rows packed by image
 
 
 def test_merged_model_answers_as_the_adapter(workflow: Workflow) -> None:

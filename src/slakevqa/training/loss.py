@@ -124,8 +124,9 @@ def packed_loss(model: torch.nn.Module, batch: dict, mc_weight: float) -> tuple[
     from slakevqa.training.choice import choice_loss, needed_positions
 
     need = needed_positions(batch)
-    inputs = model_inputs(model, {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids", "segment_layout",
-                                                      "pixel_values", "image_features") if k in batch})
+    # everything the forward takes (the family's image inputs and per-token extras too), not the choice bookkeeping
+    inputs = model_inputs(model, {k: v for k, v in batch.items()
+                                  if k not in ("labels", "sample_index", "choice_gold", "choice_segments")})
     logprobs = logits_where(model, inputs, need).float().log_softmax(-1)
     lookup = torch.full(need.shape, -1, dtype=torch.long, device=need.device)
     lookup[need] = torch.arange(int(need.sum()), device=need.device)
