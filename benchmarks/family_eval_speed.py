@@ -33,28 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def build(family: str, tiny: bool, work: Path):
-    """``(model, processor)``: random weights at the published shape (bf16, CUDA) or the tiny one (fp32, CPU)."""
-    import importlib
-
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    from family_shapes import family_tokenizer
-
-    module = importlib.import_module(f"slakevqa.models.families.{family}")
-    tokenizer = family_tokenizer(family, work)
-    if tiny:
-        return module.build_tiny(tokenizer, seed=0)
-    config = module.published_config(tokenizer)
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), module.build_processor(tokenizer)
-
-
 def answer_all(engine, samples: list, batch_size: int) -> list:
     return [p for i in range(0, len(samples), batch_size) for p in engine.answer(samples[i: i + batch_size])]
 
@@ -75,6 +53,7 @@ def main() -> None:
     import torch
 
     from eval_throughput import timed, trained_lengths
+    from family_shapes import random_family_model
     from slakevqa.data.slake import find_layout, load_split
     from slakevqa.evaluation.engine import Engine
     from slakevqa.inputs.builder import InputBuilder
@@ -98,7 +77,7 @@ def main() -> None:
                      key=lambda s: (s.image_key, s.qid))  # grouped by image, as evaluate() batches them
     samples = samples[:args.limit] if args.limit else samples
     builder = InputBuilder.create(find_layout(args.slake_root), ClosedVocab.empty())
-    (model, processor), build_s = timed(lambda: build(args.family, args.tiny, out), device)
+    (model, processor), build_s = timed(lambda: random_family_model(args.family, out, args.tiny), device)
     fast, plain = Engine(model, processor, builder), Engine(model, processor, builder, share_prefix=False)
     assert fast.fast is not None, f"{args.family}: no fast backend"
     fast.answer(samples[:4]), plain.answer(samples[:2])  # warm-up: kernels, caches, allocator

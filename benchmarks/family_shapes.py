@@ -61,28 +61,33 @@ def family_tokenizer(name: str, work: Path):
     return tokenizer
 
 
-def build_family(name: str, folder: Path, tiny: bool) -> str:
-    """Write a random model of family ``name`` (published shape in bf16 on CUDA, or its tiny one in fp32) to
-    ``folder`` with its processor; returns a one-line description."""
+def random_family_model(name: str, work: Path, tiny: bool):
+    """``(model, processor)`` of family ``name`` with random weights: its published shape in bf16 on CUDA, or its
+    tiny one in fp32; the tokenizer is the family's walkthrough tokenizer (module docstring), made under ``work``."""
     import importlib
 
     import torch
     from transformers import AutoModelForImageTextToText
 
+    module = importlib.import_module(f"slakevqa.models.families.{name}")
+    tokenizer = family_tokenizer(name, work)
+    if tiny:
+        return module.build_tiny(tokenizer, seed=0)
+    config = module.published_config(tokenizer)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), module.build_processor(tokenizer)
+
+
+def build_family(name: str, folder: Path, tiny: bool) -> str:
+    """Write a random model of family ``name`` (:func:`random_family_model`) to ``folder`` with its processor;
+    returns a one-line description."""
     from slakevqa.models.tiny import save_llava
 
-    module = importlib.import_module(f"slakevqa.models.families.{name}")
-    tokenizer = family_tokenizer(name, folder.parent)
-    if tiny:
-        model, processor = module.build_tiny(tokenizer, seed=0)
-    else:
-        config = module.published_config(tokenizer)
-        config._attn_implementation = "sdpa"
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        processor = module.build_processor(tokenizer)
+    model, processor = random_family_model(name, folder.parent, tiny)
     save_llava(model.eval(), processor, folder)
     n = sum(p.numel() for p in model.parameters())
     return f"{type(model).__name__}: {n / 1e9:.2f} B parameters ({next(model.parameters()).dtype}) -> {folder}"

@@ -74,9 +74,9 @@ def build(tiny: bool, device: str, family: str = "llava_med"):
     import torch
 
     if family != "llava_med":
-        from family_eval_speed import build as build_family
+        from family_shapes import random_family_model
 
-        return build_family(family, tiny, Path(tempfile.mkdtemp(prefix="train_packing_")))
+        return random_family_model(family, Path(tempfile.mkdtemp(prefix="train_packing_")), tiny)
     if tiny:
         from slakevqa.models.tiny import build_tiny_llava
 

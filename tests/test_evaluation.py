@@ -218,3 +218,24 @@ def test_answer_order_keeps_each_images_questions_together_long_budget_images_fi
     long = {s.image_key for s in samples if settings.budget(s) > settings.max_new_tokens_open_default}
     holds_long = [s.image_key in long for s in order]
     assert 0 < len(long) < len(set(images)) and holds_long == sorted(holds_long, reverse=True)
+
+
+def test_answer_order_by_size_puts_each_size_together_within_each_group(slake_root) -> None:
+    """Qwen2.5-VL (token count follows the image size): one size after another, long-budget images still first;
+    batches of 64 of the English test split hold 23 distinct prefixes, not 27."""
+    from slakevqa.evaluation.engine import GenerationSettings
+    from slakevqa.evaluation.evaluate import answer_order, image_size
+
+    settings = GenerationSettings()
+    samples = load_split(slake_root, "test", "en")
+    plain, by_size = answer_order(samples, settings), answer_order(samples, settings, image_size)
+    assert sorted(s.qid for s in by_size) == sorted(s.qid for s in samples)
+    long = {s.image_key for s in samples if settings.budget(s) > settings.max_new_tokens_open_default}
+    assert [s.image_key in long for s in by_size] == [s.image_key in long for s in plain]
+    keys = [(s.image_key in long, image_size(s)) for s in by_size]
+    assert sum(a != b for a, b in zip(keys, keys[1:])) == len(set(keys)) - 1  # each (group, size) in one run
+
+    def prefixes(order: list) -> int:
+        return sum(len({image_size(s) for s in order[i:i + 64]}) for i in range(0, len(order), 64))
+
+    assert (prefixes(plain), prefixes(by_size)) == (27, 23)

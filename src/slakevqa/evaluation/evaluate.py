@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -90,7 +91,8 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     shard_file = out / (PREDICTIONS_NAME if world == 1 else f"predictions.rank{rank}.jsonl")
     done = {p.qid for p in recover_predictions(out / PREDICTIONS_NAME)}
     done |= {p.qid for p in recover_predictions(shard_file)} if world > 1 else set()
-    pending = answer_order([s for s in shard_by_image(samples, rank, world) if s.qid not in done], settings)
+    by_size = image_size if engine.family.images.tokens_follow_size else None  # Qwen2.5-VL: one prefix per size
+    pending = answer_order([s for s in shard_by_image(samples, rank, world) if s.qid not in done], settings, by_size)
     if done:
         log.info("resuming: %d questions already answered, %d to go", len(done), len(pending))
     began, to_answer = time.perf_counter(), len(samples) - len(done)  # every rank's share, for the timing
@@ -181,7 +183,8 @@ def clear_eval_outputs(out: Path) -> None:
     shutil.rmtree(out / "diagnose", ignore_errors=True)
 
 
-def answer_order(samples: list[VQASample], settings: GenerationSettings) -> list[VQASample]:
+def answer_order(samples: list[VQASample], settings: GenerationSettings,
+                 size_of: Callable[[VQASample], tuple] | None = None) -> list[VQASample]:
     """The order questions are answered in (the file is rewritten in qid order at the end).
 
     Image by image (SLAKE asks ~11 questions per image), so a batch's packed forward holds each
@@ -189,10 +192,21 @@ def answer_order(samples: list[VQASample], settings: GenerationSettings) -> list
     questions, on 41 of the English test split's 96 images) first, so the few rows that decode
     48 steps fall into the first batches only. Ordering by budget first instead kept 48-step
     decodes out of most batches, but brought those 41 images back for a second prefill: on the
-    7B shape at batch 256, 115 q/s against 93 (benchmarks/RESULTS.md, issue 15).
+    7B shape at batch 256, 115 q/s against 93 (benchmarks/RESULTS.md, issue 15). ``size_of``: within each
+    of the two groups, images of one size together (a family whose token count follows the size: the
+    fast backend runs one prefill and one decoding call per distinct prefix in a batch).
     """
     long = {s.image_key for s in samples if settings.budget(s) > settings.max_new_tokens_open_default}
-    return sorted(samples, key=lambda s: (s.image_key not in long, s.image_key, settings.budget(s), s.qid))
+    return sorted(samples, key=lambda s: (s.image_key not in long, size_of(s) if size_of else (), s.image_key,
+                                          settings.budget(s), s.qid))
+
+
+def image_size(sample: VQASample) -> tuple[int, int]:
+    """``(width, height)`` of the sample's image file (its header only: ~50 us, no pixels decoded)."""
+    from PIL import Image
+
+    with Image.open(sample.image_path) as image:
+        return image.size
 
 
 def shard_by_image(samples: list[VQASample], rank: int, world: int) -> list[VQASample]:

@@ -136,6 +136,8 @@ class ImagePipeline:
         image_tokens_note: one line on sizes and token counts, for ``check`` and docs.
         pad_to_square: what mask conditioning's and LLaVA's pad-to-square mean for it.
         bidirectional: an image's tokens attend to one another both ways (Gemma 3): packed rows' masks say so.
+        tokens_follow_size: an image's token count follows its pixel size (Qwen2.5-VL): evaluation answers images
+            size by size, so that a batch holds few distinct prefixes (the fast backend runs one per prefix).
     """
 
     build_processor: Callable[..., Any]
@@ -146,6 +148,7 @@ class ImagePipeline:
     image_tokens_note: str = ""
     pad_to_square: str = ""
     bidirectional: bool = False
+    tokens_follow_size: bool = False
 
 
 def stacked(images: list[ImageInputs]) -> dict:

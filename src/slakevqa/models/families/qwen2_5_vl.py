@@ -310,7 +310,7 @@ FAMILY = ModelFamily(
         compose_processor=compose_processor,
         image_tokens_note="dynamic: resized to multiples of 28 px within 3136..12845056 pixels, "
                           "(H/28)*(W/28) tokens per image (SLAKE 512x512 -> 504x504 -> 324)",
-        pad_to_square="none: each image keeps its aspect ratio and gets its own token grid"),
+        pad_to_square="none: each image keeps its aspect ratio and gets its own token grid", tokens_follow_size=True),
     parts=PARTS, fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True),
     llama_factory_template="qwen2_vl", position_ids=position_ids, next_positions=next_positions,
     text_rotary=text_rotary, packed_positions=packed_positions,
