@@ -119,3 +119,34 @@ def test_choice_rows_leave_the_answer_loss_unchanged(name: str, stretched: Path,
         combined, stats = packed_loss(model, packed_inputs(family, model, hybrid), mc_weight=0.0)
     assert stats["mc_rows"] >= 1 and combined.tokens == reference.tokens
     torch.testing.assert_close(combined.row_losses, reference.row_losses, atol=1e-5, rtol=1e-5)
+
+
+def test_gemma3_cached_tower_features_equal_the_vision_forward(stretched: Path,
+                                                               tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A frozen SigLIP's outputs kept per image (``gemma3.tower_features``): packed rows with cached features give
+    the loss and the gradients (LoRA, projector) of packed rows with pixels, and a second epoch runs no tower."""
+    from slakevqa.models.image_features import ImageFeatureCache
+
+    family = family_named("gemma3")
+    tokenizer = family_fixtures.real_tokenizer("gemma3", tmp_path_factory)
+    model, processor = importlib.import_module("slakevqa.models.families.gemma3").build_tiny(tokenizer, seed=2)
+    model = configure_trainable(model.train(), use_lora=True, lora_dropout=0.0, lora_target_modules="all-linear",
+                                tune_mm_projector=True, freeze_vision_tower=True)
+    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
+    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
+    with_pixels, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
+    calls: list[int] = []
+    hook = family.parts.module(model, "vision").register_forward_hook(lambda *_: calls.append(1))
+    encoder = ExampleEncoder(builder, processor, 512, 64, pack=True, features=ImageFeatureCache(model), family=family)
+    cached, _ = encoder.batch(samples)
+    assert "pixel_values" not in cached and cached["image_features"].shape[:2] == (cached["input_ids"].shape[0], 64)
+    want = loss_and_grads(model, with_pixels)
+    calls.clear()
+    got = loss_and_grads(model, cached)
+    encoder.batch(samples)  # a second epoch: no tower forward at all
+    hook.remove()
+    assert calls == []
+    assert {family.parts.component_of(n) for n in got[2]} == {"lora", "projector"}
+    assert got[0] == pytest.approx(want[0], abs=1e-5)
+    for name in want[2]:
+        torch.testing.assert_close(got[2][name], want[2][name], atol=1e-5, rtol=1e-4, msg=name)

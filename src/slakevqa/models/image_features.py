@@ -1,12 +1,12 @@
 """Vision features computed once per image when the vision tower is frozen (``--cache_image_features``).
 
-A frozen CLIP tower maps the same pixels to the same features at every step, and
-we never augment images, so each image's features (the ``vision_feature_layer``
-hidden states, CLS dropped under the ``default`` strategy: what LLaVA feeds its
-projector) are computed on first use and kept on the device. The projector still
+A frozen vision tower maps the same pixels to the same features at every step, and
+we never augment images, so each image's features (what the family's tower hands its
+projector, ``images.tower_features``: LLaVA's CLIP layer -2 without CLS, Gemma 3's SigLIP
+last hidden state) are computed on first use and kept on the device. The projector still
 runs every step, so it trains as usual; the batch then carries ``image_features``
 instead of ``pixel_values`` and :func:`with_image_embeddings` builds the
-``inputs_embeds`` that LLaVA's forward would have built itself::
+``inputs_embeds`` that the model's forward would have built itself::
 
     pixel key -> features (N, D)   [once, no grad]
     input_ids --embed--> (B, T, H); image positions <- projector(features)   [every step]
@@ -21,33 +21,23 @@ from typing import Callable
 
 
 def feature_parts(model):
-    """``(vision tower, projector, token embeddings, config)`` of a LLaVA-family model, through its family's
-    parts (DDP and peft wrappers included; under peft the projector is its trained copy)."""
+    """``(vision tower, projector, token embeddings, config, family)`` of a model, through its family's parts (DDP
+    and peft wrappers included; under peft the projector is its trained copy)."""
     from slakevqa.models.families import family_of
     from slakevqa.models.families.family import unwrapped
 
-    parts = family_of(model).parts
+    family = family_of(model)
+    parts = family.parts
     embeddings = parts.module(model, "language_model").get_input_embeddings()
-    return parts.module(model, "vision"), parts.module(model, "projector"), embeddings, unwrapped(model).config
-
-
-def vision_features(vision, config, pixel_values):
-    """The hidden states LLaVA hands its projector: ``(B, N, D)`` (one feature layer or several concatenated)."""
-    import torch
-
-    layer = config.vision_feature_layer
-    hidden = vision(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
-    layers = [hidden[layer]] if isinstance(layer, int) else [hidden[i] for i in layer]
-    if config.vision_feature_select_strategy == "default":
-        layers = [h[:, 1:] for h in layers]  # drop CLS
-    return layers[0] if len(layers) == 1 else torch.cat(layers, dim=-1)
+    return parts.module(model, "vision"), parts.module(model, "projector"), embeddings, unwrapped(model).config, family
 
 
 class ImageFeatureCache:
     """Features per pixel key, on the model's device; ``features(keys, pixels)`` computes only the missing ones."""
 
     def __init__(self, model) -> None:
-        self.vision, _, _, self.config = feature_parts(model)
+        self.vision, _, _, self.config, family = feature_parts(model)
+        self.tower_features = family.images.tower_features
         self.cache: dict[tuple, object] = {}
 
     def features(self, keys: list[tuple], pixels: Callable[[int], object]):
@@ -59,7 +49,7 @@ class ImageFeatureCache:
             dtype, device = next(self.vision.parameters()).dtype, next(self.vision.parameters()).device
             batch = torch.stack([pixels(i) for i in missing]).to(device, dtype)
             with torch.no_grad():
-                computed = vision_features(self.vision, self.config, batch)
+                computed = self.tower_features(self.vision, self.config, batch)
             for i, row in zip(missing, computed):
                 self.cache[keys[i]] = row
         return torch.stack([self.cache[key] for key in keys])
@@ -67,7 +57,7 @@ class ImageFeatureCache:
 
 def with_image_embeddings(model, inputs: dict) -> dict:
     """``inputs`` with ``image_features`` replaced by ``inputs_embeds`` (tokens embedded, images projected)."""
-    _, projector, embeddings, config = feature_parts(model)
+    _, projector, embeddings, config, _ = feature_parts(model)
     inputs = dict(inputs)
     input_ids, features = inputs.pop("input_ids"), inputs.pop("image_features")
     embeds = embeddings(input_ids)

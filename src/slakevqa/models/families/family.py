@@ -138,6 +138,8 @@ class ImagePipeline:
         bidirectional: an image's tokens attend to one another both ways (Gemma 3): packed rows' masks say so.
         tokens_follow_size: an image's token count follows its pixel size (Qwen2.5-VL): evaluation answers images
             size by size, so that a batch holds few distinct prefixes (the fast backend runs one per prefix).
+        tower_features: ``(vision tower, model config, pixel_values (B, ...)) -> (B, N, D)``: what the frozen tower
+            hands the projector, which the feature cache keeps per image (``None``: no feature cache).
     """
 
     build_processor: Callable[..., Any]
@@ -149,6 +151,7 @@ class ImagePipeline:
     pad_to_square: str = ""
     bidirectional: bool = False
     tokens_follow_size: bool = False
+    tower_features: Callable[[Any, Any, Any], Any] | None = None
 
 
 def stacked(images: list[ImageInputs]) -> dict:

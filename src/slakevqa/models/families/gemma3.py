@@ -158,6 +158,12 @@ def text_inputs(input_ids: torch.Tensor) -> dict:
     return {"token_type_ids": (input_ids == IMAGE_TOKEN_ID).long()}
 
 
+def tower_features(vision: Any, config: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """SigLIP's last hidden state ``(B, 4096, 1152)`` at 896 px: what ``Gemma3Model.get_image_features`` hands
+    its projector (which pools it to 256 tokens)."""
+    return vision(pixel_values=pixel_values).last_hidden_state
+
+
 def text_rotary(decoder: Any, hidden: torch.Tensor, positions: torch.Tensor) -> list:
     """Each layer's rotary embeddings of ``positions``: sliding layers and global ones have their own (local base
     10,000; global 1,000,000 with linear scaling 8 at 4B)."""
@@ -249,11 +255,12 @@ FAMILY = ModelFamily(
         image_tokens_note="896x896 px, 256 tokens per image (SigLIP 14 px patches, 64x64 pooled to 16x16), "
                           "no pan-and-scan",
         pad_to_square="none: Gemma 3 stretches every image to 896x896 (bilinear), aspect ratio not kept; "
-                      "images are not padded", bidirectional=True),
+                      "images are not padded", bidirectional=True, tower_features=tower_features),
     parts=GEMMA3_PARTS,
     # evaluation's prefix runs through the model's forward (the bidirectional image block); its rows read it
     # through flash attention's variable-length kernel (head_dim 256 is its largest)
-    fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True),
+    fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True,
+                   feature_cache=True),
     llama_factory_template="gemma3", position_ids=left_padded_positions, next_positions=continue_positions,
     text_rotary=text_rotary,
     notes="image soft tokens attend bidirectionally within their block (token_type_ids, passed to every "

@@ -78,3 +78,16 @@ def image_token_count(processor) -> int:
     size = processor.image_processor.crop_size["height"]
     return (size // processor.patch_size) ** 2 + processor.num_additional_image_tokens - (
         1 if processor.vision_feature_select_strategy == "default" else 0)
+
+
+def tower_features(vision, config, pixel_values):
+    """The hidden states LLaVA hands its projector: ``(B, N, D)`` from ``vision_feature_layer`` (one layer or
+    several concatenated), CLS dropped under the ``default`` strategy (576 patches of a 336 px image)."""
+    import torch
+
+    layer = config.vision_feature_layer
+    hidden = vision(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
+    layers = [hidden[layer]] if isinstance(layer, int) else [hidden[i] for i in layer]
+    if config.vision_feature_select_strategy == "default":
+        layers = [h[:, 1:] for h in layers]  # drop CLS
+    return layers[0] if len(layers) == 1 else torch.cat(layers, dim=-1)

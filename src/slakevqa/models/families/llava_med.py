@@ -78,6 +78,7 @@ FAMILY = ModelFamily(
     hub_ids=("microsoft/llava-med-v1.5-mistral-7b",), model_type="llava", text_model_types=("mistral",),
     model_class="LlavaForConditionalGeneration", processor_class="LlavaProcessor", chat=CHAT,
     images=ImagePipeline(build_processor=build_processor, process=process, collate=stacked,
+                         tower_features=llava_clip.tower_features,
                          image_tokens_note="336 px after pad-to-square, 576 tokens (CLIP ViT-L/14, layer -2, no CLS)",
                          pad_to_square="padded with the CLIP mean colour (122, 116, 104), centred, as LLaVA-Med"),
     parts=LLAVA_PARTS,
