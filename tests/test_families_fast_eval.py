@@ -102,10 +102,9 @@ def assert_same_one(got, want) -> None:
     assert got.scores == pytest.approx(want.scores, abs=1e-5), got.qid
 
 
+@pytest.mark.parametrize("setup", ["gemma3"], indirect=True)  # Gemma 3's sliding layers
 def test_gemma3_rows_step_aside_for_a_window_shorter_than_the_prompts(setup) -> None:
     family, model, processor, builder, samples, expected = setup
-    if family.name != "gemma3":
-        pytest.skip("Gemma 3's sliding layers")
     text = model.config.text_config
     items = [Engine(model, processor, builder).prepare(s) for s in samples]
     assert Engine(model, processor, builder).on_rows(items)
