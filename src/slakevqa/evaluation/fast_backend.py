@@ -30,8 +30,11 @@ from slakevqa.models.families.family import stop_ids
 
 
 def sliding_window(config) -> int | None:
-    """The language model's sliding window where any layer slides (Gemma 3: every five of six), else None."""
-    slides = "sliding_attention" in (getattr(config, "layer_types", None) or ())
+    """The language model's sliding window where any layer slides, else None: Gemma 3's five of six layers
+    (``layer_types``; Qwen2.5-VL lists only full ones though its config names a window), every Mistral layer
+    when its config sets one (no ``layer_types``)."""
+    types = getattr(config, "layer_types", None)
+    slides = "sliding_attention" in types if types is not None else True
     return getattr(config, "sliding_window", None) if slides else None
 
 
