@@ -20,8 +20,14 @@ gives, where CLOSED scoring and greedy decoding continue unchanged.
 
 from __future__ import annotations
 
-from slakevqa.kernels.shared_prefix import ImageGroups, RowCache, attention_swapped, language_parts, prefix_layers, \
-    run_rows
+from slakevqa.kernels.shared_prefix import (
+    ImageGroups,
+    RowCache,
+    attention_swapped,
+    language_parts,
+    prefix_layers,
+    run_rows,
+)
 
 
 def prefix_forward(model, family, prefix_ids: list[list[int]], images: list, pad_id: int, cache_keyword: str):
