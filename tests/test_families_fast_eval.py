@@ -13,6 +13,7 @@ and scores within 1e-5:
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from pathlib import Path
 
@@ -47,8 +48,7 @@ def setup(request: pytest.FixtureRequest, mixed_sizes: Path, tmp_path_factory: p
     """``(family, model, processor, builder, samples, plain answers)`` of one family's tiny model."""
     family = family_named(request.param)
     tokenizer = family_fixtures.real_tokenizer(TOKENIZERS[family.name], tmp_path_factory)
-    model, processor = __import__(f"slakevqa.models.families.{family.name}", fromlist=["build_tiny"]).build_tiny(
-        tokenizer, seed=1)
+    model, processor = importlib.import_module(f"slakevqa.models.families.{family.name}").build_tiny(tokenizer, seed=1)
     builder = InputBuilder.create(find_layout(mixed_sizes), build_closed_vocab(load_split(mixed_sizes, "train")))
     samples = load_split(mixed_sizes, "test")[:QUESTIONS]
     plain = Engine(model, processor, builder, share_prefix=False)

@@ -197,7 +197,12 @@ def answer_order(samples: list[VQASample], settings: GenerationSettings,
     fast backend runs one prefill and one decoding call per distinct prefix in a batch).
     """
     long = {s.image_key for s in samples if settings.budget(s) > settings.max_new_tokens_open_default}
-    return sorted(samples, key=lambda s: (s.image_key not in long, size_of(s) if size_of else (), s.image_key,
+    sizes: dict = {}
+    if size_of is not None:
+        for s in samples:  # once per image, not per question
+            if s.image_key not in sizes:
+                sizes[s.image_key] = size_of(s)
+    return sorted(samples, key=lambda s: (s.image_key not in long, sizes.get(s.image_key, ()), s.image_key,
                                           settings.budget(s), s.qid))
 
 

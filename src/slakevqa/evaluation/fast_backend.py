@@ -23,7 +23,7 @@ from slakevqa.evaluation.prefix_prefill import encode_by_prefix
 from slakevqa.evaluation.row_decoding import EncodedRows, candidate_tail_logprobs, greedy_tokens
 from slakevqa.kernels.attention import AttentionSettings
 from slakevqa.kernels.compat import cache_argument
-from slakevqa.kernels.packing import image_groups
+from slakevqa.kernels.packing import image_groups, prefix_length
 from slakevqa.kernels.segment_attention import segments_attended
 from slakevqa.kernels.shared_prefix import language_parts
 from slakevqa.models.families.family import stop_ids
@@ -55,6 +55,7 @@ class FastBackend:
         length), for the sliding-window check of :meth:`can_answer`."""
         self.model, self.tokenizer, self.family = model, tokenizer, family
         self.cuda_graphs, self.attention, self.longest_answer = cuda_graphs, attention, longest_answer
+        self.window = sliding_window(language_parts(model)[0].config)
 
     @property
     def device(self):
@@ -76,19 +77,16 @@ class FastBackend:
 
     def can_answer(self, items: list) -> bool:
         """Whether the rows serve ``items``: they share a prefix and every row fits the sliding window."""
-        window = sliding_window(language_parts(self.model)[0].config)
         longest = max(len(p.prompt_ids) for p in items) + self.longest_answer
-        return self.shared_prefix_length(items) > 0 and (window is None or longest <= window)
+        return self.shared_prefix_length(items) > 0 and (self.window is None or longest <= self.window)
 
     def partitions(self, items: list) -> list[list]:
         """``items`` split by the prompt tokens up to their last image token, in order of first appearance: each
         part shares one prefix (Qwen2.5-VL's token count follows the image size; other families give one part)."""
         image_id = self.tokenizer.convert_tokens_to_ids(self.family.chat.image_token)
-
-        def prefix_of(ids: list[int]) -> tuple:
-            return tuple(ids[:len(ids) - ids[::-1].index(image_id)]) if image_id in ids else ()
-
-        return [[items[i] for i in part] for part in image_groups([prefix_of(p.prompt_ids) for p in items])]
+        prefixes = [tuple(p.prompt_ids[:prefix_length(p.prompt_ids, image_id)]) if image_id in p.prompt_ids else ()
+                    for p in items]
+        return [[items[i] for i in part] for part in image_groups(prefixes)]
 
     def pixels(self, items: list):
         import torch

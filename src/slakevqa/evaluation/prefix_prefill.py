@@ -30,7 +30,7 @@ from slakevqa.kernels.shared_prefix import (
 )
 
 
-def prefix_forward(model, family, prefix_ids: list[list[int]], images: list, pad_id: int, cache_keyword: str):
+def prefix_forward(model, family, prefix_ids: list[list[int]], images: list, pad_id: int):
     """Per-layer prefix keys and values ``(n_images, kv, P, d)`` and each image's next text position ``(n_images,)``."""
     from slakevqa.kernels import compat
     from slakevqa.models.families.family import on_device, prompt_batch
@@ -73,7 +73,7 @@ def encode_by_prefix(model, family, cache_keyword: str, prompts: list[list[int]]
     decoder, head = language_parts(model)
     device = head.weight.device
     keys, values, following = prefix_forward(model, family, [prompts[g[0]][:prefix] for g in groups], images,
-                                             pad_id, cache_keyword)
+                                             pad_id)
     image_of = [0] * len(prompts)
     for image, group in enumerate(groups):
         for j in group:
