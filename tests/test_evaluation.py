@@ -181,11 +181,25 @@ def test_sigkill_and_rerun_loses_and_repeats_nothing(synth_root: Path, tmp_path:
     with (tmp_path / "b" / "predictions.jsonl").open("a") as handle:
         handle.write('{"qid": 99999, "question": "half')
     assert child(tmp_path / "b", 10_000).returncode == 0
-    a = (tmp_path / "a" / "predictions.jsonl").read_text()
-    b = (tmp_path / "b" / "predictions.jsonl").read_text()
-    assert a == b
+    # The resumed run's batches hold other questions, and a CPU matmul of another shape may round a
+    # candidate's score differently in its last digits: answers must match exactly, floats to 1e-6.
+    a, b = ([json.loads(line) for line in (tmp_path / run / "predictions.jsonl").read_text().splitlines()]
+            for run in ("a", "b"))
+    assert [r["qid"] for r in a] == [r["qid"] for r in b] and len(a) == 30
+    assert all(equal_up_to_rounding(x, y) for x, y in zip(a, b))
     metrics = [json.loads((tmp_path / run / "results.json").read_text())["metrics"] for run in ("a", "b")]
-    assert metrics[0] == metrics[1]
+    assert equal_up_to_rounding(metrics[0], metrics[1])
+
+
+def equal_up_to_rounding(a: object, b: object) -> bool:
+    """Equal JSON values, floats within 1e-6 (relative or absolute)."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and a == pytest.approx(b, rel=1e-6, abs=1e-6)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(equal_up_to_rounding(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(equal_up_to_rounding(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 @pytest.mark.real_data
