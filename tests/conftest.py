@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from launching import TRAIN_FLAGS, launch
+
 REAL_SLAKE = os.environ.get("SLAKE_ROOT")
 
 
@@ -166,3 +168,21 @@ def lora(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
     (adapter / "closed_vocab.json").write_text('["left", "right"]\n')
     return {"base": base, "adapter": adapter}
+
+
+# ---- launched runs shared by the multi-process tests (test_distributed, test_cluster)
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    launch(["init-tiny", str(folder), "--tokenizer", "bpe"])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def single_run(tiny_dir: Path, synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One process, batch 4: the reference for training, and the model the evaluations answer with."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    launch(["train", "--model_id", str(tiny_dir), "--slake_root", str(synth_root), "--output_dir", str(out),
+            "--batch_size", "4", "--no-final_eval", *TRAIN_FLAGS])
+    return out

@@ -1,7 +1,7 @@
 """Failures from outside slakevqa (src/slakevqa/cli.py, os_errors.py, files.py): a full disk, a read-only or
 unwritable folder, a name too long, a dangling link, memory, and SIGTERM.
 
-Each ends in one line naming the path and the reason, exit 2 (143 for SIGTERM), no traceback,
+Each ends in one line naming the path and the reason, exit 2 (75 for a stop signal where the rerun resumes, else 143 for SIGTERM), no traceback,
 every file that was there byte-for-byte unchanged, and nothing left that a rerun would trust
 (a temporary file, a half-published model, a torn answer line a rerun keeps).
 

@@ -25,13 +25,14 @@ from test_bad_inputs_os import SAFETENSORS_FULL, answerable_slake, one_line, sna
 
 # ---------------------------------------------------------------- memory and SIGTERM, through run_verb
 
-def fake_verb(raises: BaseException | None = None, name: str = "eval") -> SimpleNamespace:
-    """A verb module whose run raises ``raises``, or sends itself SIGTERM."""
+def fake_verb(raises: BaseException | None = None, name: str = "eval",
+              signum: int = signal.SIGTERM) -> SimpleNamespace:
+    """A verb module whose run raises ``raises``, or sends itself ``signum``."""
     def run(args: argparse.Namespace) -> int:
         if raises is None:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
             time.sleep(5)
-            pytest.fail("SIGTERM did not stop the verb")
+            pytest.fail(f"{signum} did not stop the verb")
         raise raises
     return SimpleNamespace(__name__=f"slakevqa.commands.{name}", run=run)
 
@@ -106,20 +107,24 @@ def test_out_of_memory_is_one_line_advising_a_smaller_batch(capsys: pytest.Captu
         run_verb(fake_verb(ValueError("a bug")), args)
 
 
-def test_sigterm_is_one_line_and_the_handler_is_restored(capsys: pytest.CaptureFixture) -> None:
+def test_stop_signals_are_one_line_and_the_handlers_are_restored(capsys: pytest.CaptureFixture) -> None:
     from slakevqa.cli import set_stop_note
 
-    previous = signal.getsignal(signal.SIGTERM)
-    assert run_verb(fake_verb(), argparse.Namespace(debug=False, output_dir="runs/eval")) == 143
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)
+    # a verb whose rerun resumes exits 75, which the sbatch script turns into a requeue
+    assert run_verb(fake_verb(), argparse.Namespace(debug=False, output_dir="runs/eval")) == 75
     assert one_line(capsys) == ("stopped by SIGTERM: what was written to runs/eval is kept; "
                                 "rerun the same command to resume")
+    usr1 = fake_verb(signum=signal.SIGUSR1)  # SLURM's warning before the time limit (sbatch --signal=B:USR1@120)
+    assert run_verb(usr1, argparse.Namespace(debug=False, output_dir="runs/eval")) == 75
+    assert one_line(capsys).startswith("stopped by SIGUSR1: what was written to runs/eval is kept")
     noting = fake_verb()
     noting.run = lambda args, run=noting.run: (set_stop_note(lambda: "checkpoint-8 is kept"), run(args))
-    assert run_verb(noting, argparse.Namespace(debug=False, output_dir=None)) == 143
+    assert run_verb(noting, argparse.Namespace(debug=False, output_dir=None)) == 75
     assert one_line(capsys) == "stopped by SIGTERM: checkpoint-8 is kept; rerun the same command to resume"
     assert run_verb(fake_verb(name="merge"), argparse.Namespace(debug=False, out="runs/merged")) == 143
     assert "nothing half-written was left; rerun the same command" in one_line(capsys)
-    assert signal.getsignal(signal.SIGTERM) is previous
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGUSR1)) == previous
 
 
 @pytest.mark.slow
@@ -136,7 +141,7 @@ def test_sigterm_during_eval_says_so_and_the_rerun_resumes(saved_tiny: Path, tmp
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     err = (tmp_path / "stderr.txt").read_text()
-    assert process.returncode == 143, err[-2000:]
+    assert process.returncode == 75, err[-2000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         f"stopped by SIGTERM: the answers so far are kept in {predictions}; rerun the same command to resume"), err[-2000:]
     kept = predictions.read_bytes().count(b"\n")

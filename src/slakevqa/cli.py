@@ -5,7 +5,8 @@ Each verb lives in a module of :mod:`slakevqa.commands` that exposes
 is imported, so ``slakevqa stats`` or ``slakevqa score`` never pay for torch.
 User errors, and the failures a user fixes outside slakevqa (a full disk, a read-only
 folder, a name too long, memory), print one line and exit 2; ``--debug`` shows the
-traceback. SIGTERM (a cluster's time limit, ``kill``) prints what was kept and exits 143.
+traceback. A stop signal (SIGTERM: a cluster's time limit, ``kill``; SIGUSR1: SLURM's warning) prints what was
+kept and exits 75 where a rerun resumes (:mod:`slakevqa.stopping`), else 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ import difflib
 import errno
 import importlib
 import logging
-import os
-import signal
 import sys
-import threading
 from typing import Callable
 
-from slakevqa import __version__
+from slakevqa import __version__, stopping
 from slakevqa.distributed import finish_process_group
 from slakevqa.errors import UserError
 from slakevqa.escaping import printable
 from slakevqa.os_errors import FULL_DISK, describe_os_error, out_of_memory, write_failure
+from slakevqa.stopping import Stopped
 
 # Verbs whose rerun picks up where a stopped run ended (answers, checkpoints); the others write whole or nothing.
 RESUMING_VERBS = frozenset({"eval", "train", "demo"})
@@ -94,11 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     return run_verb(module, args)
 
 
-class Stopped(BaseException):
-    """SIGTERM arrived. A BaseException, as KeyboardInterrupt is: a library's ``except Exception`` must not
-    swallow it, and every ``finally`` and atomic write on the way out still cleans up."""
-
-
 _stop_note: str | Callable[[], str] | None = None
 
 
@@ -116,7 +110,7 @@ def run_verb(module: object, args: argparse.Namespace) -> int:
     """Run one verb, turning user errors and OS failures into a one-line message and exit code 2."""
     global _stop_note
     _stop_note = None
-    previous = _catch_sigterm()
+    previous = stopping.install()
     try:
         code = int(module.run(args) or 0)
         finish_process_group()  # every rank leaves together, after the main one has written everything
@@ -126,9 +120,9 @@ def run_verb(module: object, args: argparse.Namespace) -> int:
             raise
         say(f"error: {printable(str(error))}")  # a field's value quoted from data: no terminal escapes
         return 2
-    except Stopped:
-        say(stop_line(_verb(module), args))
-        return 128 + signal.SIGTERM
+    except Stopped as stop:
+        say(stop_line(_verb(module), args, stop))
+        return stopping.exit_code(stop.signum, _verb(module) in RESUMING_VERBS)
     except KeyboardInterrupt:
         say("interrupted")
         return 130
@@ -139,8 +133,7 @@ def run_verb(module: object, args: argparse.Namespace) -> int:
         say(f"error: {printable(line)}")
         return 2
     finally:
-        if previous is not NOT_INSTALLED:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+        stopping.restore(previous)
 
 
 def say(line: str) -> None:
@@ -160,50 +153,25 @@ def _verb(module: object) -> str:
     return next((verb for verb, (module_name, _) in COMMANDS.items() if module_name == name), name)
 
 
-NOT_INSTALLED = object()
-
-
-def _catch_sigterm() -> object:
-    """Make SIGTERM raise :class:`Stopped` (main thread only: signals go there); returns the previous handler.
-
-    A second SIGTERM while the first unwinds is ignored, so cleanup (deleting a half-written
-    temporary folder) is not cut short; SIGKILL still stops everything. A forked child (a data
-    loader's worker) inherits the handler but not the job: it dies of SIGTERM as before.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return NOT_INSTALLED
-    stopping, ours = [], os.getpid()
-
-    def handler(signum: int, frame: object) -> None:
-        if os.getpid() != ours:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        if not stopping:
-            stopping.append(signum)
-            raise Stopped()
-
-    return signal.signal(signal.SIGTERM, handler)
-
-
 def output_of(args: argparse.Namespace) -> str | None:
     """The verb's output path from its flags, when given (a YAML config's is known to the verb only)."""
     return next((str(value) for flag in OUTPUT_FLAGS if (value := getattr(args, flag, None))), None)
 
 
-def stop_line(verb: str, args: argparse.Namespace) -> str:
-    """The one line after a SIGTERM: what was kept and how to go on.
+def stop_line(verb: str, args: argparse.Namespace, stop: Stopped | None = None) -> str:
+    """The one line after a stop signal: what was kept and how to go on.
 
     >>> stop_line("eval", argparse.Namespace(output_dir="runs/eval"))
     'stopped by SIGTERM: what was written to runs/eval is kept; rerun the same command to resume'
     """
+    stop = stop or Stopped()
     if verb not in RESUMING_VERBS:
-        return ("stopped by SIGTERM: outputs are written whole or not at all, so nothing half-written was left; "
+        return (f"stopped by {stop.name}: outputs are written whole or not at all, so nothing half-written was left; "
                 "rerun the same command")
     output = output_of(args)
-    kept = _stop_note() if callable(_stop_note) else _stop_note
+    kept = stop.note or (_stop_note() if callable(_stop_note) else _stop_note)
     kept = kept or (f"what was written to {output} is kept" if output else "what was written is kept")
-    return f"stopped by SIGTERM: {kept}; rerun the same command to resume"
+    return f"stopped by {stop.name}: {kept}; rerun the same command to resume"
 
 
 def failure_line(error: Exception, verb: str, args: argparse.Namespace) -> str | None:

@@ -84,25 +84,42 @@ def largest_first(costs: list[float], world: int) -> list[int]:
     return owner
 
 
-def global_token_mean(loss, tokens: int, accelerator):
-    """``(loss to backpropagate, loss to log)`` so that N processes equal one process with N times the batch.
-
-    Each process's ``loss`` is the mean over its own supervised tokens and DDP
-    averages gradients over processes; with unequal token counts (answers differ in
-    length) that weighs a token on a short-answer rank more. Scaling by
-    ``tokens * world / all_tokens`` makes the averaged gradient the gradient of the
-    token mean over every process's rows, which is what one process with the
-    whole batch computes. The logged value is that global mean, the same on every
-    rank. One process: both are ``loss`` itself, unchanged.
-    """
+def step_total(weight: float, accelerator) -> float:
+    """The sum of ``weight`` over every process: one collective per optimiser step (``weight`` itself alone)."""
     if accelerator.num_processes == 1:
-        return loss, loss.detach()
+        return float(weight)
     import torch
 
-    local = torch.stack([loss.detach().float() * tokens, torch.tensor(float(tokens), device=loss.device)])
-    total = accelerator.reduce(local, reduction="sum")
-    all_tokens = total[1].clamp(min=1.0)
-    return loss * (tokens * accelerator.num_processes / all_tokens), total[0] / all_tokens
+    total = accelerator.reduce(torch.tensor([float(weight)], device=accelerator.device), reduction="sum")
+    return float(total[0])
+
+
+def step_share(loss, weight: float, total: float, processes: int):
+    """The part of a micro-batch's ``loss`` (a mean over its ``weight`` items) in the step's loss to backpropagate.
+
+    The step's loss is the mean over every item (answer token) of the global batch, however the batch is
+    split into micro-batches and processes: each micro-batch's mean weighs ``weight / total``, and the
+    factor ``processes`` undoes DDP's averaging of gradients over processes. So N processes with
+    accumulation A compute the gradient of one process with the whole global batch, which is what lets a
+    checkpoint resume on another number of processes (``training/elastic.py``). One micro-batch of one
+    process: ``loss`` itself, unchanged.
+    """
+    if processes == 1 and weight == total:
+        return loss
+    return loss * (weight * processes / max(total, 1.0))
+
+
+def agreed_signal(signum: int | None, accelerator) -> int | None:
+    """The stop signal any process received (the largest number when several did), None when none did: a
+    collective, so every process calls it at the same point and all stop at the same step, the signal named."""
+    if accelerator.num_processes == 1:
+        return signum
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([signum or 0], device=accelerator.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item()) or None
 
 
 def is_fsdp(accelerator) -> bool:

@@ -59,15 +59,17 @@ def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
     return path
 
 
-def check_checkpoint(path: Path, processes: int, fsdp: bool) -> None:
-    """Refuse, in one line, a checkpoint this run cannot resume exactly (before accelerate half-loads it)."""
+def check_checkpoint(path: Path, fsdp: bool) -> None:
+    """Refuse, in one line, a checkpoint this run cannot resume (before accelerate half-loads it).
+
+    Another number of processes is no reason (``training/elastic.py``): DDP's state is whole on every
+    process, FSDP's is resharded by torch's distributed checkpoint.
+    """
     if (path / "rng.pt").is_file():
         raise UserError(f"{path}: a checkpoint of an older slakevqa (its own single-file format), which this "
                         "version cannot resume; pass --resume_from_checkpoint none, or --overwrite")
-    ranks = sorted(p.name for p in path.glob("random_states_*.pkl"))
-    if ranks != sorted(f"random_states_{rank}.pkl" for rank in range(processes)):
-        raise UserError(f"{path}: written by {len(ranks) or 'no'} process(es) (random_states_*.pkl), resumed by "
-                        f"{processes}; resume it with as many processes, or pass --resume_from_checkpoint none")
+    if not any(path.glob("random_states_*.pkl")):
+        raise UserError(f"{path}: no random_states_*.pkl (every process writes one); not a whole slakevqa checkpoint")
     sharded = any(path.glob("pytorch_model_fsdp*"))
     if fsdp != sharded:
         raise UserError(f"{path}: written {'under' if sharded else 'without'} FSDP, resumed "
@@ -178,7 +180,7 @@ def load_checkpoint(accelerator, path: Path) -> dict:
     """Restore what :func:`save_checkpoint` wrote (every process); returns the trainer state."""
     from slakevqa.distributed import is_fsdp
 
-    check_checkpoint(path, accelerator.num_processes, is_fsdp(accelerator))
+    check_checkpoint(path, is_fsdp(accelerator))
     accelerator.load_state(str(path))
     return read_trainer_state(path)
 

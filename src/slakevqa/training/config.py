@@ -251,15 +251,18 @@ def _quantization_bit(bits: object) -> dict:
 # weights, the split file's sha256, the prompt version and the closed vocabulary all match.
 # tests/test_run_fingerprints.py checks that every field is in exactly one of the two lists.
 RESULT_FIELDS: tuple[str, ...] = (
-    "language", "missing_images", "split", "seed", "batch_size", "grad_accum", "lr", "weight_decay",
+    "language", "missing_images", "split", "seed", "lr", "weight_decay",
     "warmup_ratio", "warmup_steps", "adam_beta2", "lr_scheduler", "max_grad_norm", "precision", "pack_images",
     "prompt_style", "max_prompt_len", "max_answer_len", "mask_mode", "mask_pad_ratio", "blank_images",
     "triples_mode", "closed_train_objective", "closed_mc_weight", "freeze_vision_tower", "tune_mm_projector",
     "use_lora", "qlora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_scope",
     "unfreeze_last_llm_layers", "dry_run")
-# Fields that do not change the trained weights, and why. batch_size and grad_accum are NOT here:
-# in training they decide which questions make each step (the data order is a function of them).
+# Fields that do not change the trained weights, and why. The questions per optimiser step (batch_size x
+# grad_accum x processes) do: train records that product, global_batch_size, in the fingerprint itself.
 NEUTRAL_FIELDS: dict[str, str] = {
+    "batch_size": "how the step's global batch (recorded) is cut into micro-batches: the same step up to rounding "
+                  "(training/elastic.py)",
+    "grad_accum": "as batch_size",
     "model_id": "recorded as the model: its weights fingerprint (a folder) or its name (a hub id)",
     "data_source": "the data is identified by the split file's sha256, wherever it lies",
     "slake_root": "the data is identified by the split file's sha256, wherever it lies",

@@ -53,6 +53,11 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(supervised, as_tuple=False).flatten()
 
 
+def answer_tokens(labels: torch.Tensor) -> int:
+    """Supervised tokens of a batch, known before its forward: the count :func:`answer_loss` divides by."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
 def answer_loss(model: torch.nn.Module, batch: dict) -> AnswerLoss:
     """Cross-entropy on answer tokens: the batch's token mean, its token count and every row's own mean.
 

@@ -73,25 +73,41 @@ def epoch_order(n_examples: int, seed: int, epoch: int, groups: list[int] | None
     return sorted(order, key=lambda i: rank[groups[i]])  # stable: within a group, the shuffled order
 
 
+def step_rows(step: int, micro: int, n_examples: int, batch_size: int, grad_accum: int, seed: int,
+              rank: int = 0, world_size: int = 1, groups: list[int] | None = None) -> list[int]:
+    """Example indices of micro-batch ``micro`` of optimiser step ``step`` on process ``rank``.
+
+    A step takes the next ``batch_size * grad_accum * world_size`` examples of the epoch's order
+    (its *global batch*; a short last chunk wraps around into the start of the same epoch's order,
+    so every step is full). The global batch is cut into ``grad_accum * world_size`` slots; process
+    ``rank`` takes slots ``rank * grad_accum`` to ``rank * grad_accum + grad_accum - 1``, one per
+    micro-batch. With ``groups`` (see :func:`epoch_order`) the slots hold whole groups
+    (:func:`share_by_group`), so a slot may hold a few questions more or fewer than ``batch_size``.
+
+    Which examples make a step depends on the global batch only: 2 processes x ``batch_size`` 8,
+    1 process x 8 x ``grad_accum`` 2 and 4 processes x 4 train on the same 16 questions, which is
+    what lets a checkpoint resume on another number of processes (``training/elastic.py``).
+
+    >>> two_processes = step_rows(0, 0, 8, 2, 1, 0, rank=0, world_size=2) + step_rows(0, 0, 8, 2, 1, 0, 1, 2)
+    >>> two_micro_batches = step_rows(0, 0, 8, 2, 2, seed=0) + step_rows(0, 1, 8, 2, 2, seed=0)
+    >>> two_processes == two_micro_batches
+    True
+    """
+    chunk = batch_size * grad_accum * world_size
+    per_epoch = math.ceil(n_examples / chunk)
+    epoch, position = divmod(step, per_epoch)
+    order = epoch_order(n_examples, seed, epoch, groups)
+    indices = [order[(position * chunk + i) % n_examples] for i in range(chunk)]
+    slots, slot = grad_accum * world_size, rank * grad_accum + micro
+    if groups is not None and slots > 1:
+        return share_by_group(indices, groups, slot, slots)
+    return indices[slot * batch_size:(slot + 1) * batch_size]
+
+
 def micro_batch_indices(micro_batch: int, n_examples: int, batch_size: int, seed: int, rank: int = 0,
                         world_size: int = 1, groups: list[int] | None = None) -> list[int]:
-    """Example indices of global micro-batch ``micro_batch`` for process ``rank``.
-
-    Each epoch is cut into chunks of ``batch_size * world_size``; process ``rank``
-    takes its slice of the chunk. A short final chunk wraps around into the
-    start of the same epoch's order, so every batch is full. ``groups``: see :func:`epoch_order`; with several
-    processes the chunk is then shared out by whole groups (:func:`share_by_group`),
-    so a process may take a few questions more or fewer than ``batch_size``.
-    """
-    chunk = batch_size * world_size
-    per_epoch = math.ceil(n_examples / chunk)
-    epoch, position = divmod(micro_batch, per_epoch)
-    order = epoch_order(n_examples, seed, epoch, groups)
-    if groups is not None and world_size > 1:
-        indices = [order[(position * chunk + i) % n_examples] for i in range(chunk)]
-        return share_by_group(indices, groups, rank, world_size)
-    start = position * chunk + rank * batch_size
-    return [order[(start + i) % n_examples] for i in range(batch_size)]
+    """:func:`step_rows` of a run without gradient accumulation: micro-batch ``micro_batch`` is step ``micro_batch``."""
+    return step_rows(micro_batch, 0, n_examples, batch_size, 1, seed, rank, world_size, groups)
 
 
 # What one packed row's image prefix (576 image tokens + the template, ~578) costs, counted in question
@@ -132,6 +148,10 @@ def share_by_group(indices: list[int], groups: list[int], rank: int, world_size:
 # Hugging Face's constant_with_warmup (HF's own "constant" ignores warmup); HF's name is accepted too.
 HF_SCHEDULERS: dict[str, str] = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup",
                                  "constant_with_warmup": "constant_with_warmup"}
+# Recorded in the run fingerprint: a checkpoint written under another data order is not resumed.
+# v1 (before): micro-batches of batch_size * world_size cut the epoch, so with --grad_accum > 1 which questions
+# made a step depended on how the step was split; v2: the step's global batch is cut first (step_rows).
+DATA_ORDER_VERSION = "global-batch@v2"
 # Recorded in the run fingerprint: a checkpoint written under another schedule definition is not resumed.
 # v1 (before): hand-written, warmup from 1/warmup, decay reaching 0 one step early, warmup round(ratio * steps).
 SCHEDULE_VERSION = "hf-get_scheduler@v2"

@@ -19,8 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from slakevqa import stopping
 from slakevqa.data.slake import find_layout, load_split, load_training_split, require_questions
-from slakevqa.distributed import global_token_mean, is_fsdp, use_cpu
+from slakevqa.distributed import agreed_signal, is_fsdp, step_share, step_total, use_cpu
 from slakevqa.errors import UserError
 from slakevqa.files import write_json_atomic
 from slakevqa.inputs.builder import InputBuilder
@@ -49,6 +50,7 @@ from slakevqa.training.checkpoint import (
     write_trainer_state,
 )
 from slakevqa.training.config import TrainConfig
+from slakevqa.training.elastic import elastic_seed, keep_global_batch, written_by
 from slakevqa.training.examples import ExampleEncoder
 from slakevqa.training.guards import (
     check_fsdp_settings,
@@ -56,7 +58,7 @@ from slakevqa.training.guards import (
     refuse_output_over_model,
     stop_on_nonfinite_step,
 )
-from slakevqa.training.loss import answer_loss, out_of_memory_advice, packed_loss
+from slakevqa.training.loss import answer_loss, answer_tokens, out_of_memory_advice, packed_loss
 from slakevqa.training.params import configure_trainable, parameter_counts
 from slakevqa.training.precision import (
     adapter_layers,
@@ -69,9 +71,10 @@ from slakevqa.training.precision import (
 from slakevqa.training.probe import build_probe
 from slakevqa.training.run_config import write_run_config
 from slakevqa.training.schedule import (
+    DATA_ORDER_VERSION,
     SCHEDULE_VERSION,
     build_scheduler,
-    micro_batch_indices,
+    step_rows,
     steps_per_epoch,
     total_steps,
     warmup_steps,
@@ -129,6 +132,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     vocab = build_closed_vocab(load_split(root, "train", cfg.data.language, cfg.data.missing_images),
                                sha256_file(layout.split_file("train")))
     builder = InputBuilder.create(layout, vocab, settings=cfg.inputs)
+    cfg = keep_global_batch(cfg, out, accelerator.num_processes)  # a checkpoint resumed on another number of GPUs
     claim_train_folder(cfg, out, layout.split_file(cfg.split), builder, accelerator)  # before the model loads
     check_trackers_installed(cfg)  # a missing wandb/mlflow fails now, not after loading the model
     if accelerator.is_main_process:
@@ -180,48 +184,65 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     # ---- the loop
     logger = TrainLogger(cfg, out, enabled=accelerator.is_main_process, main=accelerator.is_main_process)
     logger.start(samples, counts, n_steps, builder, probe, family.chat)
+
+    def encoded_micro_batch(step: int, micro: int) -> tuple[list[int], dict, dict, float]:
+        """This process's rows of the micro-batch, its tensors on the device, its statistics, and its weight in
+        the step's loss: its answer tokens (SFT), or its questions (mc, hybrid: their choice losses are means
+        over questions)."""
+        rows = step_rows(step, micro, len(samples), cfg.batch_size, cfg.grad_accum, cfg.seed,
+                         accelerator.process_index, world, groups)
+        batch, stats = encoder.batch([samples[i] for i in rows])
+        weight = float(answer_tokens(batch["labels"])) if cfg.closed_train_objective == "sft" else float(len(rows))
+        # without varlen the layout stays out of the forward (compiled layers would guard on it)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items() if varlen or k != "segment_layout"}
+        return rows, packed_inputs(family, model, batch), stats, weight  # Qwen2.5-VL's packed rows: M-RoPE
     model.train()
     step_seconds: list[float] = []
-    for step in range(start, n_steps):
-        began, loss_sum, batch_stats = time.perf_counter(), 0.0, []
-        for micro in range(cfg.grad_accum):
-            rows = micro_batch_indices(step * cfg.grad_accum + micro, len(samples), cfg.batch_size, cfg.seed,
-                                       accelerator.process_index, accelerator.num_processes, groups)
-            batch, stats = encoder.batch([samples[i] for i in rows])
-            # without varlen the layout stays out of the forward (compiled layers would guard on it)
-            batch = {k: v.to(accelerator.device) for k, v in batch.items() if varlen or k != "segment_layout"}
-            batch = packed_inputs(family, model, batch)  # Qwen2.5-VL's packed rows take M-RoPE positions
-            sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
-            with sync, accelerator.autocast(), adapters_under_autocast(autocast_adapters), \
-                    attention_kernels(cfg.attention.cudnn_attention), segments_attended(model, varlen), \
-                    out_of_memory_advice(cfg, step + 1):
-                if cfg.closed_train_objective == "sft":
-                    loss, tokens, row_losses = answer_loss(model, batch)
-                else:
-                    (loss, tokens, row_losses), choice_stats = packed_loss(model, batch, mc_weight(cfg))
-                    stats.update(choice_stats)
-                loss, logged = global_token_mean(loss, tokens, accelerator)
-                accelerator.backward(loss / cfg.grad_accum)
-            loss_sum += logged.item() / cfg.grad_accum
-            batch_stats.append(stats)
-            logger.record_rows([samples[i] for i in rows], row_losses, batch["input_ids"] != pad_id)
-        # All of the prepared model's parameters (frozen ones have no grad): under FSDP accelerate
-        # only computes the global, cross-shard norm when given exactly model.parameters().
-        grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                     if cfg.max_grad_norm > 0 else None)
-        lr = scheduler.get_last_lr()[0]  # the rate this step uses (after scheduler.step() it is the next one's)
-        stop_on_nonfinite_step(step + 1, loss_sum, grad_norm, lr, out)
-        with out_of_memory_advice(cfg, step + 1):  # the first step allocates AdamW's state
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        history.append(log_entry(step + 1, per_epoch, loss_sum, lr, grad_norm))
-        step_seconds.append(time.perf_counter() - began)  # the step itself: no evaluation, probe or checkpoint
-        logger.step(step + 1, loss_sum, lr, grad_norm, batch_stats, step_seconds[-1], accelerator.unwrap_model(model))
-        if (step + 1) % cfg.save_steps == 0 or step + 1 == n_steps:  # every process takes part
-            refuse_nonfinite_weights(model, step + 1, accelerator)
-            save_checkpoint(accelerator, out, step + 1, lambda folder: write_state(cfg, folder, history, n_steps),
-                            cfg.save_total_limit)
+    world = accelerator.num_processes
+    with stopping.graceful():  # SIGTERM / SIGUSR1 / Ctrl-C: the step finishes, a checkpoint, exit 75 (stopping.py)
+        for step in range(start, n_steps):
+            began, batch_stats = time.perf_counter(), []
+            micro_batches = [encoded_micro_batch(step, micro) for micro in range(cfg.grad_accum)]
+            # the step's loss is a mean over every answer token of its global batch, however it is cut (elastic.py)
+            total = step_total(sum(weight for _, _, _, weight in micro_batches), accelerator)
+            logged = 0.0
+            for micro, (rows, batch, stats, weight) in enumerate(micro_batches):
+                sync = contextlib.nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model)
+                with sync, accelerator.autocast(), adapters_under_autocast(autocast_adapters), \
+                        attention_kernels(cfg.attention.cudnn_attention), segments_attended(model, varlen), \
+                        out_of_memory_advice(cfg, step + 1):
+                    if cfg.closed_train_objective == "sft":
+                        loss, tokens, row_losses = answer_loss(model, batch)
+                    else:
+                        (loss, tokens, row_losses), choice_stats = packed_loss(model, batch, mc_weight(cfg))
+                        stats.update(choice_stats)
+                    accelerator.backward(step_share(loss, weight, total, world))
+                logged = logged + loss.detach().float() * weight
+                batch_stats.append(stats)
+                logger.record_rows([samples[i] for i in rows], row_losses, batch["input_ids"] != pad_id)
+            loss_sum = step_total(float(logged), accelerator) / max(total, 1.0)
+            # All of the prepared model's parameters (frozen ones have no grad): under FSDP accelerate
+            # only computes the global, cross-shard norm when given exactly model.parameters().
+            grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                         if cfg.max_grad_norm > 0 else None)
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses (after scheduler.step() it is the next one's)
+            stop_on_nonfinite_step(step + 1, loss_sum, grad_norm, lr, out)
+            with out_of_memory_advice(cfg, step + 1):  # the first step allocates AdamW's state
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.append(log_entry(step + 1, per_epoch, loss_sum, lr, grad_norm))
+            step_seconds.append(time.perf_counter() - began)  # the step itself: no evaluation, probe or checkpoint
+            logger.step(step + 1, loss_sum, lr, grad_norm, batch_stats, step_seconds[-1],
+                        accelerator.unwrap_model(model))
+            stop = agreed_signal(stopping.pending(), accelerator)  # every process stops after the same step
+            if (step + 1) % cfg.save_steps == 0 or step + 1 == n_steps or stop:  # every process takes part
+                refuse_nonfinite_weights(model, step + 1, accelerator)
+                saved = save_checkpoint(accelerator, out, step + 1,
+                                        lambda folder: write_state(cfg, folder, history, n_steps), cfg.save_total_limit)
+            if stop:
+                logger.close()  # the events so far reach disk; no final probe under a deadline
+                raise stopping.Stopped(stop, note=f"after step {step + 1} of {n_steps}, {saved} was written")
 
     # ---- outputs
     losses = [[entry["step"], entry["loss"]] for entry in history]
@@ -261,7 +282,12 @@ def resume(cfg: TrainConfig, out: Path, accelerator, n_steps: int) -> tuple[list
         raise UserError(f"{checkpoint}: this run already took {start} optimiser steps, more than the {n_steps} asked "
                         "for; ask for at least as many (--max_steps/--num_epochs), or pass --overwrite")
     load_checkpoint(accelerator, checkpoint)
-    log.info("resumed from %s at step %d of %d", checkpoint, start, n_steps)
+    if written_by(checkpoint) != accelerator.num_processes:  # its generators were other processes'
+        from accelerate.utils import set_seed
+
+        set_seed(elastic_seed(cfg.seed, start, accelerator.process_index))
+    log.info("resumed from %s (written by %d process(es)) at step %d of %d on %d", checkpoint, written_by(checkpoint),
+             start, n_steps, accelerator.num_processes)
     return state["log_history"], start
 
 
@@ -292,7 +318,9 @@ def claim_train_folder(cfg: TrainConfig, out: Path, split_file: Path, builder: I
     values = {**model_values(cfg.model_id), "split_file": split_file.name, "split_sha256": sha256_file(split_file),
               "prompt_version": builder.style.tag, "closed_vocab_sha256": vocab_sha256(builder.vocab.answers),
               "schedule_version": SCHEDULE_VERSION,  # the learning rate at each step
-              "world_size": accelerator.num_processes,  # with batch_size, it decides which questions make a step
+              "data_order_version": DATA_ORDER_VERSION,  # which questions make each step
+              # how many: the step's mathematics; how they are cut into micro-batches and processes is not (elastic.py)
+              "global_batch_size": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
               **config_values(cfg, RESULT_FIELDS)}
     claim_folder(out, make_fingerprint("train", values), lambda: has_train_results(out),
                  lambda: clear_train_outputs(cfg, out), overwrite=cfg.overwrite, write=accelerator.is_main_process)
