@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from launching import REPO, TRAIN_FLAGS, losses, run
+from launching import FSDP, REPO, TRAIN_FLAGS, losses, run
 
 pytestmark = pytest.mark.slow
 
@@ -62,10 +62,27 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+# FSDP on CPU: accelerate switches FSDP on for GPU process groups only, so the gloo group is declared one
+# (as test_distributed.py's FSDP test does); PyTorch's FSDP2 itself runs on CPU.
+FSDP_ON_CPU = """
+from accelerate import PartialState
+from accelerate.utils import DistributedType
+PartialState(cpu=True)
+PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+"""
+
+
 @pytest.fixture(scope="module")
 def signalling(tmp_path_factory: pytest.TempPathFactory) -> Path:
     script = tmp_path_factory.mktemp("scripts") / "signalling.py"
     script.write_text(SIGNALLING)
+    return script
+
+
+@pytest.fixture(scope="module")
+def signalling_fsdp(signalling: Path) -> Path:
+    script = signalling.parent / "signalling_fsdp.py"
+    script.write_text(FSDP_ON_CPU + SIGNALLING)
     return script
 
 
@@ -169,6 +186,25 @@ def test_one_process_resumes_on_two_nodes_of_one_machine(signalling: Path, tiny_
     both = output + second_output
     assert "global batch of 4 questions per step is kept as --batch_size 2 x --grad_accum 1 x 2" in both
     assert json.loads((out / "run_config.json").read_text())["world_size"] == 2
+    assert_matches_single_run(out, single_run, exact=False)
+
+
+def test_fsdp_stopped_by_sigterm_resumes_its_sharded_checkpoint_on_one_process(
+        signalling_fsdp: Path, tiny_dir: Path, synth_root: Path, single_run: Path, tmp_path: Path) -> None:
+    """FSDP2 with sharded checkpoints (configs/accelerate/fsdp.yaml): torch's distributed checkpoint reshards the
+    model and AdamW's state of 2 processes for 1."""
+    out = tmp_path / "run"
+
+    def fsdp(processes: int) -> list[str]:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP), "--num_processes",
+                str(processes), str(signalling_fsdp), *flags(tiny_dir, synth_root, out, 2)]
+
+    code, output = run(fsdp(2), timeout=300, SLAKEVQA_TEST_SIGNAL="TERM", SLAKEVQA_TEST_SIGNAL_AT="3")
+    assert code != 0 and "stopped by SIGTERM: after step 3 of 4" in output, output[-3000:]
+    assert {p.name for p in (out / "checkpoint-3").iterdir()} >= {"pytorch_model_fsdp_0", "optimizer_0"}
+    code, output = run(fsdp(1), timeout=300)
+    assert code == 0, output[-3000:]
+    assert "kept as --batch_size 2 x --grad_accum 2 x 1" in output and "(written by 2 process(es)) at step 3" in output
     assert_matches_single_run(out, single_run, exact=False)
 
 
