@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from launching import FSDP, REPO, TRAIN_FLAGS, losses, run
+from launching import DDP_CPU, FSDP, REPO, TRAIN_FLAGS, losses, run
 
 pytestmark = pytest.mark.slow
 
@@ -160,8 +160,6 @@ def test_two_processes_stopped_by_sigusr1_resume_on_one(signalling: Path, tiny_d
 def test_one_process_resumes_on_two_nodes_of_one_machine(signalling: Path, tiny_dir: Path, synth_root: Path,
                                                           single_run: Path, tmp_path: Path) -> None:
     """1 -> 2, and the 2 as two torchrun launchers (--nnodes 2, c10d rendezvous) talking over localhost."""
-    import subprocess
-
     out = tmp_path / "run"
     code, output = run([sys.executable, str(signalling), *flags(tiny_dir, synth_root, out, 4)],
                        SLAKEVQA_TEST_SIGNAL="TERM", SLAKEVQA_TEST_SIGNAL_AT="2")
@@ -171,18 +169,8 @@ def test_one_process_resumes_on_two_nodes_of_one_machine(signalling: Path, tiny_
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
             "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes",
             "-m", "slakevqa", *flags(tiny_dir, synth_root, out, 4)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    second = subprocess.Popen(node, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
-    try:
-        code, output = run(node, timeout=240)
-    finally:
-        try:
-            second_output, _ = second.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(second.pid, signal.SIGKILL)
-            second_output, _ = second.communicate()
-    assert code == 0 and second.returncode == 0, output[-2000:] + second_output[-2000:]
+    (code, output), (second_code, second_output) = two_nodes(node, node)
+    assert code == 0 and second_code == 0, output[-2000:] + second_output[-2000:]
     both = output + second_output
     assert "global batch of 4 questions per step is kept as --batch_size 2 x --grad_accum 1 x 2" in both
     assert json.loads((out / "run_config.json").read_text())["world_size"] == 2
@@ -206,6 +194,40 @@ def test_fsdp_stopped_by_sigterm_resumes_its_sharded_checkpoint_on_one_process(
     assert code == 0, output[-3000:]
     assert "kept as --batch_size 2 x --grad_accum 2 x 1" in output and "(written by 2 process(es)) at step 3" in output
     assert_matches_single_run(out, single_run, exact=False)
+
+
+def test_two_accelerate_launchers_as_two_machines_train_as_one_process(tiny_dir: Path, synth_root: Path,
+                                                                      single_run: Path, tmp_path: Path) -> None:
+    """The README's multi-node accelerate command, each machine one CPU process: batch 2 on each = batch 4 on one."""
+    out, port = tmp_path / "run", free_port()
+
+    def machine(rank: int) -> list[str]:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(DDP_CPU), "--num_machines",
+                "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+                "--num_processes", "2", "-m", "slakevqa", *flags(tiny_dir, synth_root, out, 2)]
+
+    (code, output), (second_code, second_output) = two_nodes(machine(0), machine(1))
+    assert code == 0 and second_code == 0, output[-2000:] + second_output[-2000:]
+    assert json.loads((out / "run_config.json").read_text())["world_size"] == 2
+    assert_matches_single_run(out, single_run, exact=False)
+
+
+def two_nodes(first: list[str], second: list[str]) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Run two launchers at once, as two nodes would; each one's exit code and output."""
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    other = subprocess.Popen(second, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    try:
+        result = run(first, timeout=240)
+    finally:
+        try:
+            other_output, _ = other.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(other.pid, signal.SIGKILL)
+            other_output, _ = other.communicate()
+    return result, (other.returncode, other_output)
 
 
 def fake_slurm(folder: Path) -> Path:
