@@ -33,15 +33,12 @@ from slakevqa.models.families import family_of
 from slakevqa.models.families.family import packed_inputs
 from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.models.model_files import (
-    MODEL_FILE_PATTERNS,
     check_not_half_saved,
-    finish_publish,
     publish,
     start_publish,
 )
 from slakevqa.runs.results import sha256_file
 from slakevqa.training.checkpoint import (
-    list_checkpoints,
     load_checkpoint,
     read_trainer_state,
     register_checkpoint_hooks,
@@ -70,9 +67,8 @@ from slakevqa.training.precision import (
 )
 from slakevqa.training.probe import build_probe
 from slakevqa.training.run_config import write_run_config
+from slakevqa.training.run_folder import claim_train_folder
 from slakevqa.training.schedule import (
-    DATA_ORDER_VERSION,
-    SCHEDULE_VERSION,
     build_scheduler,
     step_rows,
     steps_per_epoch,
@@ -303,47 +299,6 @@ def write_state(cfg: TrainConfig, folder: Path, history: list[dict], n_steps: in
     write_trainer_state(folder, history[-1]["step"], n_steps, history, logging_steps=cfg.logging_steps,
                         eval_steps=cfg.eval_steps, save_steps=cfg.save_steps, train_batch_size=cfg.batch_size,
                         num_train_epochs=cfg.num_epochs)
-
-
-def claim_train_folder(cfg: TrainConfig, out: Path, split_file: Path, builder: InputBuilder, accelerator) -> None:
-    """Record this run's fingerprint in ``out``, or refuse a folder that holds another run's checkpoints/model.
-
-    An interrupted save is finished first (its files are whole: see ``models.model_files.publish``).
-    """
-    from slakevqa.runs.fingerprint import claim_folder, config_values, make_fingerprint, model_values, vocab_sha256
-    from slakevqa.training.config import RESULT_FIELDS
-
-    if accelerator.is_main_process:
-        finish_publish(out)
-    values = {**model_values(cfg.model_id), "split_file": split_file.name, "split_sha256": sha256_file(split_file),
-              "prompt_version": builder.style.tag, "closed_vocab_sha256": vocab_sha256(builder.vocab.answers),
-              "schedule_version": SCHEDULE_VERSION,  # the learning rate at each step
-              "data_order_version": DATA_ORDER_VERSION,  # which questions make each step
-              # how many: the step's mathematics; how they are cut into micro-batches and processes is not (elastic.py)
-              "global_batch_size": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
-              **config_values(cfg, RESULT_FIELDS)}
-    claim_folder(out, make_fingerprint("train", values), lambda: has_train_results(out),
-                 lambda: clear_train_outputs(cfg, out), overwrite=cfg.overwrite, write=accelerator.is_main_process)
-    accelerator.wait_for_everyone()  # nobody looks for a checkpoint before the main process cleared them
-
-
-def has_train_results(out: Path) -> bool:
-    """Checkpoints or a saved model: what a rerun would continue from or replace."""
-    saved = any(any(out.glob(pattern)) for pattern in MODEL_FILE_PATTERNS)
-    return bool(list_checkpoints(out)) or saved or (out / "run_config.json").is_file()
-
-
-def clear_train_outputs(cfg: TrainConfig, out: Path) -> None:
-    """``--overwrite``: our checkpoints (``checkpoint-<step>``) and the TensorBoard logs go; the saved model is
-    replaced when the new one is whole, and evaluation folders keep their own fingerprints. Nothing else in the
-    folder is touched (a ``checkpoint-best`` of the user's stays)."""
-    import re
-
-    ours = re.compile(r"\.?checkpoint-\d+(\.tmp)?")  # finished, or left by a killed save
-    for folder in [p for p in out.iterdir() if ours.fullmatch(p.name) and p.is_dir()]:
-        shutil.rmtree(folder, ignore_errors=True)
-    if cfg.tb_logdir is None:
-        shutil.rmtree(out / "tb", ignore_errors=True)
 
 
 def uses_feature_cache(cfg: TrainConfig, accelerator, family) -> bool:
