@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -109,44 +110,54 @@ def train_command(walk: Walk, output_dir: str, max_steps: int, save_steps: int, 
                     *TB_FLAGS, *extra)
 
 
-def step_train_resume_of(model: str, lora: str, *extra: str) -> Callable[[Walk, Path], str]:
-    return lambda walk, log: train_kill_resume(walk, log, model, lora, *extra)
+def step_train_resume_of(model: str, lora: str, *extra: str, stop: int = signal.SIGKILL) -> Callable[[Walk, Path], str]:
+    return lambda walk, log: train_stop_resume(walk, log, model, lora, *extra, stop=stop)
 
 
-def train_kill_resume(walk: Walk, log: Path, model: str, lora: str, *extra: str) -> str:
-    """Start training, kill -9 it once a mid-run checkpoint exists, run the same command again: it must resume."""
+def train_stop_resume(walk: Walk, log: Path, model: str, lora: str, *extra: str, stop: int = signal.SIGKILL) -> str:
+    """Start training, send ``stop`` once a mid-run checkpoint exists, run the same command again: it must resume.
+
+    SIGKILL: no cleanup, as a job dies when killed. SIGTERM (a scheduler's stop, a preemption): the run must
+    finish its step, write that step's checkpoint and exit with 75 (slakevqa.stopping)."""
     cmd = train_command(walk, lora, 8, 2, *extra, model=model)
+    name = signal.Signals(stop).name
     with log.open("a", encoding="utf-8") as handle:
-        handle.write(f"$ {' '.join(cmd)}   # to be killed with SIGKILL at the first checkpoint\n")
+        handle.write(f"$ {' '.join(cmd)}   # to be sent {name} at the first checkpoint\n")
         handle.flush()
         process = subprocess.Popen(cmd, cwd=walk.work, env=walk.env, stdout=handle, stderr=subprocess.STDOUT)
-        killed_at = None
+        stopped_at = None
         while process.poll() is None and walk.remaining() > 5:
-            done = [p for p in (walk.work / lora).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-            if done:
-                process.kill()  # SIGKILL: no cleanup, as a preempted job dies
-                process.wait()
-                killed_at = max(done, key=lambda p: int(p.name.split("-")[1])).name
-                handle.write(f"\n### walkthrough: SIGKILL after {killed_at} appeared\n")
+            if checkpoints(walk, lora):
+                process.send_signal(stop)
+                code = process.wait()
+                stopped_at = max(checkpoints(walk, lora), key=lambda p: int(p.name.split("-")[1])).name
+                handle.write(f"\n### walkthrough: {name} after the first checkpoint; exit {code}; {stopped_at}\n")
                 break
             time.sleep(0.1)
-    if killed_at is None:
+    if stopped_at is None:
         if process.poll() is None:  # the loop gave up: budget spent
             process.kill()
             process.wait()
             raise StepFailed("timed out (walkthrough budget spent) before the first checkpoint")
         raise StepFailed(f"the first run ended (exit {process.returncode}) before any checkpoint appeared")
-    if killed_at == "checkpoint-8":
-        raise StepFailed("the run reached its last step before it could be killed")
+    if stopped_at == "checkpoint-8":
+        raise StepFailed("the run reached its last step before it could be stopped")
+    if stop != signal.SIGKILL and code != 75:
+        raise StepFailed(f"exit {code} after {name}, not 75 (stopped at a checkpoint; the rerun resumes)")
     output = walk.run(cmd, log)
     resumed = [line for line in output.splitlines() if "resumed from" in line]
     if not resumed:
-        raise StepFailed(f"killed after {killed_at}, but the second run did not say it resumed")
+        raise StepFailed(f"stopped after {stopped_at}, but the second run did not say it resumed")
     results = walk.work / lora / "eval_test" / "results.json"
     if not results.is_file():
         raise StepFailed(f"no {results.relative_to(walk.work)} after the resumed run")
-    return (f"killed after {killed_at}; {resumed[-1].split('INFO: ')[-1].strip()}; eval_test/results.json; "
+    return (f"{name} after {stopped_at}; {resumed[-1].split('INFO: ')[-1].strip()}; eval_test/results.json; "
             f"{precision(walk, lora)}; {throughput(walk, lora)}")
+
+
+def checkpoints(walk: Walk, output_dir: str) -> list[Path]:
+    """The complete checkpoints of a run folder."""
+    return [p for p in (walk.work / output_dir).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
 
 
 def throughput(walk: Walk, output_dir: str) -> str:
@@ -277,6 +288,8 @@ def plan(walk: Walk) -> list[tuple[str, list[str], Callable[[Walk, Path], str] |
         ("1b_check", [f"{HF}/config.json"], step_check_model(HF)),
         ("2a_train_kill_resume", [f"{HF}/config.json"], step_train_resume_of(HF, LORA)),
         ("2b_tensorboard_probes", [f"{LORA}/tb"], step_tensorboard),
+        ("2c_train_sigterm_resume", [f"{HF}/config.json"],
+         step_train_resume_of(HF, "runs/preempted", stop=signal.SIGTERM)),
         ("3_eval_lora", [adapter], step_eval(LORA, f"{LORA}/eval")),
         ("4_merge", [adapter], step_merge),
         ("5_eval_merged", [f"{MERGED}/config.json"], step_eval_merged_of(LORA, MERGED)),

@@ -25,7 +25,7 @@
 #
 # Steps (benchmarks/gpu_walkthrough.py has the details): 0 build an original-format
 # checkpoint; 1 convert-checkpoint + check; 2 train, kill -9 at the first checkpoint,
-# resume, TensorBoard probes; 3 eval the LoRA folder; 4 merge; 5 eval the merged folder
+# resume, TensorBoard probes, then SIGTERM at the first checkpoint (exit 75) and resume; 3 eval the LoRA folder; 4 merge; 5 eval the merged folder
 # (answers must equal step 3's); 6 plain transformers on the merged folder (ids must equal
 # slakevqa's encoder); 7 compare + report; 8 QLoRA train + eval; 9 fp16 train, eval in
 # fp16 and fp32. Each prints "PASS|FAIL|SKIP  step  seconds  peak GPU"; the table goes to
