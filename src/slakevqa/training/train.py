@@ -216,7 +216,9 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
                 logged = logged + loss.detach().float() * weight
                 batch_stats.append(stats)
                 logger.record_rows([samples[i] for i in rows], row_losses, batch["input_ids"] != pad_id)
-            loss_sum = step_total(float(logged), accelerator) / max(total, 1.0)
+            # one micro-batch of one process: its own mean, not (mean * tokens) / tokens rounded again
+            single = world == 1 and cfg.grad_accum == 1
+            loss_sum = float(loss.detach()) if single else step_total(float(logged), accelerator) / max(total, 1.0)
             # All of the prepared model's parameters (frozen ones have no grad): under FSDP accelerate
             # only computes the global, cross-shard norm when given exactly model.parameters().
             grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
