@@ -5,7 +5,7 @@ SIGUSR1 when asked to (``sbatch --signal=B:USR1@120``; ``configs/slurm/train.sba
 
 * **Inside a graceful section** (training's step loop, :func:`graceful`): SIGTERM, SIGUSR1 and SIGINT
   (Ctrl-C) are recorded, not raised. The loop finishes the step it is in, every process agrees
-  (``slakevqa.distributed.any_process``), a checkpoint is written and :class:`Stopped` is raised with
+  (``slakevqa.distributed.agreed_signal``), a checkpoint is written and :class:`Stopped` is raised with
   what was kept. A second Ctrl-C (two seconds or more after the first: a launcher passing on the same
   Ctrl-C is not a second one) interrupts at once.
 * **Anywhere else** (loading, evaluation, saving): SIGTERM and SIGUSR1 raise :class:`Stopped` at once;

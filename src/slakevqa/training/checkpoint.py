@@ -46,9 +46,14 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def resume_wanted(spec: str) -> bool:
+    """Whether ``--resume_from_checkpoint SPEC`` may resume at all (``none``, ``no``, ``false``, empty: never)."""
+    return spec not in ("", "none", "no", "false")
+
+
 def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
     """``auto`` -> the last checkpoint (or None), ``none`` -> None, else that folder."""
-    if spec in ("", "none", "no", "false"):
+    if not resume_wanted(spec):
         return None
     if spec == "auto":
         checkpoints = list_checkpoints(output_dir)

@@ -61,9 +61,10 @@ def keep_global_batch(cfg, out: Path, processes: int):
     none``) or the flags already give the recorded batch. A batch ``processes`` cannot split is refused.
     """
     from slakevqa.runs.fingerprint import FINGERPRINT_NAME, read_fingerprint
+    from slakevqa.training.checkpoint import resume_wanted
 
     recorded = read_fingerprint(out / FINGERPRINT_NAME)
-    resumes = not cfg.overwrite and cfg.resume_from_checkpoint not in ("", "none", "no", "false")
+    resumes = not cfg.overwrite and resume_wanted(cfg.resume_from_checkpoint)
     wanted = (recorded or {}).get("values", {}).get("global_batch_size") if recorded and resumes else None
     if not isinstance(wanted, int) or wanted == cfg.batch_size * cfg.grad_accum * processes:
         return cfg

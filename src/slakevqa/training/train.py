@@ -195,6 +195,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     model.train()
     step_seconds: list[float] = []
     world = accelerator.num_processes
+    single = world == 1 and cfg.grad_accum == 1  # one micro-batch of one process: its loss is the step's
     with stopping.graceful():  # SIGTERM / SIGUSR1 / Ctrl-C: the step finishes, a checkpoint, exit 75 (stopping.py)
         for step in range(start, n_steps):
             began, batch_stats = time.perf_counter(), []
@@ -208,16 +209,16 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
                         attention_kernels(cfg.attention.cudnn_attention), segments_attended(model, varlen), \
                         out_of_memory_advice(cfg, step + 1):
                     if cfg.closed_train_objective == "sft":
-                        loss, tokens, row_losses = answer_loss(model, batch)
+                        loss, _, row_losses = answer_loss(model, batch)
                     else:
-                        (loss, tokens, row_losses), choice_stats = packed_loss(model, batch, mc_weight(cfg))
+                        (loss, _, row_losses), choice_stats = packed_loss(model, batch, mc_weight(cfg))
                         stats.update(choice_stats)
                     accelerator.backward(step_share(loss, weight, total, world))
-                logged = logged + loss.detach().float() * weight
+                if not single:
+                    logged = logged + loss.detach().float() * weight
                 batch_stats.append(stats)
                 logger.record_rows([samples[i] for i in rows], row_losses, batch["input_ids"] != pad_id)
             # one micro-batch of one process: its own mean, not (mean * tokens) / tokens rounded again
-            single = world == 1 and cfg.grad_accum == 1
             loss_sum = float(loss.detach()) if single else step_total(float(logged), accelerator) / max(total, 1.0)
             # All of the prepared model's parameters (frozen ones have no grad): under FSDP accelerate
             # only computes the global, cross-shard norm when given exactly model.parameters().
@@ -280,11 +281,12 @@ def resume(cfg: TrainConfig, out: Path, accelerator, n_steps: int) -> tuple[list
         raise UserError(f"{checkpoint}: this run already took {start} optimiser steps, more than the {n_steps} asked "
                         "for; ask for at least as many (--max_steps/--num_epochs), or pass --overwrite")
     load_checkpoint(accelerator, checkpoint)
-    if written_by(checkpoint) != accelerator.num_processes:  # its generators were other processes'
+    writers = written_by(checkpoint)
+    if writers != accelerator.num_processes:  # its generators were other processes'
         from accelerate.utils import set_seed
 
         set_seed(elastic_seed(cfg.seed, start, accelerator.process_index))
-    log.info("resumed from %s (written by %d process(es)) at step %d of %d on %d", checkpoint, written_by(checkpoint),
+    log.info("resumed from %s (written by %d process(es)) at step %d of %d on %d", checkpoint, writers,
              start, n_steps, accelerator.num_processes)
     return state["log_history"], start
 
