@@ -69,8 +69,8 @@ class TrainConfig:
     cache_image_features: bool = field(default=True, metadata=_help(
         "with a frozen vision tower, keep each image's vision features and skip the tower after the first time"))
     kernels: str = field(default="auto", metadata=_help(
-        "the language model's RMSNorm, SwiGLU and RoPE: liger (Liger-Kernel's Triton kernels, CUDA, the gpu extra; "
-        "LoRA steps 1.14x as fast at 7B, the same loss curve), plain (PyTorch's), or auto (liger where it runs, "
+        "the language model's RMSNorm, gated MLP and RoPE: liger (Liger-Kernel's Triton kernels, CUDA, the gpu "
+        "extra, every family; LoRA steps 1.14x as fast for LLaVA-Med 7B, the same loss curve), plain (PyTorch's), or auto (liger where it runs, "
         "else plain; plain under FSDP, where Liger is untested); see training/speed_levers.py",
         choices=("plain", "liger", "auto")))
     compile_layers: bool = field(default=False, metadata=_help(

@@ -3,28 +3,30 @@
 Both change how the decoder layers compute, never what: the same loss up to rounding.
 
 * ``--kernels liger``: Liger-Kernel's (``pip install 'slakevqa[gpu]'``, Triton, CUDA only) fused
-  RMSNorm, SwiGLU and RoPE in the Mistral language model. Its fused linear cross-entropy stays
-  off: our loss takes logits at the answer positions only (training/loss.py). ``auto`` takes
-  Liger on CUDA when it imports, else the plain PyTorch modules; ``plain`` never does.
+  RMSNorm, gated MLP and RoPE in the language model, each family as its ``fast.liger`` says
+  (:class:`slakevqa.models.families.family.LigerKernels`: Mistral, Llama, Qwen2.5-VL's and Gemma 3's
+  text models). Its fused linear cross-entropy stays off: our loss takes logits at the answer
+  positions only (training/loss.py). ``auto`` takes Liger on CUDA when it imports, else the plain
+  PyTorch modules; ``plain`` never does.
 * ``--compile_layers``: ``torch.compile`` each decoder layer. The layers share one code object, so one
   compiled graph serves all of them (regional compilation: seconds instead of a whole-model compile).
   Compiled code runs in training steps only; evaluation and generation (KV cache, one token at a
   time) run the layers eagerly.
 
 How Liger reaches an already built model (liger_kernel/transformers/monkey_patch.py,
-``apply_liger_kernel_to_mistral(model=...)``, read for 0.8.5):
+``apply_liger_kernel_to_mistral(model=...)`` and its siblings, read for 0.8.5):
 
 * it binds Liger's ``forward`` onto each RMSNorm and MLP *instance* of ``model.layers`` and
   ``model.norm``. It looks those up on ``getattr(model, model.base_model_prefix, model)``, which for
-  a ``LlavaForConditionalGeneration`` is the ``LlavaModel`` (no ``layers``): it is handed the inner
-  ``MistralModel`` here (:func:`language_model`);
-* Liger's SwiGLU forward is ``down_proj(silu(gate_proj(x)) * up_proj(x))`` through the module
+  a ``LlavaForConditionalGeneration`` is the ``LlavaModel`` (no ``layers``): it is handed the
+  family's language model part here (:func:`language_model`: ``MistralModel``, ``Qwen2_5_VLTextModel``...);
+* Liger's gated MLP forward is ``down_proj(act(gate_proj(x)) * up_proj(x))`` through the module
   attributes, so peft's LoRA wrappers on the three projections keep working; peft wraps no norm.
   Before or after ``get_peft_model`` is therefore the same; we apply after (the model as trained);
-* RoPE has no module: it replaces ``modeling_mistral.apply_rotary_pos_emb``, a module global the
-  attention looks up at call time, so it holds for every Mistral model in the process. It also
-  swaps the ``MistralRMSNorm``/``MistralMLP`` classes for models built later; we put those back
-  (only this model is patched) and the undo returned restores all of it.
+* RoPE has no module: it replaces the modeling module's ``apply_rotary_pos_emb``, a global the
+  attention looks up at call time, so it holds for every model of that family in the process. It
+  also swaps the norm and MLP classes for models built later; we put those back at once (only this
+  model is patched) and the undo returned restores all of it.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Callable
 from slakevqa.errors import UserError
 
 KERNELS: tuple[str, ...] = ("plain", "liger", "auto")
-LIGER_GLOBALS: tuple[str, ...] = ("apply_rotary_pos_emb", "MistralRMSNorm", "MistralMLP")
+MISSING = object()  # a global the modeling module did not have (Liger may add one: taken away again)
 BOUND_METHODS: tuple[str, ...] = ("forward", "extra_repr", "_get_name")  # what Liger binds onto instances
 
 
@@ -49,17 +51,19 @@ def language_model(model):
 
 def liger_unavailable(model, device_type: str, family=None) -> str | None:
     """Why Liger cannot run here (``None``: it can): no CUDA, a family without Liger (its ``fast.liger``),
-    not installed, or not a Mistral language model."""
+    a language model of another type than Liger's function is written for, or not installed."""
     from slakevqa.models.families import family_of
 
     if device_type != "cuda":
         return f"Liger's kernels are Triton kernels for CUDA GPUs; this run is on {device_type}"
     family = family or family_of(model)
-    if family.fast.liger != "apply_liger_kernel_to_mistral":
-        return f"slakevqa does not apply Liger to the {family.name} family yet"
+    kernels = family.fast.liger
+    if kernels is None:
+        return f"slakevqa does not apply Liger to the {family.name} family"
     model_type = language_model(model).config.model_type
-    if model_type != "mistral":
-        return f"slakevqa applies Liger to Mistral language models only; this one is {model_type!r}"
+    if model_type not in kernels.text_model_types:
+        return (f"{kernels.function} is written for {' or '.join(kernels.text_model_types)} language models; "
+                f"this {family.name} model's is {model_type!r}")
     if importlib.util.find_spec("liger_kernel") is None:
         return "liger-kernel is not installed: pip install 'slakevqa[gpu]' (or pip install liger-kernel)"
     try:
@@ -89,27 +93,39 @@ def resolve_kernels(choice: str, model, device_type: str, family=None) -> str:
     return "plain"
 
 
-def apply_liger(model) -> Callable[[], None]:
-    """Liger's RMSNorm, SwiGLU and RoPE in ``model``'s language model (module docstring); returns the undo."""
-    from liger_kernel.transformers.monkey_patch import apply_liger_kernel_to_mistral
-    from transformers.models.mistral import modeling_mistral
+def apply_liger(model, family=None) -> Callable[[], None]:
+    """Liger's RMSNorm, gated MLP and RoPE in ``model``'s language model, as its family's ``fast.liger`` says
+    (module docstring); returns the undo."""
+    from liger_kernel.transformers import monkey_patch
 
-    saved = {name: getattr(modeling_mistral, name) for name in LIGER_GLOBALS}
-    already = {id(module) for module in language_model(model).modules() if "forward" in vars(module)}
-    apply_liger_kernel_to_mistral(rope=True, cross_entropy=False, fused_linear_cross_entropy=False,
-                                  rms_norm=True, swiglu=True, model=language_model(model))
-    modeling_mistral.MistralRMSNorm, modeling_mistral.MistralMLP = saved["MistralRMSNorm"], saved["MistralMLP"]
-    patched = [module for module in language_model(model).modules()
-               if "forward" in vars(module) and id(module) not in already]
+    from slakevqa.models.families import family_of
+
+    kernels = (family or family_of(model)).fast.liger
+    modeling = importlib.import_module(kernels.modeling)
+    saved = {name: vars(modeling).get(name, MISSING) for name in kernels.replaced}
+    decoder = language_model(model)
+    already = {id(module) for module in decoder.modules() if "forward" in vars(module)}
+    getattr(monkey_patch, kernels.function)(rope=True, cross_entropy=False, fused_linear_cross_entropy=False,
+                                            rms_norm=True, **{kernels.mlp: True}, model=decoder)
+    restore_globals(modeling, {name: value for name, value in saved.items() if isinstance(value, type)})
+    patched = [module for module in decoder.modules() if "forward" in vars(module) and id(module) not in already]
 
     def undo() -> None:
-        for name, value in saved.items():
-            setattr(modeling_mistral, name, value)
+        restore_globals(modeling, saved)
         for module in patched:
             for name in BOUND_METHODS:
                 vars(module).pop(name, None)
 
     return undo
+
+
+def restore_globals(module, saved: dict) -> None:
+    """Put ``saved`` back into ``module``'s globals (a :data:`MISSING` value: delete what was added)."""
+    for name, value in saved.items():
+        if value is MISSING:
+            vars(module).pop(name, None)
+        else:
+            setattr(module, name, value)
 
 
 def compile_layers(model, backend: str = "inductor", dynamic: bool | None = True) -> Callable[[], None]:
@@ -173,7 +189,7 @@ def apply_speed_levers(model, kernels: str, compile: bool, device_type: str, fam
         {'kernels': 'liger', 'liger_version': '0.8.5', 'compile_layers': True}
     """
     resolved = resolve_kernels(kernels, model, device_type, family)
-    undos = [apply_liger(model)] if resolved == "liger" else []
+    undos = [apply_liger(model, family)] if resolved == "liger" else []
     if compile:
         undos.append(compile_layers(model, backend=backend))
     applied = {"kernels": resolved, "compile_layers": compile}

@@ -91,6 +91,27 @@ def _inside(dotted_name: str, path: str) -> bool:
 
 
 @dataclass(frozen=True)
+class LigerKernels:
+    """How liger-kernel's Triton kernels (``--kernels liger``) reach a family's language model.
+
+    ``function`` is liger-kernel's ``apply_liger_kernel_to_*`` (``liger_kernel.transformers.monkey_patch``,
+    read for 0.8.5), handed the language model part: it binds its forwards onto that model's RMSNorm and
+    MLP instances (through the modules' attributes, so peft's LoRA wrappers keep working) and replaces
+    ``replaced``, the globals of ``modeling`` (the transformers module) that the layers look up at call
+    time or that build later models. slakevqa puts the classes back at once (only this model is patched)
+    and everything back on undo (training/speed_levers.py). ``mlp`` is the keyword of its MLP kernel
+    (``swiglu``; Gemma's GELU-gated MLP: ``geglu``); ``text_model_types`` the language models' config
+    ``model_type`` it is written for.
+    """
+
+    function: str
+    modeling: str
+    replaced: tuple[str, ...]
+    text_model_types: tuple[str, ...]
+    mlp: str = "swiglu"
+
+
+@dataclass(frozen=True)
 class FastPaths:
     """Which of slakevqa's fast paths a family's models may take (each tested equal to the plain one).
 
@@ -98,7 +119,7 @@ class FastPaths:
     ``packing``: training rows packed by image; ``varlen_attention``: flash attention's variable-length
     kernel for packed segments; ``cuda_graphs``: the decoding step replayed as a CUDA graph;
     ``feature_cache``: cached projector outputs when the vision tower is frozen;
-    ``liger``: the name of liger-kernel's ``apply_liger_kernel_to_*`` for its language model, or "";
+    ``liger``: how liger-kernel's kernels reach its language model (:class:`LigerKernels`), or None;
     ``packed_prefill``: the fast backend runs each image's prefix and its questions in one packed forward
     (a causal prefix of 1-D positions: LLaVA); off, the prefix runs through the model's own forward (its
     image attention and positions: Gemma 3's bidirectional block, Qwen2.5-VL's M-RoPE) and the questions
@@ -110,13 +131,13 @@ class FastPaths:
     varlen_attention: bool = False
     cuda_graphs: bool = False
     feature_cache: bool = False
-    liger: str = ""
+    liger: LigerKernels | None = None
     packed_prefill: bool = False
 
     def names(self) -> list[str]:
         return [name for name, on in (("shared prefix eval", self.shared_prefix_eval), ("packing", self.packing),
                                       ("varlen attention", self.varlen_attention), ("CUDA graphs", self.cuda_graphs),
-                                      ("feature cache", self.feature_cache), ("Liger", bool(self.liger))) if on]
+                                      ("feature cache", self.feature_cache), ("Liger", self.liger is not None)) if on]
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from slakevqa.models.families.family import (
     FastPaths,
     ImageInputs,
     ImagePipeline,
+    LigerKernels,
     ModelFamily,
     Parts,
     continue_positions,
@@ -244,6 +245,12 @@ def published_config(tokenizer):
     return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=256, boi_token_index=255999,
                         eoi_token_index=256000, image_token_index=262144)
 
+# Liger (read for liger-kernel 0.8.5), handed the text model (apply_liger_kernel_to_gemma3 wants the whole
+# model and also patches SigLIP's LayerNorms, frozen by default): Gemma's RMSNorm (1 + weight, fp32), the
+# GELU-gated MLP (geglu: gelu_pytorch_tanh, Gemma 3's hidden_activation) and RoPE, q/k norms included.
+LIGER = LigerKernels(function="apply_liger_kernel_to_gemma3_text", modeling="transformers.models.gemma3.modeling_gemma3",
+                     replaced=("apply_rotary_pos_emb", "Gemma3RMSNorm", "Gemma3MLP"),
+                     text_model_types=("gemma3_text",), mlp="geglu")
 
 FAMILY = ModelFamily(
     name="gemma3", title="Gemma 3 / MedGemma",
@@ -260,7 +267,7 @@ FAMILY = ModelFamily(
     # evaluation's prefix runs through the model's forward (the bidirectional image block); its rows read it
     # through flash attention's variable-length kernel (head_dim 256 is its largest)
     fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True,
-                   feature_cache=True),
+                   feature_cache=True, liger=LIGER),
     llama_factory_template="gemma3", position_ids=left_padded_positions, next_positions=continue_positions,
     text_rotary=text_rotary,
     notes="image soft tokens attend bidirectionally within their block (token_type_ids, passed to every "

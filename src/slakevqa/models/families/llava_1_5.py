@@ -38,6 +38,7 @@ from slakevqa.models.families import llava_clip
 from slakevqa.models.families.family import (
     FastPaths,
     ImagePipeline,
+    LigerKernels,
     ModelFamily,
     continue_positions,
     left_padded_positions,
@@ -145,6 +146,9 @@ def published_config(tokenizer):
                        vision_feature_layer=-2, vision_feature_select_strategy="default", image_seq_length=576,
                        tie_word_embeddings=False)
 
+# Liger (read for liger-kernel 0.8.5): the Llama decoder's RMSNorm, SwiGLU and RoPE, as for Mistral
+LIGER = LigerKernels(function="apply_liger_kernel_to_llama", modeling="transformers.models.llama.modeling_llama",
+                     replaced=("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"), text_model_types=("llama",))
 
 FAMILY = ModelFamily(
     name="llava_1_5", title="LLaVA-1.5 (LLaVA, Vicuna v1.5 / Llama language model)",
@@ -158,7 +162,7 @@ FAMILY = ModelFamily(
     parts=LLAVA_PARTS,
     # Llama decoder: the shared-prefix rows, packing, varlen and CUDA graphs take it as they take Mistral
     fast=FastPaths(shared_prefix_eval=True, packed_prefill=True, packing=True, varlen_attention=True,
-                   cuda_graphs=True, feature_cache=True, liger=""),
+                   cuda_graphs=True, feature_cache=True, liger=LIGER),
     llama_factory_template="llava", position_ids=left_padded_positions, next_positions=continue_positions,
     notes="prompts follow llava-hf's template, which has no system prompt; upstream LLaVA-1.5 trained and "
           "evaluated with Vicuna v1's ('A chat between a curious user and an artificial intelligence "

@@ -22,6 +22,7 @@ from slakevqa.models.families.family import (
     FastPaths,
     ImageInputs,
     ImagePipeline,
+    LigerKernels,
     ModelFamily,
     Parts,
     continue_positions,
@@ -72,6 +73,9 @@ def process(processor, image) -> ImageInputs:
 
 LLAVA_PARTS = Parts(vision="model.vision_tower", projector="model.multi_modal_projector",
                     language_model="model.language_model")
+# Liger (read for liger-kernel 0.8.5): RMSNorm, SwiGLU and RoPE; 1.14x LoRA steps at 7B (benchmarks/RESULTS.md)
+LIGER = LigerKernels(function="apply_liger_kernel_to_mistral", modeling="transformers.models.mistral.modeling_mistral",
+                     replaced=("apply_rotary_pos_emb", "MistralRMSNorm", "MistralMLP"), text_model_types=("mistral",))
 
 FAMILY = ModelFamily(
     name="llava_med", title="LLaVA-Med v1.5 (LLaVA, Mistral language model)",
@@ -83,7 +87,7 @@ FAMILY = ModelFamily(
                          pad_to_square="padded with the CLIP mean colour (122, 116, 104), centred, as LLaVA-Med"),
     parts=LLAVA_PARTS,
     fast=FastPaths(shared_prefix_eval=True, packed_prefill=True, packing=True, varlen_attention=True,
-                   cuda_graphs=True, feature_cache=True, liger="apply_liger_kernel_to_mistral"),
+                   cuda_graphs=True, feature_cache=True, liger=LIGER),
     # LLaMA-Factory has no template of LLaVA-Med v1.5's format: its llava_next_mistral and mistral write
     # "[INST] {content}[/INST]" (no space before [/INST]; mistral has no image plugin), so none is named
     llama_factory_template="", position_ids=left_padded_positions, next_positions=continue_positions,

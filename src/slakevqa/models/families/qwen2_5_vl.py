@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slakevqa.inputs.chat_format import ChatFormat
-from slakevqa.models.families.family import FastPaths, ImageInputs, ImagePipeline, ModelFamily, Parts
+from slakevqa.models.families.family import FastPaths, ImageInputs, ImagePipeline, LigerKernels, ModelFamily, Parts
 
 if TYPE_CHECKING:  # annotations only: importing torch/transformers at module load would cost seconds
     from PIL.Image import Image
@@ -298,6 +298,14 @@ def published_config(tokenizer):
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=151655, video_token_id=151656,
                             vision_start_token_id=151652, vision_end_token_id=151653, tie_word_embeddings=False)
 
+# Liger (read for liger-kernel 0.8.5), handed the text model: its RMSNorm and SwiGLU. Its M-RoPE kernel replaces
+# apply_multimodal_rotary_pos_emb, which transformers 5.x no longer calls (the rotary embedding interleaves the
+# three sections into cos/sin, and the attention calls the plain apply_rotary_pos_emb): RoPE stays PyTorch's.
+# The vision tower (frozen by default) keeps its own norms.
+LIGER = LigerKernels(function="apply_liger_kernel_to_qwen2_5_vl",
+                     modeling="transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
+                     replaced=("apply_multimodal_rotary_pos_emb", "Qwen2RMSNorm", "Qwen2_5_VLRMSNorm", "Qwen2MLP"),
+                     text_model_types=("qwen2_5_vl_text",))
 
 FAMILY = ModelFamily(
     name="qwen2_5_vl", title="Qwen2.5-VL (and Lingshu)",
@@ -311,7 +319,8 @@ FAMILY = ModelFamily(
         image_tokens_note="dynamic: resized to multiples of 28 px within 3136..12845056 pixels, "
                           "(H/28)*(W/28) tokens per image (SLAKE 512x512 -> 504x504 -> 324)",
         pad_to_square="none: each image keeps its aspect ratio and gets its own token grid", tokens_follow_size=True),
-    parts=PARTS, fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True),
+    parts=PARTS, fast=FastPaths(shared_prefix_eval=True, packing=True, varlen_attention=True, cuda_graphs=True,
+                               liger=LIGER),
     llama_factory_template="qwen2_vl", position_ids=position_ids, next_positions=next_positions,
     text_rotary=text_rotary, packed_positions=packed_positions,
     notes="the image-aware chat template is the processor's (system 'You are a helpful assistant.'); the "
