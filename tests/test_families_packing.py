@@ -21,6 +21,7 @@ import family_fixtures
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab
+from slakevqa.kernels.segment_attention import segments_attended
 from slakevqa.models.families import family_named
 from slakevqa.models.families.family import packed_inputs
 from slakevqa.training.examples import ExampleEncoder
@@ -69,11 +70,12 @@ def test_packed_rows_equal_one_row_per_question(name: str, stretched: Path,
         assert len(set(grids)) == 2  # the stretched image has its own token count
         positions = packed_inputs(family, model, packed)["position_ids"]
         assert positions.shape == (3, *packed["input_ids"].shape)
-    else:  # the image block sees itself both ways; flash attention's causal layout cannot say so
-        assert "segment_layout" not in packed
+    else:  # the image block sees itself both ways: in the dense mask, and as non-causal varlen sequences
         soft = packed["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids(family.chat.image_token)
         first, last = soft.nonzero()[[0, -1], 0].tolist()
         assert bool(packed["attention_mask"][0, 0, first, last])
+        both_ways = packed["segment_layout"].bidirectional
+        assert both_ways.cu_q.tolist()[:2] == [0, last + 1 - first] and int(both_ways.q_cols[0]) == first
     want = loss_and_grads(model, plain)
     got = loss_and_grads(model, packed_inputs(family, model, packed))
     assert got[0] == pytest.approx(want[0], abs=1e-5)
@@ -82,6 +84,32 @@ def test_packed_rows_equal_one_row_per_question(name: str, stretched: Path,
     assert any(family.parts.component_of(n) == "vision_tower" for n in want[2])
     for parameter in want[2]:
         torch.testing.assert_close(got[2][parameter], want[2][parameter], atol=1e-5, rtol=1e-4, msg=parameter)
+
+
+def test_gemma_packed_rows_on_the_varlen_layout_equal_the_dense_mask(stretched: Path, reference_kernel: list,
+                                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Gemma 3's packed rows through the variable-length kernel (``reference_kernel`` stands in for flash attention's):
+    the image block as a non-causal call, the rest causal; loss, per-question losses and gradients as the dense mask's
+    (itself tested equal to one row per question above), gradient checkpointing on."""
+    family = family_named("gemma3")
+    tokenizer = family_fixtures.real_tokenizer("gemma3", tmp_path_factory)
+    model, processor = importlib.import_module("slakevqa.models.families.gemma3").build_tiny(tokenizer, seed=2)
+    model = configure_trainable(model.train(), use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
+    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
+    packed, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
+    dense = loss_and_grads(model, packed)
+    assert not reference_kernel
+    with segments_attended(model):
+        varlen = loss_and_grads(model, packed)
+    assert varlen[0] == pytest.approx(dense[0], abs=1e-5)
+    torch.testing.assert_close(varlen[1], dense[1], atol=1e-5, rtol=1e-5)
+    layers = model.config.text_config.num_hidden_layers
+    assert reference_kernel == [True, False] * 2 * layers  # each layer's two calls, again in the backward
+    assert varlen[2].keys() == dense[2].keys() and any("lora_A" in n for n in dense[2])
+    for parameter in dense[2]:
+        torch.testing.assert_close(varlen[2][parameter], dense[2][parameter], atol=1e-5, rtol=1e-4, msg=parameter)
 
 
 def test_qwen_packed_positions_break_without_the_shift(stretched: Path,

@@ -28,14 +28,17 @@ from slakevqa.training.loss import answer_loss, packed_loss
 from slakevqa.training.params import configure_trainable
 
 
-def visibility(layout: SegmentLayout) -> torch.Tensor:
-    """The ``(width, width)`` mask the layout's sequences mean, for a one-row layout."""
+def visibility(layout: SegmentLayout, causal: bool = True) -> torch.Tensor:
+    """The ``(width, width)`` mask the layout's sequences mean, for a one-row layout (its bidirectional part
+    included)."""
     seen = torch.zeros(layout.width, layout.width, dtype=torch.bool)
     for s in range(len(layout.cu_q) - 1):
         queries = layout.q_cols[layout.cu_q[s]:layout.cu_q[s + 1]]
         keys = layout.k_cols[layout.cu_k[s]:layout.cu_k[s + 1]]
         for i, query in enumerate(queries):
-            seen[query, keys[:len(keys) - len(queries) + i + 1]] = True
+            seen[query, keys[:len(keys) - len(queries) + i + 1] if causal else keys] = True
+    if layout.bidirectional is not None:
+        seen |= visibility(layout.bidirectional, causal=False)
     return seen
 
 
@@ -51,6 +54,27 @@ def test_layout_sees_exactly_what_the_segment_mask_sees() -> None:
         expected = segment_mask(row, width) & real[:, None] & real[None, :]
         assert torch.equal(visibility(layout), expected), row
         assert layout.max_q == max(len(range(*p)) for p in [row_spans(row)[0], *row_spans(row)[1]] if p[1] > p[0])
+
+
+def test_layout_with_an_image_block_sees_what_the_dense_mask_with_the_block_sees() -> None:
+    """Gemma 3's image block inside the prefix: text before it causal, the block both ways, text after it causal."""
+    rng = random.Random(1)
+    for _ in range(50):
+        prefix = rng.randint(1, 8)
+        row = [0] * prefix
+        for segment in range(1, rng.randint(2, 5)):
+            row += [segment] * rng.randint(1, 4)
+        start = rng.randint(0, prefix - 1)
+        end = rng.randint(start + 1, prefix)
+        width = len(row) + rng.randint(0, 3)
+        layout = SegmentLayout.build([row], width).with_blocks([(start, end)])
+        real = torch.tensor([True] * len(row) + [False] * (width - len(row)))
+        block = torch.zeros(width, dtype=torch.bool)
+        block[start:end] = True
+        expected = (segment_mask(row, width) | (block[:, None] & block[None, :])) & real[:, None] & real[None, :]
+        assert torch.equal(visibility(layout), expected), (row, start, end)
+        assert layout.bidirectional.cu_q.tolist() == [0, end - start]
+    assert SegmentLayout.build([[0, 0, 1]], 3).with_blocks([(1, 3)]) is None  # a block past the prefix
 
 
 @pytest.mark.parametrize("row", [[0, 1, 2, 1], [0, 1, -1, 2], [1, 0, 0]], ids=["split", "pad-inside", "prefix-late"])

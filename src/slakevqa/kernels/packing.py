@@ -80,17 +80,24 @@ def segment_batch(rows: list[Row], pad_id: int, mask_device=None) -> dict:
 
 def with_image_blocks(batch: dict, image_id: int) -> dict:
     """``batch`` with each row's image tokens seeing one another both ways (Gemma 3's image block; one image per
-    row), its ``segment_layout`` dropped: flash attention's causal sequences cannot carry such a block, so the
-    dense mask serves (sdpa).
+    row, its tokens in one run): in the dense mask, and in the ``segment_layout`` as a non-causal sequence of
+    its own (:meth:`slakevqa.kernels.segment_attention.SegmentLayout.with_blocks`).
 
     >>> mask = with_image_blocks(segment_batch([([1, 9, 9, 2], [-100] * 4, [0, 1, 2, 3], [0, 0, 0, 1])], 0), 9)
-    >>> mask["attention_mask"][0, 0].int().tolist(), "segment_layout" in mask
-    ([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], False)
+    >>> mask["attention_mask"][0, 0].int().tolist(), mask["segment_layout"].bidirectional.q_cols.tolist()
+    ([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], [1, 2])
     """
     image = batch["input_ids"] == image_id
     block = image[:, None, :, None] & image[:, None, None, :]
     out = {name: value for name, value in batch.items() if name != "segment_layout"}
     out["attention_mask"] = batch["attention_mask"] | block.to(batch["attention_mask"].device)
+    if "segment_layout" in batch:
+        spans = [(int(cols[0]), int(cols[-1]) + 1) if len(cols) else None
+                 for cols in (row.nonzero().flatten() for row in image)]
+        if all(s is None or int(image[r, s[0]:s[1]].sum()) == s[1] - s[0] for r, s in enumerate(spans)):
+            layout = batch["segment_layout"].with_blocks(spans)
+            if layout is not None:
+                out["segment_layout"] = layout
     return out
 
 

@@ -16,6 +16,11 @@ or not: at the 7B shape it was 25% of a LoRA training step's GPU time (benchmark
 The price of this layout is one gather per layer: each segment's keys are copied next to a copy
 of its prefix's (~150 MB a layer at batch 64; the gradients flow back through the gather).
 
+An image block that sees itself both ways (Gemma 3's; :meth:`SegmentLayout.with_blocks`) cuts the
+prefix in three: the text before the block (causal), the block (its queries see the text before it
+and the whole block: a second, non-causal kernel call, :attr:`SegmentLayout.bidirectional`) and the
+text after it (causal, its keys the whole prefix up to itself).
+
 :func:`segment_attention` is registered with transformers' ``AttentionInterface`` and swapped
 into the language model's config inside :func:`segments_attended`; the layout reaches it as the
 forward's ``segment_layout`` keyword (transformers passes unknown keywords down to attention,
@@ -55,39 +60,68 @@ class SegmentLayout:
     max_q: int
     max_k: int
     width: int
+    segments: tuple = ()  # the rows' segment ids it was built from (with_blocks rebuilds from them)
+    bidirectional: "SegmentLayout | None" = None  # image blocks' sequences: one more kernel call, not causal
 
     @staticmethod
-    def build(segments: list[list[int]], width: int) -> "SegmentLayout | None":
+    def build(segments: list[list[int]], width: int,
+              blocks: "list[tuple[int, int] | None] | None" = None) -> "SegmentLayout | None":
         """The layout of right-padded rows of segment ids (0 the prefix, k > 0 a segment, -1 padding).
 
-        None when a row is not "prefix first, each segment in one piece, padding last": then the
-        dense mask serves (no builder of ours makes such rows).
+        ``blocks``: per row, the ``(start, end)`` columns of an image block inside the prefix that sees
+        itself both ways, or None. None when a row is not "prefix first, each segment in one piece,
+        padding last", or a block is not inside its prefix: then the dense mask serves (no builder of
+        ours makes such rows).
         """
-        import torch
-
         spans = [row_spans(row) for row in segments]
-        if any(s is None for s in spans):
+        blocks = blocks or [None] * len(spans)
+        if any(s is None for s in spans) or any(b is not None and not 0 <= b[0] < b[1] <= s[0][1]
+                                                for s, b in zip(spans, blocks)):
             return None
-        q_runs, k_runs, q_lengths, k_lengths = [], [], [], []  # runs: (row, first column, end column)
-        for r, (prefix, pieces) in enumerate(spans):
-            for queries, keys in ([(prefix, [prefix])] if prefix[1] else []) + [(p, [prefix, p]) for p in pieces]:
-                q_runs.append((r, *queries))
-                k_runs.extend((r, *k) for k in keys if k[1] > k[0])
-                q_lengths.append(queries[1] - queries[0])
-                k_lengths.append(sum(b - a for a, b in keys))
-        if not q_lengths:
+        causal, both_ways = [], []  # (row, query span, key spans) per sequence
+        for r, ((_, p), pieces) in enumerate(spans):
+            start, end = blocks[r] or (p, p)
+            causal += [(r, (0, start), [(0, start)]), (r, (end, p), [(0, p)])]
+            both_ways += [(r, (start, end), [(0, end)])]
+            causal += [(r, piece, [(0, p), piece]) for piece in pieces]
+        layout = sequences_layout(causal, width)
+        if layout is None:
             return None
+        return replace(layout, segments=tuple(map(tuple, segments)),
+                       bidirectional=sequences_layout(both_ways, width))
 
-        def cumulative(lengths):
-            return torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-
-        return SegmentLayout(*run_indices(q_runs), *run_indices(k_runs), cumulative(q_lengths),
-                             cumulative(k_lengths), max(q_lengths), max(k_lengths), width)
+    def with_blocks(self, blocks: "list[tuple[int, int] | None]") -> "SegmentLayout | None":
+        """This layout with each row's ``blocks[r]`` seeing itself both ways (Gemma 3's image block)."""
+        return SegmentLayout.build([list(row) for row in self.segments], self.width, blocks)
 
     def to(self, device) -> "SegmentLayout":
         """On ``device`` (``batch = {k: v.to(device) ...}`` moves it with the tensors)."""
-        return replace(self, **{name: getattr(self, name).to(device)
-                                for name in ("q_rows", "q_cols", "k_rows", "k_cols", "cu_q", "cu_k")})
+        moved = {name: getattr(self, name).to(device)
+                 for name in ("q_rows", "q_cols", "k_rows", "k_cols", "cu_q", "cu_k")}
+        return replace(self, **moved, bidirectional=self.bidirectional and self.bidirectional.to(device))
+
+
+def sequences_layout(sequences: list[tuple[int, tuple[int, int], list[tuple[int, int]]]],
+                     width: int) -> "SegmentLayout | None":
+    """The layout of ``(row, query span, key spans)`` sequences; empty query spans are left out (None if all are)."""
+    import torch
+
+    q_runs, k_runs, q_lengths, k_lengths = [], [], [], []  # runs: (row, first column, end column)
+    for r, queries, keys in sequences:
+        if queries[1] <= queries[0]:
+            continue
+        q_runs.append((r, *queries))
+        k_runs.extend((r, *k) for k in keys if k[1] > k[0])
+        q_lengths.append(queries[1] - queries[0])
+        k_lengths.append(sum(b - a for a, b in keys))
+    if not q_lengths:
+        return None
+
+    def cumulative(lengths):
+        return torch.tensor([0] + lengths, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+
+    return SegmentLayout(*run_indices(q_runs), *run_indices(k_runs), cumulative(q_lengths),
+                         cumulative(k_lengths), max(q_lengths), max(k_lengths), width)
 
 
 def row_spans(row: list[int]) -> tuple[tuple[int, int], list[tuple[int, int]]] | None:
@@ -175,18 +209,22 @@ def segment_attention(module, query, key, value, attention_mask, scaling: float 
     layout, dtype = segment_layout, compute_dtype(query)
     window = getattr(module, "sliding_window", None) or kwargs.get("sliding_window")
     usable = (layout is not None and query.shape[2] == key.shape[2] == layout.width and dropout == 0.0
-              and (window is None or window >= layout.max_k))
+              and (window is None or window >= layout.max_k) and kwargs.get("softcap") is None)
     kernel = varlen_kernel(query, dtype) if usable else None
     if kernel is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     rows, heads, width, dim = query.shape
-    q = query.transpose(1, 2)[layout.q_rows, layout.q_cols].to(dtype)  # (tokens, H, d), one copy
-    k = key.transpose(1, 2)[layout.k_rows, layout.k_cols].to(dtype)    # (keys, kv, d)
-    v = value.transpose(1, 2)[layout.k_rows, layout.k_cols].to(dtype)
-    out, _ = kernel(q, k, v, layout.cu_q, layout.cu_k, layout.max_q, layout.max_k, scaling or dim ** -0.5)
-    full = out.new_zeros((rows, width, heads, dim))
-    full[layout.q_rows, layout.q_cols] = out
+    full = query.new_zeros((rows, width, heads, dim), dtype=dtype)
+    for part, causal in ((layout, True), (layout.bidirectional, False)):
+        if part is None:
+            continue
+        q = query.transpose(1, 2)[part.q_rows, part.q_cols].to(dtype)  # (tokens, H, d), one copy
+        k = key.transpose(1, 2)[part.k_rows, part.k_cols].to(dtype)    # (keys, kv, d)
+        v = value.transpose(1, 2)[part.k_rows, part.k_cols].to(dtype)
+        out, _ = kernel(q, k, v, part.cu_q, part.cu_k, part.max_q, part.max_k, scaling or dim ** -0.5,
+                        causal=causal)
+        full[part.q_rows, part.q_cols] = out
     return full, None
 
 
