@@ -39,8 +39,8 @@ def plan_family(walk: Walk) -> list[tuple[str, list[str], Callable[[Walk, Path],
         ("f0_build", [], lambda w, log: last_line(w.run([sys.executable, STEPS_PY, "build-family", w.family, model]
                                                          + (["--tiny"] if w.tiny else []), log))),
         ("f1_check", [f"{model}/config.json"], step_check_model(model)),
-        # one row per question (no packing for these families yet): batch 64 of Qwen2.5-VL-7B's ~400-token rows
-        # ran out of an H100's 80 GB; 16 x 4 is the same effective batch
+        # 16 x 4: the effective batch of lora_single_gpu.yaml; issue 26 ran it so before packing (batch 64 of
+        # Qwen2.5-VL-7B's one-row-per-question ~400-token rows ran out of an H100's 80 GB), kept for comparison
         ("f2a_train_kill_resume", [f"{model}/config.json"],
          step_train_resume_of(model, lora, "--batch_size", "16", "--grad_accum", "4")),
         ("f2b_tensorboard_probes", [f"{lora}/tb"],
