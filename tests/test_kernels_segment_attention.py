@@ -153,6 +153,31 @@ def test_flash_kernel_equals_the_reference_on_cuda() -> None:
     torch.testing.assert_close(out.float()[real], dense[real], atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention's varlen kernel needs CUDA")
+def test_flash_kernel_with_an_image_block_equals_the_dense_mask_on_cuda() -> None:
+    """Gemma 3's layout on the real kernel: outputs and the gradients of query, key and value (bf16 vs fp32)."""
+    torch.manual_seed(0)
+    rows = [[0] * 40 + [1] * 7 + [2] * 12, [0] * 40 + [1] * 20]
+    blocks = [(5, 37), (3, 40)]  # text before and after the block in row 0; the block ends the prefix in row 1
+    layout = SegmentLayout.build([r + [-1] * (62 - len(r)) for r in rows], 62).with_blocks(blocks).to("cuda")
+    inputs = [torch.randn(2, h, 62, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+              for h in (8, 2, 2)]  # Gemma 3's head size
+    out, _ = segment_module.segment_attention(torch.nn.Module(), *inputs, None, 0.0625, segment_layout=layout)
+    mask = torch.stack([segment_mask(r, 62) for r in rows])
+    for r, (start, end) in enumerate(blocks):
+        mask[r, start:end, start:end] = True
+    fp32 = [t.detach().float().requires_grad_() for t in inputs]
+    dense = F.scaled_dot_product_attention(fp32[0], fp32[1].repeat_interleave(4, 1), fp32[2].repeat_interleave(4, 1),
+                                           attn_mask=mask[:, None].cuda(), scale=0.0625).transpose(1, 2)
+    real = torch.tensor([[True] * 59 + [False] * 3, [True] * 60 + [False] * 2]).cuda()
+    torch.testing.assert_close(out.float()[real], dense[real], atol=2e-2, rtol=2e-2)
+    weights = torch.randn_like(dense) * real[:, :, None, None]
+    (out.float() * weights).sum().backward()
+    (dense * weights).sum().backward()
+    for got, want in zip(inputs, fp32):
+        torch.testing.assert_close(got.grad.float(), want.grad, atol=5e-2, rtol=5e-2)
+
+
 @pytest.mark.parametrize("image_of_row", [[0, 2, 0, 2, 2], [0, 2]], ids=["several-rows", "one-row-per-image"])
 def test_rows_prefix_attention_on_the_reference_kernel_equals_grouped_matmuls(reference_kernel,
                                                                               image_of_row: list[int]) -> None:
