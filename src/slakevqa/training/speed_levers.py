@@ -107,7 +107,10 @@ def apply_liger(model, family=None) -> Callable[[], None]:
     already = {id(module) for module in decoder.modules() if "forward" in vars(module)}
     getattr(monkey_patch, kernels.function)(rope=True, cross_entropy=False, fused_linear_cross_entropy=False,
                                             rms_norm=True, **{kernels.mlp: True}, model=decoder)
-    restore_globals(modeling, {name: value for name, value in saved.items() if isinstance(value, type)})
+    # at once: everything but the functions the layers look up at call time (classes build later models;
+    # a global Liger added, such as Qwen's unused M-RoPE function, serves nothing)
+    restore_globals(modeling, {name: value for name, value in saved.items()
+                               if value is MISSING or isinstance(value, type)})
     patched = [module for module in decoder.modules() if "forward" in vars(module) and id(module) not in already]
 
     def undo() -> None:
