@@ -18,7 +18,9 @@ Liger's RMSNorm, SwiGLU and RoPE in the model for that setting (CUDA, liger-kern
 issue 15) instead; ``+dense``: ``--no-varlen_attention``: the packed forward's attention is sdpa over the dense
 segment mask and the rows read their prefix through grouped matmuls, instead of flash attention's
 variable-length kernel for both; ``+pergroup``: one
-decoding call per token budget (16, 48) instead of one per batch.
+decoding call per token budget (16, 48) instead of one per batch; ``+reuse``: every decoding call replays one
+captured step on a workspace that outlasts the call (:mod:`slakevqa.evaluation.decode_workspace`) instead of
+capturing its own.
 Every setting's answers are compared with the first setting's, per question type. Pixels are
 preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
 are also answered one at a time (eval_throughput.py's per-question loop), the reference
@@ -85,7 +87,8 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     # the backend is chosen when the engine is built: one per setting, sharing the model, builder and pixel cache
     engine = Engine(engine.model, engine.processor, engine.builder, settings=engine.settings,
                     share_prefix=share, prefix_attention=parts[0] == "rows", cuda_graphs="eager" not in parts,
-                    attention=AttentionSettings(cudnn_attention=cudnn, varlen_attention="dense" not in parts))
+                    attention=AttentionSettings(cudnn_attention=cudnn, varlen_attention="dense" not in parts),
+                    reuse_decoding="reuse" in parts)
     engine.one_decode_per_batch = "pergroup" not in parts
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -108,7 +111,13 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None
     return {"setting": setting, "share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size,
             "seconds": round(total, 2), "q_per_s": round(len(samples) / total, 2), "peak_gib": peak,
-            **{k: round(v, 2) for k, v in times.items()}, "answers": answers}
+            **{k: round(v, 2) for k, v in times.items()}, **reuse_counts(engine), "answers": answers}
+
+
+def reuse_counts(engine) -> dict:
+    """``+reuse``: decoding calls and how many of them built (and captured) a workspace."""
+    reused = engine.fast.reused if engine.fast is not None else None
+    return {} if reused is None else {"decoding_calls": reused.calls, "workspaces_built": reused.builds}
 
 
 def budget_first_order(samples, settings) -> list:

@@ -69,7 +69,7 @@ def naive_answer(engine, sample):
                                         pad_token_id=engine.tokenizer.pad_token_id)
             return extract_answer(engine.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
         scores = []
-        for variants in engine.candidate_ids(item):
+        for variants in engine.candidate_ids([item])[0]:
             best = float("-inf")
             for candidate in variants:
                 full = torch.tensor([item.prompt_ids + candidate], device=engine.device)

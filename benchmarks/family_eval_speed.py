@@ -11,6 +11,8 @@ English test split twice, batches of ``--batch_size`` grouped by image as ``slak
 
 * **fast**: the default :class:`~slakevqa.evaluation.engine.Engine` (each image's prefix once, rows after it,
   one decoding call per batch, CUDA graphs), over the whole split;
+* **fast, reused decoding**: the same with ``reuse_decoding=True`` (one captured decoding step for every
+  call, :mod:`slakevqa.evaluation.decode_workspace`), its answers compared with the fast pass's;
 * **plain**: ``share_prefix=False`` (left padding, ``generate``, every question with its own image), over the
   first ``--plain_limit`` questions (its rate is per question, so a subset measures it).
 
@@ -92,6 +94,10 @@ def main() -> None:
 
     fast_answers, fast_report = measured(fast, samples)
     plain_answers, plain_report = measured(plain, samples[:args.plain_limit])
+    # the same fast path with one captured decoding step for all its calls (evaluation/decode_workspace.py)
+    reusing = Engine(model, processor, builder, reuse_decoding=True)
+    reuse_answers, reuse_report = measured(reusing, samples)
+    reuse_report["decoding_calls"], reuse_report["workspaces_built"] = reusing.fast.reused.calls, reusing.fast.reused.builds
     trained = None
     if args.trained_lengths:
         with trained_lengths(fast):
@@ -99,6 +105,8 @@ def main() -> None:
     report = {"family": args.family, "card": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "torch": torch.__version__, "model_build_s": round(build_s, 1), "batch_size": args.batch_size,
               "fast": fast_report, "plain": plain_report, "fast_trained_lengths": trained,
+              "fast_reused_decoding": reuse_report,
+              "reused_identical": sum(a.prediction == b.prediction for a, b in zip(fast_answers, reuse_answers)),
               "speedup": round(fast_report["q_per_s"] / plain_report["q_per_s"], 2),
               "agreement": agreement(fast_answers, plain_answers)}
     (out / "family_eval_speed.json").write_text(json.dumps(report, indent=1))

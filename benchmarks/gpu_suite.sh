@@ -10,7 +10,8 @@
 # Jobs: cuda_tests (the CUDA-only tests of the attention kernels); med (gpu_walkthrough.sh's LLaVA-Med steps up to
 # eval: build, convert, check, LoRA killed and resumed, probes, SIGTERM and resume, eval); llava_1_5, qwen2_5_vl,
 # gemma3 (that family's walkthrough, with the fast backend's speed on bench_data/Slake1.0's English test split);
-# eval_FAMILY (benchmarks/family_eval_speed.py: fast vs plain in one run); train_FAMILY (benchmarks/train_packing.py:
+# eval_med (benchmarks/eval_stages.py at LLaVA-Med's shape: today's default vs reused decoding, full and trained
+# lengths); eval_FAMILY (benchmarks/family_eval_speed.py: fast vs plain, and fast with reused decoding, in one run); train_FAMILY (benchmarks/train_packing.py:
 # one row per question vs packed, varlen, Liger). A job gets the budget left minus 10 s, at most its own cap.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -48,7 +49,7 @@ for job in "$@"; do
     case "$job" in
         cuda_tests)
             run_job "$job" 60 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -q -p no:cacheprovider \
-                tests/test_kernels_segment_attention.py tests/test_evaluation_rows.py -k cuda ;;
+                tests/test_kernels_segment_attention.py tests/test_evaluation_rows.py tests/test_decode_workspace.py -k cuda ;;
         med)
             run_job "$job" 280 bash benchmarks/gpu_walkthrough.sh $tiny --steps 0_,1a,1b,2a,2b,2c,3_ \
                 --budget $(( $(left) > 280 ? 270 : $(left) - 10 )) --out "$out/suite/med" ;;
@@ -56,6 +57,10 @@ for job in "$@"; do
             run_job "$job" 300 bash benchmarks/gpu_walkthrough.sh $tiny --part family --family "$job" \
                 --speed_root bench_data/Slake1.0 --budget $(( $(left) > 300 ? 290 : $(left) - 10 )) \
                 --out "$out/suite/$job" ;;
+        eval_med)
+            run_job "$job" 300 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/eval_stages.py $tiny \
+                --slake_root bench_data/Slake1.0 --batch_size 256 --settings rows,rows+reuse,rows+trained,rows+reuse+trained \
+                --out "$out/suite/eval_med.json" ;;
         eval_*)
             run_job "$job" 240 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/family_eval_speed.py $tiny --family "${job#eval_}" \
                 --slake_root bench_data/Slake1.0 --plain_limit 96 --out "$out/suite/$job" ;;

@@ -34,7 +34,7 @@ def engine_for(root: Path, model, processor, candidates: str = "auto", closed_an
 def naive_scores(engine: Engine, item) -> list[float]:
     """One full forward per candidate, no cache, no padding: the reference the fast path must equal."""
     scores = []
-    for variants in engine.candidate_ids(item):
+    for variants in engine.candidate_ids([item])[0]:
         best = float("-inf")
         for candidate in variants:
             ids = torch.tensor([item.prompt_ids + candidate])
@@ -52,7 +52,7 @@ def test_candidate_scores_equal_one_forward_per_candidate(synth_root: Path, tiny
     items = [engine.prepare(s) for s in closed]
     fast = engine.score_candidates(items)
     assert {len(i.view.route.candidates) for i in items} >= {2}
-    assert any(len(variants) > 1 for i in items for variants in engine.candidate_ids(i))  # "left" and "Left"
+    assert any(len(variants) > 1 for i in items for variants in engine.candidate_ids([i])[0])  # "left" and "Left"
     for item, scores in zip(items, fast):
         assert scores == pytest.approx(naive_scores(engine, item), abs=1e-5)
 

@@ -29,7 +29,7 @@ from slakevqa.evaluation.extract import extract_answer, match_candidate
 from slakevqa.evaluation.fast_backend import BatchRows, FastBackend
 from slakevqa.evaluation.plain_backend import PlainBackend
 from slakevqa.inputs.builder import InputBuilder, SampleView
-from slakevqa.inputs.encoding import encode_answer, encode_prompt
+from slakevqa.inputs.encoding import encode_answers, encode_prompt
 from slakevqa.inputs.vocab import candidate_variants
 from slakevqa.kernels.attention import AttentionSettings, attention_kernels
 from slakevqa.kernels.shared_prefix import supports_shared_prefix
@@ -65,13 +65,16 @@ class Engine:
 
     def __init__(self, model, processor, builder: InputBuilder, *, settings: GenerationSettings = GenerationSettings(),
                  closed_answering: str = "score", share_prefix: bool = True, prefix_attention: bool = True,
-                 cuda_graphs: bool = True, attention: AttentionSettings = AttentionSettings(), family=None) -> None:
+                 cuda_graphs: bool = True, attention: AttentionSettings = AttentionSettings(), family=None,
+                 reuse_decoding: bool = False) -> None:
         """``closed_answering``: ``score`` CLOSED candidates by likelihood, or ``generate`` and map onto one.
 
         ``share_prefix`` and ``prefix_attention``: the fast backend where the family allows it (both
         off: the plain backend for every batch). ``cuda_graphs``: replay its decoding step as a CUDA
         graph (CUDA only). ``attention``: which attention kernels may run (cuDNN's, flash attention's
         variable-length one). ``family``: the model family (default: the one ``model``'s config declares).
+        ``reuse_decoding``: the fast backend's decoding calls share one captured step (:mod:`.decode_workspace`;
+        off until the GPU benchmark shows it pays).
         The prompt length follows ``builder.settings`` (the run's InputSettings).
         """
         from slakevqa.models.families import family_of
@@ -87,7 +90,8 @@ class Engine:
         fast = (share_prefix and prefix_attention and self.family.fast.shared_prefix_eval
                 and supports_shared_prefix(model))
         longest = max(settings.max_new_tokens_open_default, settings.max_new_tokens_open_abnormality)
-        self.fast = FastBackend(model, self.tokenizer, self.family, cuda_graphs, attention, longest) if fast else None
+        self.fast = FastBackend(model, self.tokenizer, self.family, cuda_graphs, attention, longest,
+                                reuse_decoding) if fast else None
 
     @property
     def device(self):
@@ -178,23 +182,30 @@ class Engine:
             raise ValueError("the plain backend decodes every item to max_new_tokens: call it once per budget")  # a bug
         return self.plain.generate(items, max_new_tokens)
 
-    def candidate_ids(self, item: Prepared) -> list[list[list[int]]]:
-        """Per candidate, the token ids of each spelling it is scored under (``vocab.candidate_variants``)."""
-        return [[encode_answer(self.tokenizer, item.view.user_text, variant, chat=self.family.chat)
-                 for variant in candidate_variants(candidate, self.builder.vocab)]
-                for candidate in item.view.route.candidates]
+    def candidate_ids(self, items: list[Prepared]) -> list[list[list[list[int]]]]:
+        """Per item and candidate, the token ids of each spelling it is scored under (``vocab.candidate_variants``),
+        tokenised in one call for all items."""
+        spellings = [[candidate_variants(c, self.builder.vocab) for c in item.view.route.candidates] for item in items]
+        flat = encode_answers(self.tokenizer, [(item.view.user_text, [v for variants in per_item for v in variants])
+                                               for item, per_item in zip(items, spellings)], chat=self.family.chat)
+        regrouped = []
+        for per_item, ids in zip(spellings, flat):
+            spelled = iter(ids)
+            regrouped.append([[next(spelled) for _ in variants] for variants in per_item])
+        return regrouped
 
     def score_candidates(self, items: list[Prepared], batch: BatchRows | None = None) -> list[list[float]]:
         """Best mean token log-probability over each candidate's spellings, prompts encoded once."""
-        owners = [(q, c) for q, item in enumerate(items) for c, variants in enumerate(self.candidate_ids(item))
-                  for _ in variants]
-        pairs = [(q, variant) for q, item in enumerate(items) for variants in self.candidate_ids(item)
-                 for variant in variants]
+        ids = self.candidate_ids(items)
+        owners = [(q, c) for q, per_item in enumerate(ids) for c, variants in enumerate(per_item) for _ in variants]
+        pairs = [(q, variant) for q, per_item in enumerate(ids) for variants in per_item for variant in variants]
         backend = self.fast if self.on_rows(items) else self.plain
         first, tails = backend.score(items, pairs, batch) if backend is self.fast else backend.score(items, pairs)
         scores = [[float("-inf")] * len(item.view.route.candidates) for item in items]
-        for (q, c), (_, variant), tail in zip(owners, pairs, tails):
-            value = (float(first[q, variant[0]]) + tail) / len(variant)
+        # every first token's log-probability in one transfer (one read per pair waited for the GPU each time)
+        firsts = first[[q for q, _ in pairs], [variant[0] for _, variant in pairs]].tolist()
+        for (q, c), (_, variant), head, tail in zip(owners, pairs, firsts, tails):
+            value = (head + tail) / len(variant)
             # max() would drop a NaN against -inf and answer anyway: keep it, closed_prediction refuses it
             scores[q][c] = value if math.isnan(value) or value > scores[q][c] else scores[q][c]
         return scores

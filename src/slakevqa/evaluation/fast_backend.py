@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from slakevqa.evaluation.decode_workspace import ReusedDecoding
 from slakevqa.evaluation.packed_prefill import encode_packed
 from slakevqa.evaluation.prefix_prefill import encode_by_prefix
 from slakevqa.evaluation.row_decoding import EncodedRows, candidate_tail_logprobs, greedy_tokens
@@ -50,12 +51,16 @@ class FastBackend:
     """Shared image prefixes and rows; ``encode`` a batch once, then ``score`` and ``generate`` on it."""
 
     def __init__(self, model, tokenizer, family, cuda_graphs: bool = True,
-                 attention: AttentionSettings = AttentionSettings(), longest_answer: int = 64) -> None:
+                 attention: AttentionSettings = AttentionSettings(), longest_answer: int = 64,
+                 reuse_decoding: bool = False) -> None:
         """``longest_answer``: the most tokens a row may add after its prompt (decoding budget, candidate
-        length), for the sliding-window check of :meth:`can_answer`."""
+        length), for the sliding-window check of :meth:`can_answer`. ``reuse_decoding``: decoding calls share
+        one workspace and its captured step (:mod:`.decode_workspace`) instead of capturing one per call."""
         self.model, self.tokenizer, self.family = model, tokenizer, family
         self.cuda_graphs, self.attention, self.longest_answer = cuda_graphs, attention, longest_answer
         self.window = sliding_window(language_parts(model)[0].config)
+        self.reused = ReusedDecoding(model, cache_argument(model), stop_ids(family, tokenizer), tokenizer.pad_token_id,
+                                     cuda_graphs, longest_answer) if reuse_decoding else None
 
     @property
     def device(self):
@@ -140,11 +145,13 @@ class FastBackend:
 
         with torch.inference_mode():
             encoded, order = self.rows_of(items, batch)
-            rows = encoded.select(order, max_new_tokens)
             limits = None if budgets is None or min(budgets) == max_new_tokens else torch.tensor(budgets)
-            out = greedy_tokens(self.model, cache_argument(self.model), rows, max_new_tokens,
-                                stop_ids(self.family, self.tokenizer),
-                                self.tokenizer.pad_token_id, self.cuda_graphs, row_budgets=limits)
+            if self.reused is not None:
+                out = self.reused.tokens(encoded, order, max_new_tokens, limits)
+            else:
+                out = greedy_tokens(self.model, cache_argument(self.model), encoded.select(order, max_new_tokens),
+                                    max_new_tokens, stop_ids(self.family, self.tokenizer),
+                                    self.tokenizer.pad_token_id, self.cuda_graphs, row_budgets=limits)
         budgets = budgets or [max_new_tokens] * len(items)
         return [self.tokenizer.decode(row[:budget], skip_special_tokens=True).strip()
                 for row, budget in zip(out.tolist(), budgets)]

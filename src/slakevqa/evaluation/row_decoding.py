@@ -58,12 +58,24 @@ def greedy_tokens(model, cache_keyword: str, rows: EncodedRows, budget: int, sto
     (benchmarks use it to decode what a fine-tuned model would; the batch still runs until
     its longest row is done).
     """
-    decoder, head = language_parts(model)
+    decoder, _ = language_parts(model)
     first = rows.last_logits.argmax(-1)
     state = DecodeState.start(first, rows, budget, pad_id, stop_ids, row_budgets)
     state.record(first)
     if budget == 1:
         return state.out
+    step = decoding_step(model, cache_keyword, rows, state, pad_id)
+    with attention_swapped(decoder):
+        graphed = cuda_graphs and state.token.is_cuda
+        replay = capture(step) if graphed else step  # capturing runs the first step for real
+        decode_steps(replay, state, 1 if graphed else 0, budget)
+    return state.out
+
+
+def decoding_step(model, cache_keyword: str, rows: EncodedRows, state: "DecodeState", pad_id: int):
+    """One greedy step on ``rows`` that reads and writes only ``state``'s and the rows' tensors (so a CUDA
+    graph can replay it): every row's next token written at ``state.column``, its prediction recorded."""
+    _, head = language_parts(model)
 
     def step() -> None:
         state.valid.index_fill_(1, state.column, True)
@@ -72,14 +84,16 @@ def greedy_tokens(model, cache_keyword: str, rows: EncodedRows, budget: int, sto
                           state.valid[:, None, :], cache_keyword)
         state.advance(head(hidden[:, -1]).argmax(-1), pad_id)
 
-    with attention_swapped(decoder):
-        graphed = cuda_graphs and state.token.is_cuda
-        replay = capture(step) if graphed else step  # capturing runs the first step for real
-        for done_steps in range(1 if graphed else 0, budget - 1):
-            replay()
-            if done_steps % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and bool(state.done.all()):
-                break
-    return state.out
+    return step
+
+
+def decode_steps(replay, state: "DecodeState", done_steps: int, budget: int) -> None:
+    """Run ``replay`` until ``budget`` tokens are out (``done_steps`` already ran), or every row has stopped
+    (checked on the host only every few steps: each check waits for the GPU)."""
+    for done in range(done_steps, budget - 1):
+        replay()
+        if done % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and bool(state.done.all()):
+            break
 
 
 @dataclass
@@ -161,12 +175,12 @@ def candidate_tokens(pairs: list[tuple[int, list[int]]], pad_id: int, device):
     import torch
 
     width = max(len(tokens) for _, tokens in pairs)
-    tokens = torch.full((len(pairs), width), pad_id, dtype=torch.long, device=device)
-    real = torch.zeros((len(pairs), width), dtype=torch.bool, device=device)
-    for i, (_, cand) in enumerate(pairs):
-        tokens[i, :len(cand)] = torch.tensor(cand, device=device)
+    tokens = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    real = torch.zeros((len(pairs), width), dtype=torch.bool)
+    for i, (_, cand) in enumerate(pairs):  # filled on the host, then one transfer (not one per pair)
+        tokens[i, :len(cand)] = torch.tensor(cand)
         real[i, :len(cand)] = True
-    return tokens, real
+    return tokens.to(device), real.to(device)
 
 
 def later_token_logprobs(logits, tokens, real) -> list[float]:

@@ -87,17 +87,18 @@ class ImageGroups:
 
     @staticmethod
     def build(image_of_row: list[int], prefix_keys: list, prefix_values: list, device, varlen: bool = False,
-              packed_prefix: dict | None = None) -> "ImageGroups":
+              packed_prefix: dict | None = None, member_slots: int | None = None) -> "ImageGroups":
+        """``member_slots``: the width of ``slot`` (default: the most rows of one image)."""
         import torch
 
         n_images = prefix_keys[0].shape[0]
         members: list[list[int]] = [[] for _ in range(n_images)]
         for row, image in enumerate(image_of_row):
             members[image].append(row)
-        width = max(len(m) for m in members)
+        width = max(len(m) for m in members) if member_slots is None else member_slots
         slot = torch.tensor([m + [0] * (width - len(m)) for m in members], dtype=torch.long, device=device)
-        flat = torch.tensor([image * width + members[image].index(row) for row, image in enumerate(image_of_row)],
-                            dtype=torch.long, device=device)
+        slot_of = {row: image * width + r for image, rows in enumerate(members) for r, row in enumerate(rows)}
+        flat = torch.tensor([slot_of[row] for row in range(len(image_of_row))], dtype=torch.long, device=device)
         order = [row for m in members for row in m]
         inverse = [0] * len(order)
         for position, row in enumerate(order):
