@@ -207,3 +207,16 @@ def test_the_readme_hub_id_resolves_from_the_hub_cache(tmp_path: Path, monkeypat
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
     assert resolve_folder("microsoft/llava-med-v1.5-mistral-7b") == repo / "snapshots" / commit
+
+
+@pytest.mark.parametrize("config_class", ["LlavaConfig", "Qwen2_5_VLConfig", "Gemma3Config", "MistralConfig"])
+def test_a_built_models_family_reads_the_types_to_dict_would_give(config_class):
+    """``family_of`` reads two types off the config object instead of ``to_dict()`` (which deep-copies it, ~1 ms
+    at every eager decoding step); they must be the types ``to_dict()`` writes."""
+    import transformers
+
+    from slakevqa.models.families import config_types, describe_types
+
+    config = getattr(transformers, config_class)()
+    assert describe_types(config_types(config)) == describe_types(config.to_dict())
+    assert describe_types(config_types(config))[0] == config.model_type

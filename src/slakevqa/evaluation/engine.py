@@ -123,7 +123,8 @@ class Engine:
     def _answer(self, prepared: list[Prepared], batch: BatchRows | None) -> list[Prediction]:
         results: dict[int, Prediction] = {}
         scored = [p for p in prepared if p.view.route.candidates and self.closed_answering == "score"]
-        generated = [p for p in prepared if p not in scored]
+        scored_ids = {id(p) for p in scored}  # by identity: comparing Prepared records field by field is O(n^2)
+        generated = [p for p in prepared if id(p) not in scored_ids]
         if scored:
             for item, scores in zip(scored, self.score_candidates(scored, batch)):
                 results[item.sample.qid] = self.closed_prediction(item, scores)
