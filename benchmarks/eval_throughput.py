@@ -116,12 +116,19 @@ def trained_lengths(engine):
         return greedy(*args, **kwargs, row_budgets=torch.tensor(limits))
 
     engine.generate, engine.model.generate, engine_module.greedy_tokens = gold_lengths, stopping, greedy_gold
+    reused = engine.fast.reused if engine.fast is not None else None  # decoding calls that share a workspace
+    if reused is not None:
+        tokens = reused.tokens
+        reused.tokens = lambda encoded, rows, budget, row_budgets=None: tokens(encoded, rows, budget,
+                                                                                torch.tensor(limits))
     try:
         yield engine
     finally:
         engine.__dict__.pop("generate", None)  # back to the class's methods
         engine.model.__dict__.pop("generate", None)
         engine_module.greedy_tokens = greedy
+        if reused is not None:
+            reused.__dict__.pop("tokens", None)
 
 
 def timed(fn, device: str):

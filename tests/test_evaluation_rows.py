@@ -83,6 +83,25 @@ def test_batch_encoding_keeps_no_autograd_graph(engine_and_questions) -> None:
     assert not batch.rows.last_logits.requires_grad and not batch.rows.cache.keys[0].requires_grad
 
 
+def test_each_image_prefix_is_stored_once(engine_and_questions, reference_kernel: list) -> None:
+    """Back to back for flash attention's kernel, the grouped matmuls' (n_images, kv, P, d) tensors views of the
+    same memory; decoding through the kernel (conftest.py's reference) makes no second copy."""
+    engine, samples = engine_and_questions
+    items = [engine.prepare(s) for s in samples if not s.is_closed][:8]
+    eos, pad = engine.tokenizer.eos_token_id, engine.tokenizer.pad_token_id
+    with torch.inference_mode():
+        rows = engine.fast.encode_rows(items, 3)
+        stored = {layer: pair for layer, pair in rows.groups.packed_prefix.items()}
+        greedy_tokens(engine.model, cache_argument(engine.model), rows, 3, [eos], pad, cuda_graphs=False)
+    layers = engine.model.config.text_config.num_hidden_layers
+    assert reference_kernel and len(stored) == layers
+    for layer in range(layers):
+        assert rows.groups.packed_prefix[layer] is stored[layer]  # the kernel read them where they were
+        for view, flat in zip((rows.groups.keys[layer], rows.groups.values[layer]), stored[layer]):
+            assert view.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+            assert view.untyped_storage().nbytes() == flat.numel() * flat.element_size()  # nothing else held
+
+
 def test_attention_equals_plain_attention_over_prefix_and_own_columns() -> None:
     """Each row attends to its image's prefix and its own visible columns, heads sharing keys as in
     grouped-query attention; queries may come in another dtype than the cache (accelerate's fp16 training

@@ -80,7 +80,7 @@ def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: l
     image_rows = image_of[:, None].expand(-1, width).to(device)
     cache = RowCache([k[image_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for k in keys],
                      [v[image_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for v in values])
-    groups_of_rows = ImageGroups.build(image_of.tolist(), [k[:, :, :prefix].contiguous() for k in keys],
-                                       [v[:, :, :prefix].contiguous() for v in values], device, varlen)
+    groups_of_rows = ImageGroups.stored_once(image_of.tolist(), [k[:, :, :prefix] for k in keys],
+                                             [v[:, :, :prefix] for v in values], device, varlen)
     return EncodedRows(cache, groups_of_rows, valid.to(device), (prefix + lengths).to(device),
                        logits[order.to(device)], width)

@@ -85,8 +85,7 @@ def encode_by_prefix(model, family, cache_keyword: str, prompts: list[list[int]]
     positions = (start[:, None] + torch.arange(width, device=device) - (width - lengths)[:, None]).clamp_min(start[:, None])
     cache = RowCache([k.new_zeros((rows, k.shape[1], width, k.shape[3])) for k in keys],
                      [v.new_zeros((rows, v.shape[1], width, v.shape[3])) for v in values])
-    groups_of_rows = ImageGroups.build(image_of, [k.contiguous() for k in keys], [v.contiguous() for v in values],
-                                       device, varlen)
+    groups_of_rows = ImageGroups.stored_once(image_of, keys, values, device, varlen)
     causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
     # a padding query sees itself: its keys and values stay finite (another row's masked NaN would still poison
     # the matmul with the probabilities, 0 * NaN), and no one reads them
