@@ -20,7 +20,8 @@ segment mask and the rows read their prefix through grouped matmuls, instead of 
 variable-length kernel for both; ``+pergroup``: one
 decoding call per token budget (16, 48) instead of one per batch; ``+reuse``: every decoding call replays one
 captured step on a workspace that outlasts the call (:mod:`slakevqa.evaluation.decode_workspace`) instead of
-capturing its own.
+capturing its own; ``+padded``: the packed prefill keeps one row per image, padded to the longest, instead of
+laying them end to end in one row (the default where flash attention's variable-length kernel serves).
 Every setting's answers are compared with the first setting's, per question type. Pixels are
 preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
 are also answered one at a time (eval_throughput.py's per-question loop), the reference
@@ -90,6 +91,8 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
                     attention=AttentionSettings(cudnn_attention=cudnn, varlen_attention="dense" not in parts),
                     reuse_decoding="reuse" in parts)
     engine.one_decode_per_batch = "pergroup" not in parts
+    if engine.fast is not None:
+        engine.fast.flat_packing = "padded" not in parts
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     lengths = trained_lengths(engine) if "trained" in parts else contextlib.nullcontext()

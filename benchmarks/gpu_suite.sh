@@ -7,15 +7,16 @@
 #     #   carry ["bench_data/Slake1.0", "bench_data/tokenizers", "bench_data/tokenizer.model", "bench_data/walk",
 #     #          "gpu_wheels/liger_kernel-0.8.5-py3-none-any.whl"]
 #
-# Jobs: cuda_tests (the CUDA-only tests of the attention kernels and reused decoding); med (gpu_walkthrough.sh's
-# LLaVA-Med steps up to eval: build, convert, check, LoRA killed and resumed, probes, SIGTERM and resume, eval);
-# llava_1_5, qwen2_5_vl, gemma3 (that family's walkthrough, with the fast backend's speed on bench_data/Slake1.0's
-# English test split); eval_med (benchmarks/eval_stages.py at LLaVA-Med's shape: today's default vs reused decoding,
-# full and trained lengths); train_med (benchmarks/train_packing.py at LLaVA-Med's shape: the default vs +keep8);
-# compile_med (eager vs compiled layers, loss for loss, LoRA dropout 0 and 0.05); eval_FAMILY
-# (benchmarks/family_eval_speed.py: fast vs plain, and fast with reused decoding, in one run); train_FAMILY
-# (benchmarks/train_packing.py: one row per question vs packed, varlen, Liger). A job gets the budget left minus
-# 10 s, at most its own cap.
+# Jobs: cuda_tests (the CUDA-only tests of the attention kernels, flat packing and reused decoding); med
+# (gpu_walkthrough.sh's LLaVA-Med steps up to eval: build, convert, check, LoRA killed and resumed, probes, SIGTERM
+# and resume, eval); llava_1_5, qwen2_5_vl, gemma3 (that family's walkthrough, with the fast backend's speed on
+# bench_data/Slake1.0's English test split); eval_med (benchmarks/eval_stages.py at LLaVA-Med's shape: the default,
+# whose prefill lays the images' rows end to end, against padded rows and against reused decoding, full and
+# trained lengths); train_med (benchmarks/train_packing.py at LLaVA-Med's shape: the default, flat rows, against
+# padded rows and +keep8); compile_med (eager vs compiled layers, loss for loss, LoRA dropout 0 and 0.05);
+# eval_FAMILY (benchmarks/family_eval_speed.py: fast vs plain, and fast with reused decoding, in one run);
+# train_FAMILY (benchmarks/train_packing.py: one row per question vs packed, varlen, Liger). A job gets the budget
+# left minus 10 s, at most its own cap.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 budget="$1"; shift
@@ -52,7 +53,8 @@ for job in "$@"; do
     case "$job" in
         cuda_tests)
             run_job "$job" 60 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -q -p no:cacheprovider \
-                tests/test_kernels_segment_attention.py tests/test_evaluation_rows.py tests/test_decode_workspace.py -k cuda ;;
+                tests/test_kernels_segment_attention.py tests/test_evaluation_rows.py tests/test_decode_workspace.py \
+                tests/test_flat_packing.py -k cuda ;;
         med)
             run_job "$job" 280 bash benchmarks/gpu_walkthrough.sh $tiny --steps 0_,1a,1b,2a,2b,2c,3_ \
                 --budget $(( $(left) > 280 ? 270 : $(left) - 10 )) --out "$out/suite/med" ;;
@@ -62,15 +64,17 @@ for job in "$@"; do
                 --out "$out/suite/$job" ;;
         eval_med)
             run_job "$job" 300 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/eval_stages.py $tiny \
-                --slake_root bench_data/Slake1.0 --batch_size 256 --settings rows,rows+reuse,rows+trained,rows+reuse+trained \
+                --slake_root bench_data/Slake1.0 --batch_size 256 \
+                --settings rows,rows+padded,rows+reuse,rows+trained,rows+reuse+trained \
                 --out "$out/suite/eval_med.json" ;;
         eval_*)
             run_job "$job" 240 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/family_eval_speed.py $tiny --family "${job#eval_}" \
                 --slake_root bench_data/Slake1.0 --plain_limit 96 --out "$out/suite/$job" ;;
-        train_med)  # LLaVA-Med's 80 samples/s target: today's default against keeping the last 8 layers' activations
+        train_med)  # LLaVA-Med's 80 samples/s target: the default (flat rows) against padded rows and +keep8
             run_job "$job" 240 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/train_packing.py $tiny \
                 --slake_root bench_data/Slake1.0 --steps 6 --warmup 2 \
-                --modes packed+ckpt+varlen+liger@64,packed+ckpt+keep8+varlen+liger@64 --out "$out/suite/$job.json" ;;
+                --modes packed+ckpt+varlen+liger@64,packed+ckpt+varlen+liger+padded@64,packed+ckpt+keep8+varlen+liger@64 \
+                --out "$out/suite/$job.json" ;;
         compile_med)  # why compiled layers left the eager loss curve at 7B (RESULTS.md, issue 15): with and without dropout
             for dropout in 0 0.05; do
                 run_job "${job}_$dropout" 200 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/train_packing.py \

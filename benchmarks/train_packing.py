@@ -28,7 +28,9 @@ split's real questions, prompts and images, batches of ``--batch_size`` question
   and ``--compile_layers`` train); ``+varlen``: packed rows' attention through flash attention's
   variable-length kernel (``slakevqa.kernels.segment_attention``, ``--varlen_attention``, the default of
   ``slakevqa train``) instead of sdpa over the dense segment mask; ``+keepN`` (with ``+ckpt``):
-  the last N decoder layers keep their activations (no recompute), the others are checkpointed.
+  the last N decoder layers keep their activations (no recompute), the others are checkpointed; with
+  ``+varlen`` a packed batch's rows lie end to end in one row where the kernel serves (as ``slakevqa train``
+  builds them), ``+padded`` keeps them one padded row per image.
 
 Every mode starts from the same weights (the trainable ones are restored and the RNG reseeded,
 a new optimiser each time) and records every step's loss (``losses``, warmup included), so
@@ -60,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 PEAK_TFLOPS = 989.0
-SUFFIXES = {"ckpt", "ckpt2", "peftcast", "cudnn", "liger", "compile", "varlen", "keepN"}
+SUFFIXES = {"ckpt", "ckpt2", "peftcast", "cudnn", "liger", "compile", "varlen", "keepN", "padded"}
 
 
 def suffix_kind(part: str) -> str:
@@ -90,7 +92,17 @@ def build(tiny: bool, device: str, family: str = "llava_med"):
 
 
 def attention_pairs(batch: dict) -> int:
-    """(query, key) pairs the mask allows: exact for 4-D masks, causal triangles for padded rows."""
+    """(query, key) pairs the mask allows: exact for 4-D masks, causal triangles for padded rows; a flat batch's
+    from its layout's sequences (its mask is a stand-in)."""
+    layout = batch.get("segment_layout")
+    if layout is not None and layout.flat:
+        pairs = 0
+        for part, causal in ((layout, True), (layout.bidirectional, False)):
+            if part is None:
+                continue
+            q, k = (part.cu_q[1:] - part.cu_q[:-1]).long(), (part.cu_k[1:] - part.cu_k[:-1]).long()
+            pairs += int((q * k - (q * (q - 1) // 2 if causal else 0)).sum())  # causal: the end-aligned triangle
+        return pairs
     mask = batch["attention_mask"]
     if mask.dim() == 4:
         return int(mask.sum())
@@ -133,7 +145,8 @@ def checkpointing(model, every: int, keep: int = 0) -> None:
 
 
 def run_mode(model, processor, samples, builder, args, packed: bool, ckpt_every: int, peft_cast: bool,
-             cudnn: bool, liger: bool = False, compile: bool = False, varlen: bool = False, keep: int = 0) -> dict:
+             cudnn: bool, liger: bool = False, compile: bool = False, varlen: bool = False, keep: int = 0,
+             padded: bool = False) -> dict:
     """Train ``args.warmup + args.steps`` steps in one mode; the levers it applies are undone on the way out."""
     from slakevqa.training.speed_levers import apply_speed_levers
 
@@ -141,20 +154,21 @@ def run_mode(model, processor, samples, builder, args, packed: bool, ckpt_every:
     levers, undo = apply_speed_levers(model, "liger" if liger else "plain", compile, device.type)
     try:
         return {**train_steps(model, processor, samples, builder, args, packed, ckpt_every, peft_cast, cudnn,
-                              varlen, keep), "levers": levers}
+                              varlen, keep, padded), "levers": levers}
     finally:
         undo()
 
 
 def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_every: int, peft_cast: bool,
-                cudnn: bool, varlen: bool = False, keep: int = 0) -> dict:
+                cudnn: bool, varlen: bool = False, keep: int = 0, padded: bool = False) -> dict:
     import contextlib
 
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from slakevqa.kernels.attention import attention_kernels
-    from slakevqa.kernels.segment_attention import segments_attended
+    from slakevqa.kernels.packing import mask_stand_in
+    from slakevqa.kernels.segment_attention import segments_attended, varlen_serves
     from slakevqa.models.families import family_of
     from slakevqa.models.families.family import packed_inputs
     from slakevqa.models.image_features import ImageFeatureCache
@@ -175,7 +189,9 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
     autocast = contextlib.nullcontext() if peft_cast or device.type != "cuda" else torch.autocast("cuda", torch.bfloat16)
     family = family_of(model)
     features = ImageFeatureCache(model) if packed and family.fast.feature_cache else None
-    encoder = ExampleEncoder(builder, processor, 512, 64, pack=packed, features=features, family=family)
+    # packed rows laid end to end where the varlen kernel serves, as slakevqa train does (+padded: kept padded)
+    encoder = ExampleEncoder(builder, processor, 512, 64, pack=packed, features=features, family=family,
+                             flat=varlen and not padded and varlen_serves(model))
     groups = image_group_ids(samples, builder) if packed else None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
@@ -194,6 +210,8 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
         batch, _ = encoder.batch([samples[i] for i in rows])
         new_images = (len(features.cache) - cached_before) if features else batch["input_ids"].shape[0]  # a row, an image
         batch = {k: v.to(device) for k, v in batch.items() if varlen or k != "segment_layout"}
+        if encoder.flat:
+            batch["attention_mask"] = mask_stand_in(batch["input_ids"].shape[1], device)
         batch = packed_inputs(family, model, batch)
         # backward too: checkpointing recomputes attention there
         with autocast, attention_kernels(cudnn), segments_attended(model, varlen):
@@ -225,6 +243,7 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
             "steps": args.steps, "samples_per_s": round(args.steps * args.batch_size / seconds, 2),
             "rows_per_step": round(rows / args.steps, 2), "tokens_per_step": round(tokens / args.steps),
             "step_s": round(seconds / args.steps, 4), "peak_gib": round(peak, 1) if peak else None,
+            "flat": encoder.flat,
             "tflops": round(flops / seconds / 1e12, 1) if counts else None,
             "mfu": round(flops / seconds / 1e12 / PEAK_TFLOPS, 3) if device.type == "cuda" and counts else None,
             "losses": [round(float(loss), 5) for loss in state["losses"]]}
@@ -237,7 +256,8 @@ def mode_name(parts: list[str]) -> str:
     keep = "".join(f"+{p}" for p in parts if suffix_kind(p) == "keepN")
     return (("packed" if packed else "naive") + ckpt + keep + ("+peftcast" if packed and "peftcast" in parts else "")
             + ("+cudnn" if packed and "cudnn" in parts else "") + ("+liger" if "liger" in parts else "")
-            + ("+compile" if "compile" in parts else "") + ("+varlen" if "varlen" in parts else ""))
+            + ("+compile" if "compile" in parts else "") + ("+varlen" if "varlen" in parts else "")
+            + ("+padded" if "padded" in parts else ""))
 
 
 def trainable_snapshot(model) -> dict:
@@ -318,7 +338,7 @@ def main() -> None:
                               ckpt_every=2 if "ckpt2" in parts else 1 if "ckpt" in parts else 0,
                               peft_cast=not packed or "peftcast" in parts, cudnn=not packed or "cudnn" in parts,
                               liger="liger" in parts, compile="compile" in parts, varlen="varlen" in parts,
-                              keep=sum(int(p[4:]) for p in parts if suffix_kind(p) == "keepN"))
+                              keep=sum(int(p[4:]) for p in parts if suffix_kind(p) == "keepN"), padded="padded" in parts)
         except Exception as error:  # one failing lever (a Triton or compile error, out of memory) skips its mode only
             traceback.print_exc()
             result = {"batch": args.batch_size, "error": f"{type(error).__name__}: {error}"[:2000]}

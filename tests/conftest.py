@@ -89,6 +89,21 @@ def tiny_model():
     return build_tiny_llava("bpe", seed=0)
 
 
+@pytest.fixture(scope="module")
+def tiny_engine(synth_root: Path):
+    """An evaluation Engine on its own tiny LLaVA (BPE tokenizer, seed 0), with the synthetic SLAKE's inputs; one per
+    test module (tests that change the model put it back)."""
+    from slakevqa.data.slake import find_layout, load_split
+    from slakevqa.evaluation.engine import Engine
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.vocab import build_closed_vocab
+    from slakevqa.models.tiny import build_tiny_llava
+
+    model, processor = build_tiny_llava("bpe", seed=0)
+    builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")))
+    return Engine(model, processor, builder)
+
+
 @pytest.fixture(params=[True, False], ids=["boolean-mask", "union-of-positions"])
 def mask_slicing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Run a test through both ways of slicing logits (kernels/compat.py), skipping one this transformers lacks."""

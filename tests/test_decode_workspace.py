@@ -11,22 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from slakevqa.data.slake import find_layout, load_split
+from slakevqa.data.slake import load_split
 from slakevqa.evaluation.decode_workspace import Capacity, ReusedDecoding, padded_images
 from slakevqa.evaluation.engine import Engine
 from slakevqa.evaluation.row_decoding import STOP_CHECK_EVERY, greedy_tokens
-from slakevqa.inputs.builder import InputBuilder
-from slakevqa.inputs.vocab import build_closed_vocab
 from slakevqa.kernels.compat import cache_argument
 
 
 @pytest.fixture(scope="module")
-def engine(synth_root: Path) -> Engine:
-    from slakevqa.models.tiny import build_tiny_llava
-
-    model, processor = build_tiny_llava("bpe", seed=0)
-    builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")))
-    return Engine(model, processor, builder)
+def engine(tiny_engine: Engine) -> Engine:
+    return tiny_engine
 
 
 def open_items(engine: Engine, synth_root: Path, images: int) -> list:

@@ -131,6 +131,9 @@ def test_every_path_gives_the_reference_answers(reference, request: pytest.Fixtu
         packed = "sdpa" if path == "rows-dense-mask" else SEGMENTS
         assert seen.attention[0] == packed and set(seen.attention[1:]) == {ROWS} and len(seen.attention) > 3
     if path == "rows-varlen-reference-kernel":
+        from slakevqa.kernels.segment_attention import varlen_serves
+
+        assert engine.fast.flat_packing and varlen_serves(model)  # the images' rows end to end in one row
         assert kernel[:layers] == [True] * layers  # the packed forward ran on the layout,
         assert kernel.count(False) > layers  # then the rows' prefix parts (scoring, each decoding step)
     elif path == "rows-no-flash-kernel":

@@ -139,7 +139,8 @@ def test_train_applies_and_records_the_levers(synth_root: Path, tmp_path: Path, 
 
     run_config = json.loads((tmp_path / "run_config.json").read_text())
     assert run_config["speed_levers"] == {"kernels": "plain", "compile_layers": True, "varlen_attention": False,
-                                          "packed": True}  # the LLaVA family packs (its fast.packing flag)
+                                          "packed": True,  # the LLaVA family packs (its fast.packing flag)
+                                          "flat_packing": False}  # CPU: no flash kernel, so the rows stay padded
     assert run_config["model_family"] == "llava_med"
     assert run_config["config"]["kernels"] == "auto" and len(result.losses) == 2
     torch._dynamo.reset()

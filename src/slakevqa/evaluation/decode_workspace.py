@@ -11,7 +11,7 @@ rows into it::
     prefixes         [the batch's images' prefixes ..][unused image slots]
 
 so every later call whose rows fit replays the graph the first one captured (the English test
-split at batch 256: one capture instead of one per batch). Padding rows fill free slots of the
+split at batch 256: two captures for its five calls). Padding rows fill free slots of the
 images, read those prefixes and emit padding; nothing of theirs is returned. A call with another
 prefix length builds the workspace anew (the length shapes the attention: Qwen2.5-VL's follows
 the image size). Answers equal a fresh :func:`~.row_decoding.greedy_tokens` call's
@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields, replace
 from slakevqa.evaluation.row_decoding import DecodeState, EncodedRows, capture, decode_steps, decoding_step
 from slakevqa.kernels.shared_prefix import ImageGroups, RowCache, attention_swapped, language_parts
 
-ROW_STEP = 32   # rows are rounded up to this: padding rows cost compute in every step, so no more headroom
+ROW_STEP = 32   # rows are rounded up to this, one step more when built: padding rows cost compute in every step
 TAIL_STEP = 16  # tail columns are rounded up to this
 HEADROOM = 1.5  # a workspace is built with this much more images, rows per image and tail columns than asked
 
@@ -56,6 +56,7 @@ class Capacity:
 
     @staticmethod
     def needed(image_of_row: list[int], images: int, tail: int, answer: int, prefix: int) -> "Capacity":
+        """What a call of rows (``image_of_row``: each one's image) over ``images`` prefixes needs, rounded up."""
         rows = math.ceil(len(image_of_row) / ROW_STEP) * ROW_STEP
         return Capacity(rows, images, max(Counter(image_of_row).values()), math.ceil(tail / TAIL_STEP) * TAIL_STEP,
                         answer, prefix)

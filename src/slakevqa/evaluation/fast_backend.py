@@ -25,7 +25,7 @@ from slakevqa.evaluation.row_decoding import EncodedRows, candidate_tail_logprob
 from slakevqa.kernels.attention import AttentionSettings
 from slakevqa.kernels.compat import cache_argument
 from slakevqa.kernels.packing import image_groups, prefix_length
-from slakevqa.kernels.segment_attention import segments_attended
+from slakevqa.kernels.segment_attention import segments_attended, varlen_serves
 from slakevqa.kernels.shared_prefix import language_parts
 from slakevqa.models.families.family import stop_ids
 
@@ -59,6 +59,7 @@ class FastBackend:
         self.model, self.tokenizer, self.family = model, tokenizer, family
         self.cuda_graphs, self.attention, self.longest_answer = cuda_graphs, attention, longest_answer
         self.window = sliding_window(language_parts(model)[0].config)
+        self.flat_packing = True  # the packed prefill's images end to end in one row where the varlen kernel serves
         self.reused = ReusedDecoding(model, cache_argument(model), stop_ids(family, tokenizer), tokenizer.pad_token_id,
                                      cuda_graphs, longest_answer) if reuse_decoding else None
 
@@ -110,7 +111,8 @@ class FastBackend:
             if self.family.fast.packed_prefill:
                 with segments_attended(self.model, varlen):
                     rows = encode_packed(self.model, cache_argument(self.model), prompts, groups,
-                                         self.pixels([items[g[0]] for g in groups]), prefix, pad, varlen)
+                                         self.pixels([items[g[0]] for g in groups]), prefix, pad, varlen,
+                                         flat=varlen and self.flat_packing and varlen_serves(self.model))
             else:
                 rows = encode_by_prefix(self.model, self.family, cache_argument(self.model), prompts, groups,
                                         [items[g[0]].image for g in groups], prefix, pad, varlen)

@@ -17,7 +17,7 @@ scoring and greedy decoding (:mod:`.row_decoding`) continue.
 from __future__ import annotations
 
 from slakevqa.kernels import compat
-from slakevqa.kernels.packing import IGNORE_INDEX, Row, segment_batch
+from slakevqa.kernels.packing import IGNORE_INDEX, Row, flat_segment_batch, mask_stand_in, segment_batch
 from slakevqa.kernels.shared_prefix import ImageGroups, RowCache, language_parts, prefix_layers
 
 
@@ -36,32 +36,42 @@ def pack_prompts(prompts: list[list[int]], prefix: int) -> Row:
 
 
 def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: list[list[int]], pixels,
-                  prefix: int, pad_id: int, varlen: bool = True):
+                  prefix: int, pad_id: int, varlen: bool = True, flat: bool = False):
     """Run ``prompts`` (grouped by image: ``groups[i]`` lists image ``i``'s prompts; ``pixels`` one per
     group) and return their :class:`~.row_decoding.EncodedRows`, row ``j`` for ``prompts[j]``.
 
     ``varlen``: the rows read their prefixes through flash attention's variable-length kernel
-    where it runs (:func:`~.shared_prefix.prefix_and_own_attention`)."""
+    where it runs (:func:`~.shared_prefix.prefix_and_own_attention`). ``flat``: the images' rows laid end
+    to end in one row, no padding (:func:`~slakevqa.kernels.packing.flat_segment_batch`; only where that
+    kernel serves the forward)."""
     import torch
 
     from slakevqa.evaluation.row_decoding import EncodedRows
 
     _, head = language_parts(model)
     device = head.weight.device
-    batch = segment_batch([pack_prompts([prompts[j] for j in group], prefix) for group in groups], pad_id,
-                          mask_device=device)  # the dense mask is built where it is used
+    rows_of_images = [pack_prompts([prompts[j] for j in group], prefix) for group in groups]
+    if flat:
+        batch = flat_segment_batch(rows_of_images, pad_id)
+        row_of_image, offset = torch.zeros(len(groups), dtype=torch.long), torch.tensor(batch["row_starts"])
+    else:  # the dense mask is built where it is used
+        batch = segment_batch(rows_of_images, pad_id, mask_device=device)
+        row_of_image, offset = torch.arange(len(groups)), torch.zeros(len(groups), dtype=torch.long)
     lengths = torch.tensor([len(p) - prefix for p in prompts])
     image_of = torch.empty(len(prompts), dtype=torch.long)
-    start = torch.empty(len(prompts), dtype=torch.long)  # each prompt's first packed column after the prefix
+    start = torch.empty(len(prompts), dtype=torch.long)  # each prompt's first column after the prefix, in its row
     for image, group in enumerate(groups):
-        column = prefix
+        column = int(offset[image]) + prefix
         for j in group:
             image_of[j], start[j] = image, column
             column += int(lengths[j])
+    row = row_of_image[image_of]
     last = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)
-    last[image_of, start + lengths - 1] = True  # the column predicting each prompt's first answer token
+    last[row, start + lengths - 1] = True  # the column predicting each prompt's first answer token
     inputs = {k: batch[k].to(device) for k in ("input_ids", "position_ids", "attention_mask", "segment_layout")
               if k in batch}  # the layout serves inside segments_attended (slakevqa.kernels.segment_attention)
+    if flat:
+        inputs["attention_mask"] = mask_stand_in(batch["input_ids"].shape[1], device)
     if compat.MASK_SLICING:  # logits at the marked columns only, row-major
         keep = last.to(device)
     else:  # the union of those columns, each row then picks its own
@@ -70,17 +80,21 @@ def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: l
     rows, columns = torch.nonzero(last, as_tuple=True)  # row-major, as the logits come
     logits = out.logits if compat.MASK_SLICING else out.logits[rows.to(device), torch.searchsorted(keep, columns.to(device))]
     order = torch.empty(len(prompts), dtype=torch.long)
-    order[torch.argsort(image_of * last.shape[1] + start + lengths - 1)] = torch.arange(len(prompts))
+    order[torch.argsort(row * last.shape[1] + start + lengths - 1)] = torch.arange(len(prompts))
     keys, values = prefix_layers(compat.returned_cache(out))
     width = int(lengths.max())
     # prompt j's column c (right-aligned, c >= width - length) is packed column start + c - (width - length)
     column_of = (start - (width - lengths))[:, None] + torch.arange(width)
     valid = column_of >= start[:, None]
     column_of = torch.where(valid, column_of, start[:, None]).to(device)
-    image_rows = image_of[:, None].expand(-1, width).to(device)
-    cache = RowCache([k[image_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for k in keys],
-                     [v[image_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for v in values])
-    groups_of_rows = ImageGroups.stored_once(image_of.tolist(), [k[:, :, :prefix] for k in keys],
-                                             [v[:, :, :prefix] for v in values], device, varlen)
+    own_rows = row[:, None].expand(-1, width).to(device)
+    cache = RowCache([k[own_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for k in keys],
+                     [v[own_rows, :, column_of].permute(0, 2, 1, 3).contiguous() for v in values])
+    prefix_rows = row_of_image[:, None].expand(-1, prefix).to(device)
+    prefix_columns = (offset[:, None] + torch.arange(prefix)).to(device)
+    groups_of_rows = ImageGroups.stored_once(image_of.tolist(),
+                                             [k[prefix_rows, :, prefix_columns].permute(0, 2, 1, 3) for k in keys],
+                                             [v[prefix_rows, :, prefix_columns].permute(0, 2, 1, 3) for v in values],
+                                             device, varlen)
     return EncodedRows(cache, groups_of_rows, valid.to(device), (prefix + lengths).to(device),
                        logits[order.to(device)], width)

@@ -55,10 +55,10 @@ def segment_masks(rows: list[list[int]], width: int, device=None):
     return (mask | torch.eye(width, dtype=torch.bool, device=seg.device))[:, None]
 
 
-def segment_batch(rows: list[Row], pad_id: int, mask_device=None) -> dict:
+def segment_batch(rows: list[Row], pad_id: int, mask_device=None, dense_mask: bool = True) -> dict:
     """Right-padded ``input_ids``, ``labels``, ``position_ids``, the ``(R, 1, T, T)`` segment ``attention_mask``
-    (on ``mask_device``, default the CPU) and its ``segment_layout`` (the same visibility as flash attention's
-    sequences: slakevqa.kernels.segment_attention)."""
+    (on ``mask_device``, default the CPU; ``dense_mask=False``: none) and its ``segment_layout`` (the same
+    visibility as flash attention's sequences: slakevqa.kernels.segment_attention)."""
     import torch
 
     from slakevqa.kernels.segment_attention import SegmentLayout
@@ -71,11 +71,45 @@ def segment_batch(rows: list[Row], pad_id: int, mask_device=None) -> dict:
         n = len(tokens)
         batch["input_ids"][i, :n], batch["labels"][i, :n] = torch.tensor(tokens), torch.tensor(labels)
         batch["position_ids"][i, :n] = torch.tensor(positions)
-    batch["attention_mask"] = segment_masks([r[3] for r in rows], width, mask_device)
+    if dense_mask:
+        batch["attention_mask"] = segment_masks([r[3] for r in rows], width, mask_device)
     layout = SegmentLayout.build([r[3] for r in rows], width)
     if layout is not None:
         batch["segment_layout"] = layout
     return batch
+
+
+def flat_segment_batch(rows: list[Row], pad_id: int) -> dict:
+    """:func:`segment_batch`'s rows laid end to end in one row, no padding, for flash attention's variable-length
+    kernel only (:meth:`~slakevqa.kernels.segment_attention.SegmentLayout.flattened`); ``row_starts`` says where
+    each row begins. It carries no ``attention_mask``: add :func:`mask_stand_in` on the device it runs on.
+
+    >>> batch = flat_segment_batch([([1, 5], [-100, 5], [0, 1], [0, 1]), ([1, 6, 7], [-100] * 3, [0, 1, 2], [0, 1, 2])], 0)
+    >>> batch["input_ids"].tolist(), batch["position_ids"].tolist(), batch["row_starts"]
+    ([[1, 5, 1, 6, 7]], [[0, 1, 0, 1, 2]], [0, 2])
+    """
+    import torch
+
+    starts = [0]
+    for row in rows[:-1]:
+        starts.append(starts[-1] + len(row[0]))
+    total = starts[-1] + len(rows[-1][0])
+    layout = segment_batch(rows, pad_id, dense_mask=False).get("segment_layout")
+    if layout is None:
+        raise ValueError("rows that are not prefix, segments, padding cannot be laid end to end")  # a bug of ours
+    return {"input_ids": torch.tensor([[t for row in rows for t in row[0]]], dtype=torch.long),
+            "labels": torch.tensor([[t for row in rows for t in row[1]]], dtype=torch.long),
+            "position_ids": torch.tensor([[t for row in rows for t in row[2]]], dtype=torch.long),
+            "segment_layout": layout.flattened(starts, total), "row_starts": starts}
+
+
+def mask_stand_in(width: int, device=None):
+    """A ``(1, 1, width, width)`` all-true boolean mask that costs one element (an expanded view), for a flat batch:
+    transformers passes a 4-D mask on untouched, and the only attention that may run reads the layout instead.
+    Made on the device it is used on (moving an expanded view copies it whole)."""
+    import torch
+
+    return torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device).expand(1, 1, width, width)
 
 
 def with_image_blocks(batch: dict, image_id: int) -> dict:
@@ -133,23 +167,31 @@ def pack_group(examples: list[EncodedExample], image_id: int) -> Row:
     return tokens, labels, positions, segments
 
 
-def pack_by_image(examples: list[EncodedExample], keys: list, image_id: int, pad_id: int) -> tuple[dict, list[int]]:
+def pack_by_image(examples: list[EncodedExample], keys: list, image_id: int, pad_id: int,
+                  flat: bool = False) -> tuple[dict, list[int]]:
     """One right-padded row per distinct ``keys`` value; returns the batch and, per row, its first example.
 
     The batch holds ``input_ids``, ``labels``, ``position_ids``, a ``(R, 1, T, T)``
     boolean ``attention_mask`` and ``sample_index`` (``(R, T)``: which example each
     token belongs to, -1 for prefix and padding), which the loss uses to report every
     question's own loss. Pixels are the caller's: one per row, from the returned example.
+    ``flat``: the rows laid end to end in one row instead (:func:`flat_segment_batch`: no padding, no
+    ``attention_mask``; for flash attention's variable-length kernel only).
     """
     import torch
 
     groups = image_groups(keys)
     rows = [pack_group([examples[i] for i in group], image_id) for group in groups]
+    owners = [torch.tensor([-1] + group)[torch.tensor(row[3])] for group, row in zip(groups, rows)]
+    if flat:  # segment k (1-based) of a row belongs to example group[k - 1]
+        batch = flat_segment_batch(rows, pad_id)
+        del batch["row_starts"]
+        batch["sample_index"] = torch.cat(owners)[None]
+        return batch, [group[0] for group in groups]
     batch = segment_batch(rows, pad_id)
     batch["sample_index"] = torch.full(batch["input_ids"].shape, -1, dtype=torch.long)
-    for r, (group, (_, _, _, segments)) in enumerate(zip(groups, rows)):
-        owner = torch.tensor([-1] + group)  # segment k (1-based) belongs to example group[k - 1]
-        batch["sample_index"][r, :len(segments)] = owner[torch.tensor(segments)]
+    for r, owner in enumerate(owners):
+        batch["sample_index"][r, :len(owner)] = owner
     return batch, [group[0] for group in groups]
 
 

@@ -62,6 +62,7 @@ class SegmentLayout:
     width: int
     segments: tuple = ()  # the rows' segment ids it was built from (with_blocks rebuilds from them)
     bidirectional: "SegmentLayout | None" = None  # image blocks' sequences: one more kernel call, not causal
+    flat: bool = False  # the rows laid end to end in one row (:meth:`flattened`): only this kernel can serve it
 
     @staticmethod
     def build(segments: list[list[int]], width: int,
@@ -93,6 +94,26 @@ class SegmentLayout:
     def with_blocks(self, blocks: "list[tuple[int, int] | None]") -> "SegmentLayout | None":
         """This layout with each row's ``blocks[r]`` seeing itself both ways (Gemma 3's image block)."""
         return SegmentLayout.build([list(row) for row in self.segments], self.width, blocks)
+
+    def flattened(self, offsets: list[int], total: int) -> "SegmentLayout":
+        """This layout for the rows laid end to end in one row of ``total`` columns, row ``r`` from ``offsets[r]``.
+
+        A packed batch's rows are padded to the longest (17% of an evaluation batch's tokens on the English
+        test split), and every padding token still runs through the projections and the MLP; one row has no
+        padding. No dense mask can stand in for it (it would be ``total``² and cross images), so
+        :func:`segment_attention` refuses one it cannot run through the kernel.
+
+        >>> layout = SegmentLayout.build([[0, 1, -1], [0, 0, 1]], width=3).flattened([0, 2], total=5)
+        >>> layout.q_rows.tolist(), layout.q_cols.tolist(), layout.k_cols.tolist()
+        ([0, 0, 0, 0, 0], [0, 1, 2, 3, 4], [0, 0, 1, 2, 3, 2, 3, 4])
+        """
+        import torch
+
+        start = torch.tensor(offsets, dtype=torch.long)
+        moved = {"q_rows": torch.zeros_like(self.q_rows), "q_cols": start[self.q_rows] + self.q_cols,
+                 "k_rows": torch.zeros_like(self.k_rows), "k_cols": start[self.k_rows] + self.k_cols}
+        return replace(self, **moved, width=total, flat=True, segments=(),
+                       bidirectional=self.bidirectional and self.bidirectional.flattened(offsets, total))
 
     def to(self, device) -> "SegmentLayout":
         """On ``device`` (``batch = {k: v.to(device) ...}`` moves it with the tensors)."""
@@ -190,6 +211,23 @@ def varlen_kernel(query, dtype):
     return flash
 
 
+def varlen_serves(model) -> bool:
+    """Whether :func:`varlen_kernel` runs the language model's attention here (its device, weights' dtype and head
+    size): the condition for a flattened packed batch (:meth:`SegmentLayout.flattened`), which nothing else can
+    attend. Conservative: a model whose weights are fp32 and computes under bf16 autocast gets False."""
+    import torch
+
+    from slakevqa.kernels.shared_prefix import language_parts
+
+    parts = language_parts(model)
+    if parts is None:
+        return False
+    config = parts[0].config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    weight = parts[0].embed_tokens.weight
+    return varlen_kernel(torch.empty((1, 1, 1, head_dim), device=weight.device), weight.dtype) is not None
+
+
 def compute_dtype(query):
     """The dtype sdpa would compute in: autocast's inside an autocast region, else the query's."""
     import torch
@@ -211,6 +249,9 @@ def segment_attention(module, query, key, value, attention_mask, scaling: float 
     usable = (layout is not None and query.shape[2] == key.shape[2] == layout.width and dropout == 0.0
               and (window is None or window >= layout.max_k) and kwargs.get("softcap") is None)
     kernel = varlen_kernel(query, dtype) if usable else None
+    if kernel is None and layout is not None and layout.flat:
+        raise RuntimeError("a flattened packed batch reached attention that flash attention's variable-length kernel "
+                           "cannot run (it is built only where the kernel serves): a bug, please report it")
     if kernel is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)

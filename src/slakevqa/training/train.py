@@ -27,7 +27,8 @@ from slakevqa.files import write_json_atomic
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.kernels.attention import attention_kernels
-from slakevqa.kernels.segment_attention import segments_attended
+from slakevqa.kernels.packing import mask_stand_in
+from slakevqa.kernels.segment_attention import segments_attended, varlen_serves
 from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.families import family_of
 from slakevqa.models.families.family import packed_inputs
@@ -156,8 +157,9 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     counts = parameter_counts(model)
     features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator, family) else None
     encoder = ExampleEncoder(builder, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
-                             pack=cfg.pack_images, features=features, family=family)
-    speed["packed"] = encoder.pack
+                             pack=cfg.pack_images, features=features, family=family,
+                             flat=speed["varlen_attention"] and varlen_serves(model))
+    speed["packed"], speed["flat_packing"] = encoder.pack, encoder.flat
     groups = image_group_ids(samples, builder) if encoder.pack else None  # batches follow the image
     pad_id = processor.tokenizer.pad_token_id
     probe = build_probe(cfg, root, samples, builder, processor, accelerator, family)  # held-out diagnostics, or None
@@ -191,6 +193,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         weight = float(answer_tokens(batch["labels"])) if cfg.closed_train_objective == "sft" else float(len(rows))
         # without varlen the layout stays out of the forward (compiled layers would guard on it)
         batch = {k: v.to(accelerator.device) for k, v in batch.items() if varlen or k != "segment_layout"}
+        if encoder.flat:  # made here: moving an expanded view would copy it whole
+            batch["attention_mask"] = mask_stand_in(batch["input_ids"].shape[1], accelerator.device)
         return rows, packed_inputs(family, model, batch), stats, weight  # Qwen2.5-VL's packed rows: M-RoPE
     model.train()
     step_seconds: list[float] = []
