@@ -88,26 +88,32 @@ def test_flat_prefill_on_the_flash_kernel_equals_padded_rows(engine: Engine, syn
         torch.testing.assert_close(ours.float(), theirs.float(), atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["pixels", "feature-cache"])
 def test_flat_training_batch_gives_the_padded_rows_loss_and_gradients(synth_root: Path, tiny_model,
-                                                                     reference_kernel) -> None:
+                                                                     reference_kernel, cached: bool) -> None:
     """Training's packed batch laid flat (``ExampleEncoder(flat=True)``, what ``slakevqa train`` builds where the
     kernel serves): the loss, every question's own loss and every gradient equal the padded rows' through the
-    same kernel, gradient checkpointing on; the per-question losses keep their questions."""
+    same kernel, gradient checkpointing on; the per-question losses keep their questions. ``feature-cache``: the
+    images' cached features go in as the flat row's image tokens, in order (training's default for LLaVA)."""
     from slakevqa.kernels.segment_attention import segments_attended
+    from slakevqa.models.image_features import ImageFeatureCache
     from slakevqa.training.examples import ExampleEncoder
     from slakevqa.training.loss import answer_loss
     from slakevqa.training.params import configure_trainable
 
     model, processor = tiny_model
-    model = configure_trainable(model, use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    model = configure_trainable(model, use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+                                freeze_vision_tower=cached)  # the cache serves a frozen tower only
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")))
     samples = sorted(load_split(synth_root, "train"), key=lambda s: (s.image_key, s.qid))[:40]
     runs = {}
     for flat in (False, True):
-        encoder = ExampleEncoder(builder, processor, 512, 64, pack=True, flat=flat)
+        features = ImageFeatureCache(model) if cached else None
+        encoder = ExampleEncoder(builder, processor, 512, 64, pack=True, flat=flat, features=features)
         batch, _ = encoder.batch(samples)
+        assert ("image_features" in batch) == cached
         if flat:
             assert encoder.flat and batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
             assert int((batch["input_ids"] == processor.tokenizer.pad_token_id).sum()) == 0
