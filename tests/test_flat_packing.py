@@ -132,3 +132,31 @@ def test_flat_training_batch_gives_the_padded_rows_loss_and_gradients(synth_root
     for name, grad in runs[False][2].items():
         torch.testing.assert_close(runs[True][2][name], grad, atol=1e-5, rtol=1e-4, msg=name)
     assert len(reference_kernel) == 4 * model.config.text_config.num_hidden_layers  # both runs, recompute included
+
+
+def test_train_lays_packed_rows_flat_where_the_kernel_serves(synth_root: Path, tmp_path: Path, reference_kernel,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``slakevqa train`` itself: with the (reference) kernel serving, its packed batches are flat, run_config.json
+    says so, and the losses of every step equal a run whose rows stay padded (same seed, same batches)."""
+    import json
+
+    import slakevqa.training.train as train_module
+    from slakevqa.config import make_config
+    from slakevqa.models.tiny import build_tiny_llava
+    from slakevqa.training.config import TrainConfig
+
+    runs = {}
+    for flat in (True, False):
+        if not flat:
+            monkeypatch.setattr(train_module, "varlen_serves", lambda model: False)
+        out = tmp_path / str(flat)
+        cfg = make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(out), max_steps=3,
+                          batch_size=8, final_eval=False, tb=False, eval_steps=0, lora_r=4,
+                          lora_target_modules="all-linear", gradient_checkpointing=True)
+        runs[flat] = train_module.train(cfg, *build_tiny_llava("bpe", seed=0)).losses
+        levers = json.loads((out / "run_config.json").read_text())["speed_levers"]
+        assert levers["packed"] and levers["flat_packing"] == flat
+    steps, losses = zip(*runs[True])
+    # equal up to fp32 rounding, which two updates carry on (other GEMM shapes sum in another order)
+    assert steps == (1, 2, 3) and losses == pytest.approx([loss for _, loss in runs[False]], rel=2e-5)
+    assert reference_kernel  # the packed rows went through the kernel in both runs

@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator, family) else None
     encoder = ExampleEncoder(builder, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
                              pack=cfg.pack_images, features=features, family=family,
-                             flat=speed["varlen_attention"] and varlen_serves(model))
+                             flat=varlen and varlen_serves(model))  # the kernel runs here: its device, dtype
     speed["packed"], speed["flat_packing"] = encoder.pack, encoder.flat
     groups = image_group_ids(samples, builder) if encoder.pack else None  # batches follow the image
     pad_id = processor.tokenizer.pad_token_id
