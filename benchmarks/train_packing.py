@@ -167,7 +167,7 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     from slakevqa.kernels.attention import attention_kernels
-    from slakevqa.kernels.packing import mask_stand_in
+    from slakevqa.kernels.packing import flat_for_kernel
     from slakevqa.kernels.segment_attention import segments_attended, varlen_serves
     from slakevqa.models.families import family_of
     from slakevqa.models.families.family import packed_inputs
@@ -210,9 +210,9 @@ def train_steps(model, processor, samples, builder, args, packed: bool, ckpt_eve
         batch, _ = encoder.batch([samples[i] for i in rows])
         new_images = (len(features.cache) - cached_before) if features else batch["input_ids"].shape[0]  # a row, an image
         batch = {k: v.to(device) for k, v in batch.items() if varlen or k != "segment_layout"}
-        if encoder.flat:
-            batch["attention_mask"] = mask_stand_in(batch["input_ids"].shape[1], device)
         batch = packed_inputs(family, model, batch)
+        if encoder.flat:
+            batch = flat_for_kernel(batch)
         # backward too: checkpointing recomputes attention there
         with autocast, attention_kernels(cudnn), segments_attended(model, varlen):
             loss = answer_loss(model, batch).loss

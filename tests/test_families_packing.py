@@ -178,3 +178,36 @@ def test_gemma3_cached_tower_features_equal_the_vision_forward(stretched: Path,
     assert got[0] == pytest.approx(want[0], abs=1e-5)
     for name in want[2]:
         torch.testing.assert_close(got[2][name], want[2][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_packed_rows_laid_flat_equal_the_padded_rows(name: str, stretched: Path, reference_kernel: list,
+                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The rows end to end in one row (``flat_for_kernel``, what training does where flash attention's kernel
+    serves), after the family's own packing: Qwen2.5-VL's M-RoPE positions ``(3, 1, T)`` and two image sizes,
+    Gemma 3's ``token_type_ids`` and image block (its non-causal sequences flattened with the rest). Loss,
+    per-question losses and gradients as the padded rows' through the same (reference) kernel."""
+    from slakevqa.kernels.packing import flat_for_kernel
+
+    family = family_named(name)
+    tokenizer = family_fixtures.real_tokenizer(TOKENIZERS[name], tmp_path_factory)
+    model, processor = importlib.import_module(f"slakevqa.models.families.{name}").build_tiny(tokenizer, seed=2)
+    model = configure_trainable(model.train(), use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
+    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
+    packed, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family, flat=True).batch(samples)
+    padded = packed_inputs(family, model, packed)
+    flat = flat_for_kernel(padded)
+    assert flat["input_ids"].shape[0] == 1 < padded["input_ids"].shape[0]
+    assert flat["position_ids"].shape[:-1] == ((3, 1) if name == "qwen2_5_vl" else (1,))
+    if name == "gemma3":
+        assert flat["token_type_ids"].shape == flat["input_ids"].shape and flat["segment_layout"].bidirectional.flat
+    with segments_attended(model):
+        want, got = loss_and_grads(model, padded), loss_and_grads(model, flat)
+    assert got[0] == pytest.approx(want[0], abs=1e-5)
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=1e-5)
+    assert got[2].keys() == want[2].keys() and any("lora_A" in n for n in want[2])
+    for parameter in want[2]:
+        torch.testing.assert_close(got[2][parameter], want[2][parameter], atol=1e-5, rtol=1e-4, msg=parameter)
+    assert reference_kernel

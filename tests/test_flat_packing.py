@@ -1,5 +1,5 @@
-"""The packed prefill with every image's row laid end to end in one row, no padding (kernels/packing.py's
-``flat_segment_batch``, ``SegmentLayout.flattened``), on the tiny model in fp32 with conftest.py's reference kernel
+"""Packed rows laid end to end in one row, no padding (kernels/packing.py's ``flatten_packed``,
+``SegmentLayout.flattened``), on the tiny model in fp32 with conftest.py's reference kernel
 standing in for flash attention's variable-length one (the only attention a flat batch may take): everything the
 prefill hands to scoring and decoding equals the padded rows' (tests/test_evaluation_paths.py runs whole answers
 on it), and where the kernel cannot serve, the rows stay padded and a flat batch is refused, never attended wrongly.
@@ -16,7 +16,7 @@ from slakevqa.data.slake import find_layout, load_split
 from slakevqa.evaluation.engine import Engine
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab
-from slakevqa.kernels.packing import flat_segment_batch, mask_stand_in, segment_batch
+from slakevqa.kernels.packing import flat_for_kernel, flatten_packed, mask_stand_in, segment_batch
 from slakevqa.kernels.segment_attention import segment_attention, varlen_serves
 
 
@@ -61,7 +61,7 @@ def test_flat_prefill_hands_on_what_the_padded_rows_do(engine: Engine, synth_roo
 def test_without_the_kernel_rows_stay_padded_and_a_flat_batch_is_refused(engine: Engine) -> None:
     assert not varlen_serves(engine.model)  # CPU: flash attention cannot run, so the prefill keeps its rows
     rows = [([1, 5, 6], [-100] * 3, [0, 1, 2], [0, 1, 1]), ([1, 7], [-100] * 2, [0, 1], [0, 1])]
-    batch = flat_segment_batch(rows, pad_id=0)
+    batch = flatten_packed(segment_batch(rows, pad_id=0))
     mask = mask_stand_in(5)
     assert "attention_mask" not in batch and batch["input_ids"].shape == (1, 5)
     assert mask.shape == (1, 1, 5, 5) and mask.untyped_storage().nbytes() == 1  # a view of one element: no T x T
@@ -115,9 +115,9 @@ def test_flat_training_batch_gives_the_padded_rows_loss_and_gradients(synth_root
         batch, _ = encoder.batch(samples)
         assert ("image_features" in batch) == cached
         if flat:
-            assert encoder.flat and batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+            batch = flat_for_kernel(batch)
+            assert encoder.flat and batch["input_ids"].shape[0] == 1 and batch["attention_mask"].shape[0] == 1
             assert int((batch["input_ids"] == processor.tokenizer.pad_token_id).sum()) == 0
-            batch["attention_mask"] = mask_stand_in(batch["input_ids"].shape[1])
         else:
             assert batch["input_ids"].shape[0] > 2 and int((batch["input_ids"] == processor.tokenizer.pad_token_id).sum())
         model.zero_grad(set_to_none=True)

@@ -17,7 +17,7 @@ scoring and greedy decoding (:mod:`.row_decoding`) continue.
 from __future__ import annotations
 
 from slakevqa.kernels import compat
-from slakevqa.kernels.packing import IGNORE_INDEX, Row, flat_segment_batch, mask_stand_in, segment_batch
+from slakevqa.kernels.packing import IGNORE_INDEX, Row, flatten_packed, mask_stand_in, segment_batch
 from slakevqa.kernels.shared_prefix import ImageGroups, RowCache, language_parts, prefix_layers
 
 
@@ -42,7 +42,7 @@ def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: l
 
     ``varlen``: the rows read their prefixes through flash attention's variable-length kernel
     where it runs (:func:`~.shared_prefix.prefix_and_own_attention`). ``flat``: the images' rows laid end
-    to end in one row, no padding (:func:`~slakevqa.kernels.packing.flat_segment_batch`; only where that
+    to end in one row, no padding (:func:`~slakevqa.kernels.packing.flatten_packed`; only where that
     kernel serves the forward)."""
     import torch
 
@@ -51,11 +51,11 @@ def encode_packed(model, cache_keyword: str, prompts: list[list[int]], groups: l
     _, head = language_parts(model)
     device = head.weight.device
     rows_of_images = [pack_prompts([prompts[j] for j in group], prefix) for group in groups]
+    batch = segment_batch(rows_of_images, pad_id, mask_device=device, dense_mask=not flat)  # the mask where used
     if flat:
-        batch = flat_segment_batch(rows_of_images, pad_id)
+        batch = flatten_packed(batch)
         row_of_image, offset = torch.zeros(len(groups), dtype=torch.long), torch.tensor(batch["row_starts"])
-    else:  # the dense mask is built where it is used
-        batch = segment_batch(rows_of_images, pad_id, mask_device=device)
+    else:
         row_of_image, offset = torch.arange(len(groups)), torch.zeros(len(groups), dtype=torch.long)
     lengths = torch.tensor([len(p) - prefix for p in prompts])
     image_of = torch.empty(len(prompts), dtype=torch.long)

@@ -79,28 +79,44 @@ def segment_batch(rows: list[Row], pad_id: int, mask_device=None, dense_mask: bo
     return batch
 
 
-def flat_segment_batch(rows: list[Row], pad_id: int) -> dict:
-    """:func:`segment_batch`'s rows laid end to end in one row, no padding, for flash attention's variable-length
-    kernel only (:meth:`~slakevqa.kernels.segment_attention.SegmentLayout.flattened`); ``row_starts`` says where
-    each row begins. It carries no ``attention_mask``: add :func:`mask_stand_in` on the device it runs on.
+def flatten_packed(batch: dict) -> dict:
+    """A packed batch (:func:`segment_batch`'s right-padded rows, and whatever a family added per token: positions,
+    ``token_type_ids``) with its rows laid end to end in one row, no padding, for flash attention's
+    variable-length kernel only (:meth:`~slakevqa.kernels.segment_attention.SegmentLayout.flattened`).
 
-    >>> batch = flat_segment_batch([([1, 5], [-100, 5], [0, 1], [0, 1]), ([1, 6, 7], [-100] * 3, [0, 1, 2], [0, 1, 2])], 0)
-    >>> batch["input_ids"].tolist(), batch["position_ids"].tolist(), batch["row_starts"]
-    ([[1, 5, 1, 6, 7]], [[0, 1, 0, 1, 2]], [0, 2])
+    Per-token tensors are the integer ones shaped like ``input_ids`` ``(R, W)``, and ``position_ids`` (also
+    ``(3, R, W)``: M-RoPE); they become ``(1, T)`` / ``(3, 1, T)``. The dense ``attention_mask`` goes (use
+    :func:`mask_stand_in` on the device it runs on); ``row_starts`` says where each row begins. Images' tensors
+    stay: a model takes a row's images in token order, which is still the rows' order.
+
+    >>> batch = flatten_packed(segment_batch([([1, 5], [-100, 5], [0, 1], [0, 1]), ([1, 6, 7], [-100] * 3, [0, 1, 2],
+    ...                                                                              [0, 1, 2])], 0))
+    >>> batch["input_ids"].tolist(), batch["position_ids"].tolist(), batch["row_starts"], "attention_mask" in batch
+    ([[1, 5, 1, 6, 7]], [[0, 1, 0, 1, 2]], [0, 2], False)
     """
     import torch
 
-    starts = [0]
-    for row in rows[:-1]:
-        starts.append(starts[-1] + len(row[0]))
-    total = starts[-1] + len(rows[-1][0])
-    layout = segment_batch(rows, pad_id, dense_mask=False).get("segment_layout")
-    if layout is None:
-        raise ValueError("rows that are not prefix, segments, padding cannot be laid end to end")  # a bug of ours
-    return {"input_ids": torch.tensor([[t for row in rows for t in row[0]]], dtype=torch.long),
-            "labels": torch.tensor([[t for row in rows for t in row[1]]], dtype=torch.long),
-            "position_ids": torch.tensor([[t for row in rows for t in row[2]]], dtype=torch.long),
-            "segment_layout": layout.flattened(starts, total), "row_starts": starts}
+    from slakevqa.kernels.segment_attention import run_indices
+
+    layout, ids = batch["segment_layout"], batch["input_ids"]
+    lengths = [sum(1 for s in row if s >= 0) for row in layout.segments]  # padding (-1) only at a row's end
+    starts = [sum(lengths[:r]) for r in range(len(lengths))]
+    rows, columns = (t.to(ids.device) for t in run_indices([(r, 0, n) for r, n in enumerate(lengths)]))
+
+    def per_token(key: str, value) -> bool:
+        return torch.is_tensor(value) and not value.is_floating_point() and (
+            value.shape == ids.shape or (key == "position_ids" and value.shape[-2:] == ids.shape))
+
+    flat = {key: value[..., rows, columns][..., None, :] if per_token(key, value) else value
+            for key, value in batch.items() if key not in ("attention_mask", "segment_layout")}
+    return {**flat, "segment_layout": layout.flattened(starts, sum(lengths)), "row_starts": starts}
+
+
+def flat_for_kernel(batch: dict) -> dict:
+    """:func:`flatten_packed` of a batch already on its device, with the :func:`mask_stand_in` transformers needs."""
+    flat = flatten_packed(batch)
+    del flat["row_starts"]
+    return {**flat, "attention_mask": mask_stand_in(flat["input_ids"].shape[1], flat["input_ids"].device)}
 
 
 def mask_stand_in(width: int, device=None):
@@ -167,31 +183,24 @@ def pack_group(examples: list[EncodedExample], image_id: int) -> Row:
     return tokens, labels, positions, segments
 
 
-def pack_by_image(examples: list[EncodedExample], keys: list, image_id: int, pad_id: int,
-                  flat: bool = False) -> tuple[dict, list[int]]:
+def pack_by_image(examples: list[EncodedExample], keys: list, image_id: int, pad_id: int) -> tuple[dict, list[int]]:
     """One right-padded row per distinct ``keys`` value; returns the batch and, per row, its first example.
 
     The batch holds ``input_ids``, ``labels``, ``position_ids``, a ``(R, 1, T, T)``
     boolean ``attention_mask`` and ``sample_index`` (``(R, T)``: which example each
     token belongs to, -1 for prefix and padding), which the loss uses to report every
     question's own loss. Pixels are the caller's: one per row, from the returned example.
-    ``flat``: the rows laid end to end in one row instead (:func:`flat_segment_batch`: no padding, no
-    ``attention_mask``; for flash attention's variable-length kernel only).
+    Where flash attention's kernel serves, :func:`flatten_packed` lays the rows end to end afterwards.
     """
     import torch
 
     groups = image_groups(keys)
     rows = [pack_group([examples[i] for i in group], image_id) for group in groups]
-    owners = [torch.tensor([-1] + group)[torch.tensor(row[3])] for group, row in zip(groups, rows)]
-    if flat:  # segment k (1-based) of a row belongs to example group[k - 1]
-        batch = flat_segment_batch(rows, pad_id)
-        del batch["row_starts"]
-        batch["sample_index"] = torch.cat(owners)[None]
-        return batch, [group[0] for group in groups]
     batch = segment_batch(rows, pad_id)
     batch["sample_index"] = torch.full(batch["input_ids"].shape, -1, dtype=torch.long)
-    for r, owner in enumerate(owners):
-        batch["sample_index"][r, :len(owner)] = owner
+    for r, (group, (_, _, _, segments)) in enumerate(zip(groups, rows)):
+        owner = torch.tensor([-1] + group)  # segment k (1-based) belongs to example group[k - 1]
+        batch["sample_index"][r, :len(segments)] = owner[torch.tensor(segments)]
     return batch, [group[0] for group in groups]
 
 

@@ -109,7 +109,7 @@ class SegmentLayout:
         """
         import torch
 
-        start = torch.tensor(offsets, dtype=torch.long)
+        start = torch.tensor(offsets, dtype=torch.long, device=self.q_rows.device)
         moved = {"q_rows": torch.zeros_like(self.q_rows), "q_cols": start[self.q_rows] + self.q_cols,
                  "k_rows": torch.zeros_like(self.k_rows), "k_cols": start[self.k_rows] + self.k_cols}
         return replace(self, **moved, width=total, flat=True, segments=(),

@@ -32,17 +32,15 @@ class ExampleEncoder:
     def __init__(self, builder: InputBuilder, processor, max_prompt_len: int, max_answer_len: int,
                  objective: str = "sft", pack: bool = False, features: ImageFeatureCache | None = None,
                  family=None, flat: bool = False) -> None:
-        """``flat``: packed rows laid end to end in one row, no padding (give it only where flash attention's
-        variable-length kernel runs the model: ``kernels.segment_attention.varlen_serves``); families whose
-        packed rows need more than segment ids (Gemma 3's image block, Qwen2.5-VL's M-RoPE positions) keep
-        their rows."""
+        """``flat``: the caller lays packed batches end to end in one row once they are on the device, after the
+        family's positions (:func:`slakevqa.kernels.packing.flat_for_kernel`; say so only where flash attention's
+        variable-length kernel runs the model: ``kernels.segment_attention.varlen_serves``)."""
         from slakevqa.models.families import DEFAULT_FAMILY, family_named
 
         self.family = family or family_named(DEFAULT_FAMILY)
         self.builder, self.processor, self.objective = builder, processor, objective
         self.pack = pack and objective == "sft" and self.family.fast.packing
-        self.flat = (flat and self.pack and not self.family.images.bidirectional
-                     and self.family.packed_positions is None)
+        self.flat = flat and self.pack
         self.features = features  # given only where the family allows it (training.train.uses_feature_cache)
         self.max_prompt_len, self.max_answer_len = max_prompt_len, max_answer_len
         self.texts: dict[int, EncodedExample] = {}
@@ -73,13 +71,11 @@ class ExampleEncoder:
         if self.objective != "sft":
             batch = pack_batch(examples, [self.choices[s.qid] for s in samples], self.objective, pad)
         elif self.pack:
-            batch, firsts = pack_by_image(examples, [self.builder.pixel_key(s) for s in samples], image_id, pad,
-                                          self.flat)
+            batch, firsts = pack_by_image(examples, [self.builder.pixel_key(s) for s in samples], image_id, pad)
             rows = [samples[i] for i in firsts]
         else:
             batch = pad_batch(examples, pad)
-        mask = batch.get("attention_mask")  # none in a flat batch
-        if mask is not None and mask.dim() == 4 and self.family.images.bidirectional:  # packed rows of Gemma 3
+        if batch["attention_mask"].dim() == 4 and self.family.images.bidirectional:  # packed rows of Gemma 3
             batch = with_image_blocks(batch, image_id)
         if self.features is not None:
             batch["image_features"] = self.features.features([self.builder.pixel_key(s) for s in rows],

@@ -27,7 +27,7 @@ from slakevqa.files import write_json_atomic
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.kernels.attention import attention_kernels
-from slakevqa.kernels.packing import mask_stand_in
+from slakevqa.kernels.packing import flat_for_kernel
 from slakevqa.kernels.segment_attention import segments_attended, varlen_serves
 from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.families import family_of
@@ -193,9 +193,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         weight = float(answer_tokens(batch["labels"])) if cfg.closed_train_objective == "sft" else float(len(rows))
         # without varlen the layout stays out of the forward (compiled layers would guard on it)
         batch = {k: v.to(accelerator.device) for k, v in batch.items() if varlen or k != "segment_layout"}
-        if encoder.flat:  # made here: moving an expanded view would copy it whole
-            batch["attention_mask"] = mask_stand_in(batch["input_ids"].shape[1], accelerator.device)
-        return rows, packed_inputs(family, model, batch), stats, weight  # Qwen2.5-VL's packed rows: M-RoPE
+        batch = packed_inputs(family, model, batch)  # Qwen2.5-VL's packed rows: M-RoPE
+        return rows, flat_for_kernel(batch) if encoder.flat else batch, stats, weight
     model.train()
     step_seconds: list[float] = []
     world = accelerator.num_processes
