@@ -217,14 +217,12 @@ def varlen_serves(model) -> bool:
     attend. Conservative: a model whose weights are fp32 and computes under bf16 autocast gets False."""
     import torch
 
-    from slakevqa.kernels.shared_prefix import language_parts
+    from slakevqa.models.families import family_of
 
-    parts = language_parts(model)
-    if parts is None:
-        return False
-    config = parts[0].config
+    decoder = family_of(model).parts.module(model, "language_model")
+    config = decoder.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    weight = parts[0].embed_tokens.weight
+    weight = decoder.get_input_embeddings().weight
     return varlen_kernel(torch.empty((1, 1, 1, head_dim), device=weight.device), weight.dtype) is not None
 
 
