@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, fields, replace
 
 from slakevqa.evaluation.row_decoding import DecodeState, EncodedRows, capture, decode_steps, decoding_step
-from slakevqa.kernels.shared_prefix import ImageGroups, RowCache, attention_swapped, language_parts
+from slakevqa.kernels.shared_prefix import ImageGroups, RowCache, attention_swapped, language_parts, per_image
 
 ROW_STEP = 32   # rows are rounded up to this, one step more when built: padding rows cost compute in every step
 TAIL_STEP = 16  # tail columns are rounded up to this
@@ -109,7 +109,7 @@ class DecodeWorkspace:
         # each layer's prefixes back to back, flash attention's layout; the grouped matmuls read views of them
         packed = {layer: tuple(torch.zeros((c.images * c.prefix, kv, dim), dtype=k.dtype, device=device)
                                for _ in range(2)) for layer, k in enumerate(prefix_keys)}
-        views = [[t.view(c.images, c.prefix, kv, dim).transpose(1, 2) for t in packed[layer]] for layer in packed]
+        views = [[per_image(t, c.images, c.prefix) for t in packed[layer]] for layer in packed]
         groups = ImageGroups.build(padded_images([], c), [k for k, _ in views], [v for _, v in views], device,
                                    like.groups.varlen, packed, c.members)
         width = c.tail + c.answer
@@ -124,13 +124,13 @@ class DecodeWorkspace:
         self.graphed = cuda_graphs and device.type == "cuda"
         self.replay = None  # captured on the first call (capturing runs a step, so it needs real rows)
 
-    def load(self, encoded: EncodedRows, rows: list[int], budget: int, row_budgets=None) -> None:
-        """Copy ``encoded``'s ``rows`` into the workspace, their first tokens out, ready for the next step."""
+    def load(self, encoded: EncodedRows, rows: list[int], images: list[int], budget: int, row_budgets=None) -> None:
+        """Copy ``encoded``'s ``rows`` (``images``: each one's image) into the workspace, their first tokens out,
+        ready for the next step."""
         import torch
 
         c, n, tail = self.capacity, len(rows), encoded.tail_width
         index = torch.tensor(rows, dtype=torch.long, device=encoded.valid.device)
-        images = [encoded.groups.image_of_row[r] for r in rows]
         fresh = ImageGroups.build(padded_images(images, c), self.rows.groups.keys, self.rows.groups.values,
                                   index.device, member_slots=c.members)
         groups = self.rows.groups
@@ -195,6 +195,6 @@ class ReusedDecoding:
                                              self.pad_id, self.cuda_graphs)
             self.builds += 1
         self.calls += 1
-        self.workspace.load(encoded, rows, budget, row_budgets)
+        self.workspace.load(encoded, rows, images, budget, row_budgets)
         self.workspace.run(budget, self.model)
         return self.workspace.state.out[:len(rows), :budget].clone()

@@ -94,13 +94,15 @@ def flatten_packed(batch: dict) -> dict:
     >>> batch["input_ids"].tolist(), batch["position_ids"].tolist(), batch["row_starts"], "attention_mask" in batch
     ([[1, 5, 1, 6, 7]], [[0, 1, 0, 1, 2]], [0, 2], False)
     """
+    import itertools
+
     import torch
 
     from slakevqa.kernels.segment_attention import run_indices
 
     layout, ids = batch["segment_layout"], batch["input_ids"]
     lengths = [sum(1 for s in row if s >= 0) for row in layout.segments]  # padding (-1) only at a row's end
-    starts = [sum(lengths[:r]) for r in range(len(lengths))]
+    starts = [0, *itertools.accumulate(lengths[:-1])]
     rows, columns = (t.to(ids.device) for t in run_indices([(r, 0, n) for r, n in enumerate(lengths)]))
 
     def per_token(key: str, value) -> bool:

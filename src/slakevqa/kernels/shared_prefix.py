@@ -120,10 +120,10 @@ class ImageGroups:
                                      [v.contiguous() for v in prefix_values], device)
         packed, views = {}, ([], [])
         for layer, pair in enumerate(zip(prefix_keys, prefix_values)):
-            n, kv, length, dim = pair[0].shape
-            packed[layer] = tuple(t.transpose(1, 2).reshape(n * length, kv, dim) for t in pair)
+            n, _, length, _ = pair[0].shape
+            packed[layer] = tuple(t.transpose(1, 2).reshape(-1, t.shape[1], t.shape[3]) for t in pair)
             for view, flat in zip(views, packed[layer]):
-                view.append(flat.view(n, length, kv, dim).transpose(1, 2))
+                view.append(per_image(flat, n, length))
         return ImageGroups.build(image_of_row, *views, device, True, packed)
 
     def select(self, rows: list[int]) -> "ImageGroups":
@@ -142,6 +142,12 @@ class ImageGroups:
     @property
     def prefix_length(self) -> int:
         return int(self.keys[0].shape[2])
+
+
+def per_image(back_to_back, images: int, length: int):
+    """``(images, kv, length, d)``: a view of prefixes laid back to back ``(images * length, kv, d)`` (flash attention's
+    layout), for the grouped matmuls; no copy."""
+    return back_to_back.view(images, length, *back_to_back.shape[1:]).transpose(1, 2)
 
 
 @dataclass
