@@ -168,10 +168,11 @@ def test_a_longer_run_resumes_and_evaluates_its_own_model(yes_no_slake: Path, tm
 
 
 def test_a_failing_save_leaves_the_previous_output_whole(yes_no_slake: Path, tmp_path: Path, monkeypatch) -> None:
-    import slakevqa.models.processor as processor_module
+    import slakevqa.training.trained_output as trained_output
     from slakevqa.models.model_files import READY_NAME
     from slakevqa.models.tiny import build_tiny_llava
-    from slakevqa.training.train import save_trained, train
+    from slakevqa.training.train import train
+    from slakevqa.training.trained_output import save_trained
 
     out = tmp_path / "run"
     result = train(train_cfg(yes_no_slake, out, 2, final_eval=False), *build_tiny_llava("bpe", seed=0))
@@ -181,7 +182,7 @@ def test_a_failing_save_leaves_the_previous_output_whole(yes_no_slake: Path, tmp
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(processor_module, "save_processor", broken)
+    monkeypatch.setattr(trained_output, "save_processor", broken)
     with pytest.raises(OSError):
         save_trained(model, processor, out, "tiny")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

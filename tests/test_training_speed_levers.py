@@ -153,7 +153,7 @@ def test_auto_stays_plain_under_fsdp_and_explicit_choices_pass_through() -> None
     from accelerate.utils import DistributedType
 
     from slakevqa.training.config import TrainConfig
-    from slakevqa.training.train import kernels_for
+    from slakevqa.training.speed_levers import kernels_for
 
     fsdp, ddp = SimpleNamespace(distributed_type=DistributedType.FSDP), SimpleNamespace(
         distributed_type=DistributedType.MULTI_GPU)

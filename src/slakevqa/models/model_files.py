@@ -106,7 +106,7 @@ def check_adapter_weights(adapter: Path) -> None:
 
 # ---- the trained model's files, published whole
 #
-# save_trained writes into OUTPUT_DIR/.trained.partial, renames it .trained.ready when every file is
+# training.trained_output.save_trained writes into OUTPUT_DIR/.trained.partial, renames it .trained.ready when every file is
 # written and synced (the commit point), then moves each file over the old one and removes the folder.
 # A kill before the commit leaves the old output untouched (the partial folder is removed by the next
 # save); a kill after it leaves .trained.ready, which the next training run (or save) finishes moving,

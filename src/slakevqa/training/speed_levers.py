@@ -35,7 +35,9 @@ import importlib.util
 import logging
 from typing import Callable
 
+from slakevqa.distributed import is_fsdp
 from slakevqa.errors import UserError
+from slakevqa.training.config import TrainConfig
 
 KERNELS: tuple[str, ...] = ("plain", "liger", "auto")
 MISSING = object()  # a global the modeling module did not have (Liger may add one: taken away again)
@@ -220,3 +222,11 @@ def keep_activations(model, keep: int) -> None:
         if index >= len(layers) - keep:
             layer.gradient_checkpointing = False
 
+
+def kernels_for(cfg: TrainConfig, accelerator) -> str:
+    """``--kernels``, except that ``auto`` stays plain under FSDP: Liger inside sharded layers never ran on our GPUs
+    (an explicit ``--kernels liger`` is the user's choice)."""
+    if cfg.kernels == "auto" and is_fsdp(accelerator):
+        logging.getLogger(__name__).info("--kernels auto: plain kernels under FSDP (Liger is untested there)")
+        return "plain"
+    return cfg.kernels

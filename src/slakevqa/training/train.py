@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from slakevqa import stopping
 from slakevqa.data.slake import find_layout, load_split, load_training_split, require_questions
 from slakevqa.distributed import agreed_signal, is_fsdp, step_share, step_total, use_cpu
 from slakevqa.errors import UserError
-from slakevqa.files import write_json_atomic
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.kernels.attention import attention_kernels
@@ -35,8 +32,6 @@ from slakevqa.models.families.family import packed_inputs
 from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.models.model_files import (
     check_not_half_saved,
-    publish,
-    start_publish,
 )
 from slakevqa.runs.results import sha256_file
 from slakevqa.training.checkpoint import (
@@ -76,10 +71,11 @@ from slakevqa.training.schedule import (
     total_steps,
     warmup_steps,
 )
-from slakevqa.training.speed_levers import apply_speed_levers, keep_activations
+from slakevqa.training.speed_levers import apply_speed_levers, keep_activations, kernels_for
 from slakevqa.training.tensorboard import TrainLogger
 from slakevqa.training.throughput import peak_memory_per_process, throughput_summary
 from slakevqa.training.trackers import check_trackers_installed
+from slakevqa.training.trained_output import save_trained
 
 log = logging.getLogger(__name__)
 DRY_RUN_RECORDS, DRY_RUN_STEPS = 8, 2
@@ -370,48 +366,3 @@ def load_for_training(cfg: TrainConfig, device):
         loaded.model = prepare_model_for_kbit_training(loaded.model, use_gradient_checkpointing=False)
     log.info("loaded %s", loaded.describe())
     return loaded.model, loaded.processor
-
-
-def save_trained(model, processor, out: Path, base: str = "", state_dict: dict | None = None,
-                 extra: Callable[[Path], None] | None = None) -> None:
-    """The adapter (peft format) under LoRA, else the full model; the processor beside it.
-
-    Written into a staging folder beside ``out`` with ``extra(stage)`` (``run_config.json``), then
-    moved into place (:func:`~slakevqa.models.model_files.publish`): a kill leaves either the old
-    output or the new one, never half a model, and the old output stays until the new one is whole.
-
-    An adapter names ``base`` (``--model_id``; an absolute path when it is a local
-    folder) as its base model, so ``load_model(out)`` and ``slakevqa merge`` find it
-    from anywhere; peft would otherwise record the resolved cache folder, or nothing
-    for a model built in memory.
-    """
-    import json
-
-    from slakevqa.models.families import family_of
-    from slakevqa.models.processor import save_processor
-
-    stage = start_publish(out)
-    try:
-        # state_dict: the gathered one under FSDP (peft keeps only the adapter's keys of it).
-        model.save_pretrained(str(stage), safe_serialization=True, state_dict=state_dict)
-        save_processor(processor, stage, family_of(model))
-        adapter_config = stage / "adapter_config.json"
-        if base and hasattr(model, "peft_config"):  # set after saving: set before, peft looks the name up on the hub
-            config = json.loads(adapter_config.read_text(encoding="utf-8"))
-            config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).is_dir() else base
-            write_json_atomic(adapter_config, config)
-        if extra is not None:
-            extra(stage)
-    except BaseException:  # a full disk, say: the staged half is never trusted, and it holds the space a rerun needs
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    publish(stage, out)
-
-
-def kernels_for(cfg: TrainConfig, accelerator) -> str:
-    """``--kernels``, except that ``auto`` stays plain under FSDP: Liger inside sharded layers never ran on our GPUs
-    (an explicit ``--kernels liger`` is the user's choice)."""
-    if cfg.kernels == "auto" and is_fsdp(accelerator):
-        logging.getLogger(__name__).info("--kernels auto: plain kernels under FSDP (Liger is untested there)")
-        return "plain"
-    return cfg.kernels
