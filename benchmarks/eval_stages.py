@@ -22,8 +22,11 @@ decoding call per token budget (16, 48) instead of one per batch; ``+reuse``: ev
 captured step on a workspace that outlasts the call (:mod:`slakevqa.evaluation.decode_workspace`) instead of
 capturing its own; ``+padded``: the packed prefill keeps one row per image, padded to the longest, instead of
 laying them end to end in one row (the default where flash attention's variable-length kernel serves).
+``+cold``: the images are prepared inside the timing, as a fresh ``slakevqa eval`` prepares them (other settings
+find them prepared); ``+cold+prefetch``: by worker threads ahead of the model, as many as ``slakevqa eval``
+starts on a GPU (:mod:`slakevqa.inputs.image_prefetch`).
 Every setting's answers are compared with the first setting's, per question type. Pixels are
-preprocessed before any timing, so no setting pays for them. ``--naive_limit`` questions
+preprocessed before any timing, so no setting but ``+cold`` pays for them. ``--naive_limit`` questions
 are also answered one at a time (eval_throughput.py's per-question loop), the reference
 toolkit's way. Each stage is timed with CUDA synchronised around it:
 
@@ -80,6 +83,7 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     import torch
 
     from slakevqa.evaluation.engine import Engine
+    from slakevqa.inputs.image_prefetch import image_workers
     from slakevqa.kernels.attention import AttentionSettings
 
     parts = setting.split("+")
@@ -103,9 +107,12 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
             timing(engine, name, times)
         if engine.fast is not None:
             timing(engine.fast, "encode", times, "encode_batch")
+        if "cold" in parts:  # the images prepared inside the timing, as a fresh `slakevqa eval` does
+            engine.builder.pixel_cache.clear()
+        workers = image_workers(-1, "cuda") if "prefetch" in parts else 0  # the GPU's auto count, on any device
         synchronise()
         began = time.perf_counter()
-        answers = [p for i in range(0, len(order), batch_size) for p in engine.answer(order[i:i + batch_size])]
+        answers = [p for answered in engine.answer_batches(order, batch_size, workers) for p in answered]
         synchronise()
         total = time.perf_counter() - began
         by_qid = {p.qid: p for p in answers}
@@ -114,7 +121,8 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None
     return {"setting": setting, "share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size,
             "seconds": round(total, 2), "q_per_s": round(len(samples) / total, 2), "peak_gib": peak,
-            **{k: round(v, 2) for k, v in times.items()}, **reuse_counts(engine), "answers": answers}
+            **{k: round(v, 2) for k, v in times.items()}, **reuse_counts(engine), "image_workers": workers,
+            "answers": answers}
 
 
 def reuse_counts(engine) -> dict:

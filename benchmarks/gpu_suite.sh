@@ -12,7 +12,8 @@
 # and resume, eval); llava_1_5, qwen2_5_vl, gemma3 (that family's walkthrough, with the fast backend's speed on
 # bench_data/Slake1.0's English test split); eval_med (benchmarks/eval_stages.py at LLaVA-Med's shape: the default,
 # whose prefill lays the images' rows end to end, against padded rows and against reused decoding, full and
-# trained lengths); train_med (benchmarks/train_packing.py at LLaVA-Med's shape: the default, flat rows, against
+# trained lengths, images prepared in the timing serially and by worker threads); prefetch (benchmarks/image_prefetch.py:
+# the host's image preparation per family, serial and threaded); train_med (benchmarks/train_packing.py at LLaVA-Med's shape: the default, flat rows, against
 # padded rows and +keep8); compile_med (eager vs compiled layers, loss for loss, LoRA dropout 0 and 0.05);
 # eval_FAMILY (benchmarks/family_eval_speed.py: fast vs plain, and fast with reused decoding, in one run);
 # train_FAMILY (benchmarks/train_packing.py: one row per question vs packed, varlen, Liger). A job gets the budget
@@ -65,11 +66,14 @@ for job in "$@"; do
         eval_med)
             run_job "$job" 300 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/eval_stages.py $tiny \
                 --slake_root bench_data/Slake1.0 --batch_size 256 \
-                --settings rows,rows+padded,rows+reuse,rows+trained,rows+reuse+trained \
+                --settings rows,rows+padded,rows+reuse,rows+trained,rows+reuse+trained,rows+cold,rows+cold+prefetch \
                 --out "$out/suite/eval_med.json" ;;
         eval_*)
             run_job "$job" 240 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/family_eval_speed.py $tiny --family "${job#eval_}" \
                 --slake_root bench_data/Slake1.0 --plain_limit 96 --out "$out/suite/$job" ;;
+        prefetch)  # the host's image preparation per family, serial against worker threads (no GPU work)
+            run_job "$job" 90 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/image_prefetch.py \
+                --slake_root bench_data/Slake1.0 --workers 0,4,8,15 --out "$out/suite/$job.json" ;;
         train_med)  # LLaVA-Med's 80 samples/s target: the default (flat rows) against padded rows and +keep8
             run_job "$job" 240 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/train_packing.py $tiny \
                 --slake_root bench_data/Slake1.0 --steps 6 --warmup 2 \

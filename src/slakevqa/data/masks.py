@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -341,11 +342,14 @@ class MaskStats:
     counts: Counter = field(default_factory=Counter)
     sources: Counter = field(default_factory=Counter)
     rules: Counter = field(default_factory=Counter)
+    # images are prepared by worker threads too (slakevqa.inputs.image_prefetch): one count at a time
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record(self, result: MaskResult, modality: str) -> None:
-        self.counts[(modality, result.status)] += 1
-        self.sources[result.source] += 1
-        self.rules[result.rule] += 1
+        with self.lock:
+            self.counts[(modality, result.status)] += 1
+            self.sources[result.source] += 1
+            self.rules[result.rule] += 1
 
     def total(self, status: str) -> int:
         """Records of one status over all modalities."""
@@ -357,11 +361,13 @@ class MaskStats:
 
     def as_dict(self) -> dict:
         """``{"applied": 5, "empty": 1, "missing": 0, "by_modality": {"CT": {...}}, "sources": {...}, ...}``."""
+        with self.lock:  # a snapshot: a worker may be recording
+            counts, sources, rules = Counter(self.counts), dict(self.sources), dict(self.rules)
         by_modality: dict[str, dict[str, int]] = {}
-        for (modality, status), n in sorted(self.counts.items()):
+        for (modality, status), n in sorted(counts.items()):
             by_modality.setdefault(modality, {"applied": 0, "empty": 0, "missing": 0})[status] = n
-        return {"applied": self.total("applied"), "empty": self.total("empty"), "missing": self.total("missing"),
-                "by_modality": by_modality, "sources": dict(self.sources), "rules": dict(self.rules)}
+        total = {status: sum(n for (_, s), n in counts.items() if s == status) for status in ("applied", "empty", "missing")}
+        return {**total, "by_modality": by_modality, "sources": sources, "rules": rules}
 
 
 def condition_image(sample: VQASample, image: Image.Image, mode: str, pad_ratio: float,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 from slakevqa.errors import UserError
 from slakevqa.evaluation.extract import extract_answer, match_candidate
@@ -30,6 +31,7 @@ from slakevqa.evaluation.fast_backend import BatchRows, FastBackend
 from slakevqa.evaluation.plain_backend import PlainBackend
 from slakevqa.inputs.builder import InputBuilder, SampleView
 from slakevqa.inputs.encoding import encode_answers, encode_prompt
+from slakevqa.inputs.image_prefetch import ImagePrefetch
 from slakevqa.inputs.vocab import candidate_variants
 from slakevqa.kernels.attention import AttentionSettings, attention_kernels
 from slakevqa.kernels.shared_prefix import supports_shared_prefix
@@ -103,6 +105,17 @@ class Engine:
         ids, _ = encode_prompt(self.tokenizer, view.user_text, image.tokens, self.builder.settings.max_prompt_len,
                                chat=self.family.chat)
         return Prepared(sample, view, ids, image)
+
+    def answer_batches(self, samples: list[VQASample], batch_size: int,
+                       image_workers: int = 0) -> Iterator[list[Prediction]]:
+        """:meth:`answer` of ``samples`` ``batch_size`` at a time, in order; ``image_workers`` threads prepare every
+        image ahead of the model (:mod:`slakevqa.inputs.image_prefetch`), the first batch's first."""
+        with ImagePrefetch(self.builder, self.family, self.processor, image_workers) as images:
+            images.submit(samples)
+            for start in range(0, len(samples), batch_size):
+                batch = samples[start: start + batch_size]
+                images.wait(batch)
+                yield self.answer(batch)
 
     def on_rows(self, items: list[Prepared]) -> bool:
         """Whether ``items`` run on the fast backend (greedy only: sampling keeps ``generate``)."""

@@ -121,6 +121,10 @@ class InputBuilder:
         per_question = sample.qid if settings.mask_mode != "none" else None
         return (sample.image_path, per_question, settings.mask_mode, settings.mask_pad_ratio, settings.blank_images)
 
+    def image_key(self, sample: VQASample, family) -> tuple:
+        """The key of :meth:`image_inputs`'s cache: :meth:`pixel_key` and the family."""
+        return (*self.pixel_key(sample), family.name)
+
     def image_inputs(self, sample: VQASample, family, processor):
         """The model's inputs for :meth:`image` (``family.images.process``: pixels, extras, token count),
         computed once per image (SLAKE asks ~11 questions per image).
@@ -128,7 +132,7 @@ class InputBuilder:
         With a mask mode the region follows the question, so the key holds the qid; it also holds
         every setting that changes the pixels and the family, so builder copies may share the cache.
         """
-        key = (*self.pixel_key(sample), family.name)
+        key = self.image_key(sample, family)
         if key not in self.pixel_cache:
             self.pixel_cache[key] = family.images.process(processor, self.image(sample))
         return self.pixel_cache[key]

@@ -22,6 +22,7 @@ from slakevqa.data.slake import find_layout, load_split, load_training_split, re
 from slakevqa.distributed import agreed_signal, is_fsdp, step_share, step_total, use_cpu
 from slakevqa.errors import UserError
 from slakevqa.inputs.builder import InputBuilder
+from slakevqa.inputs.image_prefetch import ImagePrefetch, image_workers
 from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.kernels.attention import attention_kernels
 from slakevqa.kernels.packing import flat_for_kernel
@@ -179,12 +180,21 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     logger = TrainLogger(cfg, out, enabled=accelerator.is_main_process, main=accelerator.is_main_process)
     logger.start(samples, counts, n_steps, builder, probe, family.chat)
 
+    def micro_batch_rows(step: int, micro: int) -> list[int]:
+        return step_rows(step, micro, len(samples), cfg.batch_size, cfg.grad_accum, cfg.seed,
+                         accelerator.process_index, world, groups)
+
+    def step_samples(step: int) -> list:
+        """This process's questions of ``step`` (none past the last step)."""
+        return [samples[i] for micro in range(cfg.grad_accum) for i in micro_batch_rows(step, micro)
+                ] if step < n_steps else []
+
     def encoded_micro_batch(step: int, micro: int) -> tuple[list[int], dict, dict, float]:
         """This process's rows of the micro-batch, its tensors on the device, its statistics, and its weight in
         the step's loss: its answer tokens (SFT), or its questions (mc, hybrid: their choice losses are means
         over questions)."""
-        rows = step_rows(step, micro, len(samples), cfg.batch_size, cfg.grad_accum, cfg.seed,
-                         accelerator.process_index, world, groups)
+        rows = micro_batch_rows(step, micro)
+        images.wait([samples[i] for i in rows])  # prepared by the workers while the last step ran
         batch, stats = encoder.batch([samples[i] for i in rows])
         weight = float(answer_tokens(batch["labels"])) if cfg.closed_train_objective == "sft" else float(len(rows))
         # without varlen the layout stays out of the forward (compiled layers would guard on it)
@@ -195,10 +205,14 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     step_seconds: list[float] = []
     world = accelerator.num_processes
     single = world == 1 and cfg.grad_accum == 1  # one micro-batch of one process: its loss is the step's
-    with stopping.graceful():  # SIGTERM / SIGUSR1 / Ctrl-C: the step finishes, a checkpoint, exit 75 (stopping.py)
+    # worker threads prepare the next step's images while this one runs on the device (inputs/image_prefetch.py)
+    images = ImagePrefetch(builder, family, processor, image_workers(cfg.image_workers, accelerator.device.type))
+    images.submit(step_samples(start))
+    with stopping.graceful(), images:  # SIGTERM / SIGUSR1 / Ctrl-C: the step finishes, a checkpoint, exit 75 (stopping.py)
         for step in range(start, n_steps):
             began, batch_stats = time.perf_counter(), []
             micro_batches = [encoded_micro_batch(step, micro) for micro in range(cfg.grad_accum)]
+            images.submit(step_samples(step + 1))
             # the step's loss is a mean over every answer token of its global batch, however it is cut (elastic.py)
             total = step_total(sum(weight for _, _, _, weight in micro_batches), accelerator)
             logged = 0.0
