@@ -196,9 +196,11 @@ def test_packed_rows_laid_flat_equal_the_padded_rows(name: str, stretched: Path,
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
     samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
-    packed, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family, flat=True).batch(samples)
+    packed, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
+    bound_flat, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family, flat=True).batch(samples)
+    assert packed["attention_mask"].dim() == 4 and "attention_mask" not in bound_flat  # the kernel reads the layout
     padded = packed_inputs(family, model, packed)
-    flat = flat_for_kernel(padded)
+    flat = flat_for_kernel(packed_inputs(family, model, bound_flat))
     assert flat["input_ids"].shape[0] == 1 < padded["input_ids"].shape[0]
     assert flat["position_ids"].shape[:-1] == ((3, 1) if name == "qwen2_5_vl" else (1,))
     if name == "gemma3":

@@ -114,6 +114,7 @@ def test_flat_training_batch_gives_the_padded_rows_loss_and_gradients(synth_root
         encoder = ExampleEncoder(builder, processor, 512, 64, pack=True, flat=flat, features=features)
         batch, _ = encoder.batch(samples)
         assert ("image_features" in batch) == cached
+        assert ("attention_mask" in batch) != flat  # flat rows: the layout only, no dense mask built
         if flat:
             batch = flat_for_kernel(batch)
             assert encoder.flat and batch["input_ids"].shape[0] == 1 and batch["attention_mask"].shape[0] == 1

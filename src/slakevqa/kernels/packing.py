@@ -71,11 +71,11 @@ def segment_batch(rows: list[Row], pad_id: int, mask_device=None, dense_mask: bo
         n = len(tokens)
         batch["input_ids"][i, :n], batch["labels"][i, :n] = torch.tensor(tokens), torch.tensor(labels)
         batch["position_ids"][i, :n] = torch.tensor(positions)
-    if dense_mask:
-        batch["attention_mask"] = segment_masks([r[3] for r in rows], width, mask_device)
     layout = SegmentLayout.build([r[3] for r in rows], width)
     if layout is not None:
         batch["segment_layout"] = layout
+    if dense_mask or layout is None:  # without a layout only the dense mask can say who sees whom
+        batch["attention_mask"] = segment_masks([r[3] for r in rows], width, mask_device)
     return batch
 
 
@@ -140,9 +140,10 @@ def with_image_blocks(batch: dict, image_id: int) -> dict:
     ([[1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1]], [1, 2])
     """
     image = batch["input_ids"] == image_id
-    block = image[:, None, :, None] & image[:, None, None, :]
     out = {name: value for name, value in batch.items() if name != "segment_layout"}
-    out["attention_mask"] = batch["attention_mask"] | block.to(batch["attention_mask"].device)
+    if "attention_mask" in batch:  # none: segment_batch(dense_mask=False), for the kernel's layout only
+        block = image[:, None, :, None] & image[:, None, None, :]
+        out["attention_mask"] = batch["attention_mask"] | block.to(batch["attention_mask"].device)
     if "segment_layout" in batch:
         spans = [(int(cols[0]), int(cols[-1]) + 1) if len(cols) else None
                  for cols in (row.nonzero().flatten() for row in image)]
@@ -150,6 +151,8 @@ def with_image_blocks(batch: dict, image_id: int) -> dict:
             layout = batch["segment_layout"].with_blocks(spans)
             if layout is not None:
                 out["segment_layout"] = layout
+    if "attention_mask" not in out and "segment_layout" not in out:
+        raise ValueError("image blocks that no layout can carry need the dense mask")  # a bug: ours are one run each
     return out
 
 
@@ -185,20 +188,22 @@ def pack_group(examples: list[EncodedExample], image_id: int) -> Row:
     return tokens, labels, positions, segments
 
 
-def pack_by_image(examples: list[EncodedExample], keys: list, image_id: int, pad_id: int) -> tuple[dict, list[int]]:
+def pack_by_image(examples: list[EncodedExample], keys: list, image_id: int, pad_id: int,
+                  dense_mask: bool = True) -> tuple[dict, list[int]]:
     """One right-padded row per distinct ``keys`` value; returns the batch and, per row, its first example.
 
     The batch holds ``input_ids``, ``labels``, ``position_ids``, a ``(R, 1, T, T)``
     boolean ``attention_mask`` and ``sample_index`` (``(R, T)``: which example each
     token belongs to, -1 for prefix and padding), which the loss uses to report every
     question's own loss. Pixels are the caller's: one per row, from the returned example.
-    Where flash attention's kernel serves, :func:`flatten_packed` lays the rows end to end afterwards.
+    Where flash attention's kernel serves, :func:`flatten_packed` lays the rows end to end afterwards, and
+    ``dense_mask=False`` spares the mask nobody reads (:func:`segment_batch`).
     """
     import torch
 
     groups = image_groups(keys)
     rows = [pack_group([examples[i] for i in group], image_id) for group in groups]
-    batch = segment_batch(rows, pad_id)
+    batch = segment_batch(rows, pad_id, dense_mask=dense_mask)
     batch["sample_index"] = torch.full(batch["input_ids"].shape, -1, dtype=torch.long)
     for r, (group, (_, _, _, segments)) in enumerate(zip(groups, rows)):
         owner = torch.tensor([-1] + group)  # segment k (1-based) belongs to example group[k - 1]

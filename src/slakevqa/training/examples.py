@@ -71,11 +71,14 @@ class ExampleEncoder:
         if self.objective != "sft":
             batch = pack_batch(examples, [self.choices[s.qid] for s in samples], self.objective, pad)
         elif self.pack:
-            batch, firsts = pack_by_image(examples, [self.builder.pixel_key(s) for s in samples], image_id, pad)
+            # flat: the rows go to flash attention's kernel, which reads the layout; no dense mask is built
+            batch, firsts = pack_by_image(examples, [self.builder.pixel_key(s) for s in samples], image_id, pad,
+                                          dense_mask=not self.flat)
             rows = [samples[i] for i in firsts]
         else:
             batch = pad_batch(examples, pad)
-        if batch["attention_mask"].dim() == 4 and self.family.images.bidirectional:  # packed rows of Gemma 3
+        mask = batch.get("attention_mask")
+        if (mask is None or mask.dim() == 4) and self.family.images.bidirectional:  # packed rows of Gemma 3
             batch = with_image_blocks(batch, image_id)
         if self.features is not None:
             batch["image_features"] = self.features.features([self.builder.pixel_key(s) for s in rows],

@@ -271,8 +271,10 @@ def prompt_batch(family: ModelFamily, prompts: list[list[int]], images: list[Ima
 
 
 def packed_inputs(family: ModelFamily, model, batch: dict) -> dict:
-    """``batch`` with the family's own positions where its rows are packed (a 4-D mask) and 1-D ones do not serve."""
-    if family.packed_positions is None or batch["attention_mask"].dim() != 4:
+    """``batch`` with the family's own positions where its rows are packed (a 4-D mask, or none: rows bound for the
+    varlen kernel's layout) and 1-D ones do not serve."""
+    mask = batch.get("attention_mask")
+    if family.packed_positions is None or (mask is not None and mask.dim() != 4):
         return batch
     return {**batch, "position_ids": family.packed_positions(model, batch)}
 
