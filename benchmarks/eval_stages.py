@@ -83,7 +83,7 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     import torch
 
     from slakevqa.evaluation.engine import Engine
-    from slakevqa.inputs.image_prefetch import image_workers
+    from slakevqa.inputs.image_prefetch import worker_count
     from slakevqa.kernels.attention import AttentionSettings
 
     parts = setting.split("+")
@@ -109,7 +109,7 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
             timing(engine.fast, "encode", times, "encode_batch")
         if "cold" in parts:  # the images prepared inside the timing, as a fresh `slakevqa eval` does
             engine.builder.pixel_cache.clear()
-        workers = image_workers(-1, "cuda") if "prefetch" in parts else 0  # the GPU's auto count, on any device
+        workers = worker_count(-1, "cuda") if "prefetch" in parts else 0  # the GPU's auto count, on any device
         synchronise()
         began = time.perf_counter()
         answers = [p for answered in engine.answer_batches(order, batch_size, workers) for p in answered]
@@ -121,7 +121,7 @@ def run(engine, samples, batch_size: int, setting: str) -> dict:
     peak = round(torch.cuda.max_memory_allocated() / 2**30, 1) if torch.cuda.is_available() else None
     return {"setting": setting, "share_prefix": share, "cudnn_attention": cudnn, "batch_size": batch_size,
             "seconds": round(total, 2), "q_per_s": round(len(samples) / total, 2), "peak_gib": peak,
-            **{k: round(v, 2) for k, v in times.items()}, **reuse_counts(engine), "image_workers": workers,
+            **{k: round(v, 2) for k, v in times.items()}, **reuse_counts(engine), "prefetch_workers": workers,
             "answers": answers}
 
 

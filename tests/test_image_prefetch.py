@@ -12,7 +12,7 @@ import torch
 
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.inputs.builder import InputBuilder
-from slakevqa.inputs.image_prefetch import MAX_WORKERS, ImagePrefetch, image_workers
+from slakevqa.inputs.image_prefetch import MAX_WORKERS, ImagePrefetch, worker_count
 from slakevqa.inputs.settings import InputSettings
 from slakevqa.inputs.vocab import ClosedVocab
 from slakevqa.models.families import family_named
@@ -97,7 +97,7 @@ def test_answers_are_the_same_with_workers(tiny_engine, synth_root: Path) -> Non
     tiny_engine.builder.pixel_cache.clear()
     serial = [p for batch in tiny_engine.answer_batches(samples, 8) for p in batch]
     tiny_engine.builder.pixel_cache.clear()
-    threaded = [p for batch in tiny_engine.answer_batches(samples, 8, image_workers=2) for p in batch]
+    threaded = [p for batch in tiny_engine.answer_batches(samples, 8, workers=2) for p in batch]
     assert [p.qid for p in threaded] == [s.qid for s in samples]
     assert [(p.prediction, p.scores) for p in threaded] == [(p.prediction, p.scores) for p in serial]
 
@@ -105,13 +105,13 @@ def test_answers_are_the_same_with_workers(tiny_engine, synth_root: Path) -> Non
 def test_the_worker_count_follows_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert image_workers(-1, "cpu") == 0  # the cores run the model
-    assert image_workers(-1, "cuda") == MAX_WORKERS
-    assert image_workers(5, "cpu") == 5 and image_workers(0, "cuda") == 0
+    assert worker_count(-1, "cpu") == 0  # the cores run the model
+    assert worker_count(-1, "cuda") == MAX_WORKERS
+    assert worker_count(5, "cpu") == 5 and worker_count(0, "cuda") == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four processes share the host's 16 cores
-    assert image_workers(-1, "cuda") == 3
+    assert worker_count(-1, "cuda") == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
-    assert image_workers(-1, "cuda") == 1
+    assert worker_count(-1, "cuda") == 1
 
 
 def test_training_losses_are_the_same_with_workers(synth_root: Path, tmp_path: Path,
@@ -128,7 +128,7 @@ def test_training_losses_are_the_same_with_workers(synth_root: Path, tmp_path: P
     for workers in (0, 2):
         threads.clear()
         cfg = make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path / str(workers)),
-                          max_steps=3, batch_size=8, lr=5e-3, tb=False, final_eval=False, image_workers=workers)
+                          max_steps=3, batch_size=8, lr=5e-3, tb=False, final_eval=False, prefetch_workers=workers)
         losses[workers] = train(cfg, *build_tiny_llava("bpe", seed=0)).losses
         prepared_by_workers = [name.startswith("slakevqa-images") for name in threads]
         assert prepared_by_workers and all(prepared_by_workers) == (workers > 0)  # every step's images, the first's too

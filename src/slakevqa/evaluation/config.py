@@ -93,7 +93,7 @@ class EvalConfig:
     cuda_graphs: bool = field(default=True, metadata=_help(
         "replay each greedy decoding step as a CUDA graph (CUDA only, not with --load_in_4bit/8bit; "
         "--no-cuda_graphs: launch every kernel, slower)"))
-    image_workers: int = field(default=-1, metadata=_help(
+    prefetch_workers: int = field(default=-1, metadata=_help(
         "threads that prepare images (loading, masks, the model's processing) ahead of the model: -1 auto (on a "
         "GPU one per core, at most 8; on a CPU none: its cores run the model), 0 none"))
     check_batch_invariance: int = field(default=0, metadata=_help(
@@ -146,7 +146,7 @@ RULES = (
     ("max_new_tokens_open_abnormality", lambda v: v >= 1, "at least 1"),
     ("temperature", lambda v: v >= 0, ">= 0"),
     ("check_batch_invariance", lambda v: v >= 0, ">= 0"),
-    ("image_workers", lambda v: v >= -1, ">= -1 (-1: auto, 0: none)"),
+    ("prefetch_workers", lambda v: v >= -1, ">= -1 (-1: auto, 0: none)"),
 )
 
 
@@ -176,7 +176,7 @@ NEUTRAL_FIELDS: dict[str, str] = {
     "cudnn_attention": "an attention kernel choice, like the device",
     "varlen_attention": "an attention kernel choice over the same keys (the same math up to rounding)",
     "check_batch_invariance": "an extra check after answering; the answers are not changed",
-    "image_workers": "the same images prepared by other threads, earlier (a test asserts equal pixels and answers)",
+    "prefetch_workers": "the same images prepared by other threads, earlier (a test asserts equal pixels and answers)",
     "device": "where it runs; dtype is recorded",
     "report": "report.md/html are written from the results",
     "trust_remote_code": "a permission: without it a model that needs remote code fails to load",

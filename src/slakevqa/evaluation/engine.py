@@ -107,10 +107,10 @@ class Engine:
         return Prepared(sample, view, ids, image)
 
     def answer_batches(self, samples: list[VQASample], batch_size: int,
-                       image_workers: int = 0) -> Iterator[list[Prediction]]:
-        """:meth:`answer` of ``samples`` ``batch_size`` at a time, in order; ``image_workers`` threads prepare every
+                       workers: int = 0) -> Iterator[list[Prediction]]:
+        """:meth:`answer` of ``samples`` ``batch_size`` at a time, in order; ``workers`` threads prepare every
         image ahead of the model (:mod:`slakevqa.inputs.image_prefetch`), the first batch's first."""
-        with ImagePrefetch(self.builder, self.family, self.processor, image_workers) as images:
+        with ImagePrefetch(self.builder, self.family, self.processor, workers) as images:
             images.submit(samples)
             for start in range(0, len(samples), batch_size):
                 batch = samples[start: start + batch_size]

@@ -31,7 +31,7 @@ from slakevqa.evaluation.engine import Engine, GenerationSettings
 from slakevqa.evaluation.store import PredictionWriter, recover_predictions
 from slakevqa.files import make_output_dir, write_json_atomic
 from slakevqa.inputs.builder import InputBuilder
-from slakevqa.inputs.image_prefetch import image_workers
+from slakevqa.inputs.image_prefetch import worker_count
 from slakevqa.inputs.vocab import ClosedVocab, load_or_build_vocab
 from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.model_files import check_not_half_saved
@@ -97,7 +97,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     if done:
         log.info("resuming: %d questions already answered, %d to go", len(done), len(pending))
     began, to_answer = time.perf_counter(), len(samples) - len(done)  # every rank's share, for the timing
-    answer_all(engine, pending, cfg.batch_size, shard_file, rank, image_workers(cfg.image_workers, engine.device.type))
+    answer_all(engine, pending, cfg.batch_size, shard_file, rank, worker_count(cfg.prefetch_workers, engine.device.type))
     if world > 1:
         barrier()
         if rank != 0:
@@ -245,12 +245,12 @@ def answer_timing(answered: int, seconds: float, world: int) -> dict:
 
 
 def answer_all(engine: Engine, pending: list[VQASample], batch_size: int, path: Path, rank: int,
-               image_workers: int = 0) -> None:
+               workers: int = 0) -> None:
     """Answer ``pending`` batch by batch, each batch's predictions appended to ``path`` and flushed as it is done."""
     writer = PredictionWriter(path)
     try:
         with tqdm(total=len(pending), desc="evaluate", unit="q", disable=rank != 0 or not pending) as bar:
-            for answered in engine.answer_batches(pending, batch_size, image_workers):
+            for answered in engine.answer_batches(pending, batch_size, workers):
                 writer.write(answered)
                 bar.update(len(answered))
     finally:

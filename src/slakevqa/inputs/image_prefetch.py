@@ -6,7 +6,7 @@ core with LLaVA's CLIP processing at 336 px, ~2 s with Gemma 3's and ~2.4 s with
 ``benchmarks/image_prefetch.py``), against ~9 s for the whole split's answers at 7B on one GPU. On a GPU the
 host mostly waits for the device, and PyTorch releases the GIL inside its operators (PIL inside its
 resampling), so threads can do that work meanwhile. On a CPU the cores that would prepare images are the ones
-running the model, so by default no thread is started there (:func:`image_workers`).
+running the model, so by default no thread is started there (:func:`worker_count`).
 
 What the threads compute is what :meth:`~slakevqa.inputs.builder.InputBuilder.image_inputs` would compute in
 the caller's thread, into the same cache: each distinct image once, by one worker. The caller waits for the
@@ -23,6 +23,7 @@ image, say) is raised in the caller when it reaches that image, as it would have
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from slakevqa.records import VQASample
@@ -30,12 +31,12 @@ from slakevqa.records import VQASample
 MAX_WORKERS = 8  # beyond this, threads mostly wait for the GIL held by the image processors' Python parts
 
 
-def image_workers(requested: int, device_type: str) -> int:
+def worker_count(requested: int, device_type: str) -> int:
     """Threads for :class:`ImagePrefetch`: ``requested`` when it is >= 0; ``-1`` (auto): on a GPU one per core this
     process may use (its share of the host under a launcher, one core left to the process itself), at most
     :data:`MAX_WORKERS`; on a CPU none.
 
-    >>> image_workers(3, "cpu"), image_workers(-1, "cpu"), image_workers(0, "cuda")
+    >>> worker_count(3, "cpu"), worker_count(-1, "cpu"), worker_count(0, "cuda")
     (3, 0, 0)
     """
     if requested >= 0:
@@ -54,24 +55,27 @@ class ImagePrefetch:
     def __init__(self, builder, family, processor, workers: int) -> None:
         self.builder, self.family, self.processor = builder, family, processor
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="slakevqa-images") if workers > 0 else None
-        self.pending: dict[tuple, Future] = {}
+        self.submitted: dict[tuple, Future] = {}  # every key submitted (its future holds what the cache holds)
+        self.lock = threading.Lock()  # training submits from its main thread and waits from its batch thread
 
     def key(self, sample: VQASample) -> tuple:
         return self.builder.image_key(sample, self.family)
 
     def submit(self, samples: list[VQASample]) -> None:
-        """Start preparing the images of ``samples`` that are neither cached nor under way, in their order."""
+        """Start preparing the images of ``samples`` that are neither cached nor submitted before, in their order."""
         if self.pool is None:
             return
-        for sample in samples:
-            key = self.key(sample)
-            if key not in self.builder.pixel_cache and key not in self.pending:
-                self.pending[key] = self.pool.submit(self.builder.image_inputs, sample, self.family, self.processor)
+        with self.lock:
+            for sample in samples:
+                key = self.key(sample)
+                if key not in self.builder.pixel_cache and key not in self.submitted:
+                    self.submitted[key] = self.pool.submit(self.builder.image_inputs, sample, self.family, self.processor)
 
     def wait(self, samples: list[VQASample]) -> None:
-        """Block until the images of ``samples`` under way are ready; raise a worker's error for one of them."""
+        """Block until the submitted images of ``samples`` are ready; raise a worker's error for one of them."""
         for sample in samples:
-            future = self.pending.pop(self.key(sample), None)
+            with self.lock:  # kept after use: a key once submitted is never submitted again
+                future = self.submitted.get(self.key(sample))
             if future is not None:
                 future.result()
 
@@ -79,7 +83,7 @@ class ImagePrefetch:
         """Drop the images not yet started and wait for those under way (a stopped run exits promptly)."""
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pending.clear()
+        self.submitted.clear()
 
     def __enter__(self) -> "ImagePrefetch":
         return self

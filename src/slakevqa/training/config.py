@@ -68,7 +68,7 @@ class TrainConfig:
         "(sft objective; --no-pack_images: one row per question in random order)"))
     cache_image_features: bool = field(default=True, metadata=_help(
         "with a frozen vision tower, keep each image's vision features and skip the tower after the first time"))
-    image_workers: int = field(default=-1, metadata=_help(
+    prefetch_workers: int = field(default=-1, metadata=_help(
         "threads that prepare the next step's images (loading, masks, the model's processing) while a step runs: "
         "-1 auto (on a GPU one per core, at most 8; on a CPU none: its cores run the model), 0 none"))
     kernels: str = field(default="auto", metadata=_help(
@@ -208,7 +208,7 @@ RULES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("unfreeze_last_llm_layers", lambda v: v >= 0, ">= 0"),
     ("gradient_checkpointing_keep", lambda v: v >= 0, ">= 0 (0 recomputes every layer)"),
-    ("image_workers", lambda v: v >= -1, ">= -1 (-1: auto, 0: none)"),
+    ("prefetch_workers", lambda v: v >= -1, ">= -1 (-1: auto, 0: none)"),
     ("logging_steps", lambda v: v >= 1, "at least 1"),
     ("save_steps", lambda v: v >= 1, "at least 1"),
     ("eval_steps", lambda v: v >= 0, ">= 0 (0 turns the evaluation loss off)"),
@@ -283,7 +283,7 @@ NEUTRAL_FIELDS: dict[str, str] = {
     "kernels": "a kernel choice, like the device (the same math up to rounding)",
     "compile_layers": "compiled kernels for the same layers, like the device (the same math up to rounding)",
     "cache_image_features": "reuses the frozen tower's own outputs: the same features",
-    "image_workers": "the same images prepared by other threads, earlier (a test asserts equal pixels and losses)",
+    "prefetch_workers": "the same images prepared by other threads, earlier (a test asserts equal pixels and losses)",
     "logging_steps": "logging cadence", "save_steps": "checkpoint cadence", "eval_steps": "logging cadence",
     "save_total_limit": "how many checkpoints are kept", "resume_from_checkpoint": "a resume flag",
     "report_to": "logging", "tb_logdir": "logging", "tb_log_images_every": "logging", "tb_log_text_every": "logging",

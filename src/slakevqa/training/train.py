@@ -22,7 +22,7 @@ from slakevqa.data.slake import find_layout, load_split, load_training_split, re
 from slakevqa.distributed import agreed_signal, is_fsdp, step_share, step_total, use_cpu
 from slakevqa.errors import UserError
 from slakevqa.inputs.builder import InputBuilder
-from slakevqa.inputs.image_prefetch import ImagePrefetch, image_workers
+from slakevqa.inputs.image_prefetch import ImagePrefetch, worker_count
 from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.kernels.attention import attention_kernels
 from slakevqa.kernels.packing import flat_for_kernel
@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     world = accelerator.num_processes
     single = world == 1 and cfg.grad_accum == 1  # one micro-batch of one process: its loss is the step's
     # worker threads prepare the next step's images while this one runs on the device (inputs/image_prefetch.py)
-    images = ImagePrefetch(builder, family, processor, image_workers(cfg.image_workers, accelerator.device.type))
+    images = ImagePrefetch(builder, family, processor, worker_count(cfg.prefetch_workers, accelerator.device.type))
     images.submit(step_samples(start))
     with stopping.graceful(), images:  # SIGTERM / SIGUSR1 / Ctrl-C: the step finishes, a checkpoint, exit 75 (stopping.py)
         for step in range(start, n_steps):
