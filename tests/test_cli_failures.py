@@ -128,10 +128,12 @@ def test_stop_signals_are_one_line_and_the_handlers_are_restored(capsys: pytest.
 
 
 @pytest.mark.slow
-def test_sigterm_during_eval_says_so_and_the_rerun_resumes(saved_tiny: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["0", "2"])  # 2: images prepared by threads, as on a GPU; they end with the run
+def test_sigterm_during_eval_says_so_and_the_rerun_resumes(saved_tiny: Path, tmp_path: Path, workers: str) -> None:
     root, out = answerable_slake(tmp_path / "Slake1.0", test_questions=60, open_questions=False), tmp_path / "eval"
     argv = [sys.executable, "-m", "slakevqa", "eval", "--model_id_or_ckpt", str(saved_tiny), "--slake_root",
-            str(root), "--output_dir", str(out), "--device", "cpu", "--batch_size", "1", "--no-report"]
+            str(root), "--output_dir", str(out), "--device", "cpu", "--batch_size", "1", "--no-report",
+            "--prefetch_workers", workers]
     with (tmp_path / "stderr.txt").open("w+") as stderr:  # a file, not a pipe: a full pipe would stall the child
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr)
         predictions, deadline = out / "predictions.jsonl", time.monotonic() + 120
