@@ -366,7 +366,8 @@ class MaskStats:
         by_modality: dict[str, dict[str, int]] = {}
         for (modality, status), n in sorted(counts.items()):
             by_modality.setdefault(modality, {"applied": 0, "empty": 0, "missing": 0})[status] = n
-        total = {status: sum(n for (_, s), n in counts.items() if s == status) for status in ("applied", "empty", "missing")}
+        total = {status: sum(n for (_, s), n in counts.items() if s == status)
+                 for status in ("applied", "empty", "missing")}
         return {**total, "by_modality": by_modality, "sources": sources, "rules": rules}
 
 

@@ -56,7 +56,7 @@ class ImagePrefetch:
         self.builder, self.family, self.processor = builder, family, processor
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="slakevqa-images") if workers > 0 else None
         self.submitted: dict[tuple, Future] = {}  # every key submitted (its future holds what the cache holds)
-        self.lock = threading.Lock()  # training submits from its main thread and waits from its batch thread
+        self.lock = threading.Lock()  # submit and wait may be called from different threads
 
     def key(self, sample: VQASample) -> tuple:
         return self.builder.image_key(sample, self.family)

@@ -31,9 +31,7 @@ from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.families import family_of
 from slakevqa.models.families.family import packed_inputs
 from slakevqa.models.image_features import ImageFeatureCache
-from slakevqa.models.model_files import (
-    check_not_half_saved,
-)
+from slakevqa.models.model_files import check_not_half_saved
 from slakevqa.runs.results import sha256_file
 from slakevqa.training.checkpoint import (
     load_checkpoint,
