@@ -353,7 +353,8 @@ class MaskStats:
 
     def total(self, status: str) -> int:
         """Records of one status over all modalities."""
-        return sum(n for (_, s), n in self.counts.items() if s == status)
+        with self.lock:
+            return status_total(self.counts, status)
 
     @property
     def unmodified(self) -> int:
@@ -366,9 +367,13 @@ class MaskStats:
         by_modality: dict[str, dict[str, int]] = {}
         for (modality, status), n in sorted(counts.items()):
             by_modality.setdefault(modality, {"applied": 0, "empty": 0, "missing": 0})[status] = n
-        total = {status: sum(n for (_, s), n in counts.items() if s == status)
-                 for status in ("applied", "empty", "missing")}
-        return {**total, "by_modality": by_modality, "sources": sources, "rules": rules}
+        totals = {status: status_total(counts, status) for status in ("applied", "empty", "missing")}
+        return {**totals, "by_modality": by_modality, "sources": sources, "rules": rules}
+
+
+def status_total(counts: Counter, status: str) -> int:
+    """``counts[(modality, status)]`` summed over the modalities."""
+    return sum(n for (_, s), n in counts.items() if s == status)
 
 
 def condition_image(sample: VQASample, image: Image.Image, mode: str, pad_ratio: float,

@@ -1,9 +1,9 @@
 """Images prepared ahead: worker threads run each image's loading, mask conditioning and the family's processing
 for the questions to come, while the model works on the current ones.
 
-Preparing an image is host work in front of every batch: SLAKE's 96 English test images take ~0.9 s of one
-core with LLaVA's CLIP processing at 336 px, ~2 s with Gemma 3's and ~2.4 s with Qwen2.5-VL's (2-core CPU,
-``benchmarks/image_prefetch.py``), against ~9 s for the whole split's answers at 7B on one GPU. On a GPU the
+Preparing an image is host work in front of every batch: loading and processing SLAKE's 96 English test
+images takes ~0.9 s of one core for LLaVA's CLIP at 336 px, ~2.2 s for Gemma 3's and ~4.2 s for Qwen2.5-VL's
+(2-core CPU, ``benchmarks/image_prefetch.py``), against ~9 s for the whole split's answers at 7B on one GPU. On a GPU the
 host mostly waits for the device, and PyTorch releases the GIL inside its operators (PIL inside its
 resampling), so threads can do that work meanwhile. On a CPU the cores that would prepare images are the ones
 running the model, so by default no thread is started there (:func:`worker_count`).
@@ -23,7 +23,6 @@ image, say) is raised in the caller when it reaches that image, as it would have
 from __future__ import annotations
 
 import os
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from slakevqa.records import VQASample
@@ -56,7 +55,6 @@ class ImagePrefetch:
         self.builder, self.family, self.processor = builder, family, processor
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="slakevqa-images") if workers > 0 else None
         self.submitted: dict[tuple, Future] = {}  # every key submitted (its future holds what the cache holds)
-        self.lock = threading.Lock()  # submit and wait may be called from different threads
 
     def key(self, sample: VQASample) -> tuple:
         return self.builder.image_key(sample, self.family)
@@ -65,17 +63,15 @@ class ImagePrefetch:
         """Start preparing the images of ``samples`` that are neither cached nor submitted before, in their order."""
         if self.pool is None:
             return
-        with self.lock:
-            for sample in samples:
-                key = self.key(sample)
-                if key not in self.builder.pixel_cache and key not in self.submitted:
-                    self.submitted[key] = self.pool.submit(self.builder.image_inputs, sample, self.family, self.processor)
+        for sample in samples:
+            key = self.key(sample)
+            if key not in self.builder.pixel_cache and key not in self.submitted:
+                self.submitted[key] = self.pool.submit(self.builder.image_inputs, sample, self.family, self.processor)
 
     def wait(self, samples: list[VQASample]) -> None:
         """Block until the submitted images of ``samples`` are ready; raise a worker's error for one of them."""
         for sample in samples:
-            with self.lock:  # kept after use: a key once submitted is never submitted again
-                future = self.submitted.get(self.key(sample))
+            future = self.submitted.get(self.key(sample))  # kept after use: never submitted again
             if future is not None:
                 future.result()
 

@@ -12,6 +12,7 @@ order, dropout, initialisation) is seeded from ``cfg.seed`` and restored on resu
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -178,6 +179,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     logger = TrainLogger(cfg, out, enabled=accelerator.is_main_process, main=accelerator.is_main_process)
     logger.start(samples, counts, n_steps, builder, probe, family.chat)
 
+    @functools.lru_cache(maxsize=2 * cfg.grad_accum)  # a step's rows are asked for twice: images ahead, then the batch
     def micro_batch_rows(step: int, micro: int) -> list[int]:
         return step_rows(step, micro, len(samples), cfg.batch_size, cfg.grad_accum, cfg.seed,
                          accelerator.process_index, world, groups)
