@@ -123,7 +123,7 @@ def test_gemma3_rows_step_aside_for_a_window_shorter_than_the_prompts(setup) -> 
 def test_sliding_window_reads_each_config_as_its_model_does() -> None:
     from transformers import Gemma3TextConfig, MistralConfig, Qwen2_5_VLTextConfig
 
-    from slakevqa.evaluation.fast_backend import sliding_window
+    from slakevqa.kernels.segment_attention import sliding_window
 
     assert sliding_window(Gemma3TextConfig(sliding_window=1024)) == 1024
     assert sliding_window(MistralConfig(sliding_window=4096)) == 4096  # every layer (Mistral-7B v0.1 and its default)

@@ -21,7 +21,7 @@ import family_fixtures
 from slakevqa.data.slake import find_layout, load_split
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.vocab import build_closed_vocab
-from slakevqa.kernels.segment_attention import segments_attended
+from slakevqa.kernels.segment_attention import language_window, segments_attended
 from slakevqa.models.families import family_named
 from slakevqa.models.families.family import packed_inputs
 from slakevqa.training.examples import ExampleEncoder
@@ -110,6 +110,34 @@ def test_gemma_packed_rows_on_the_varlen_layout_equal_the_dense_mask(stretched: 
     assert varlen[2].keys() == dense[2].keys() and any("lora_A" in n for n in dense[2])
     for parameter in dense[2]:
         torch.testing.assert_close(varlen[2][parameter], dense[2][parameter], atol=1e-5, rtol=1e-4, msg=parameter)
+
+
+def test_gemma_batch_longer_than_the_sliding_window_stays_one_row_per_question(
+        stretched: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A packed row's mask reaches Gemma 3's sliding layers untouched, so an example longer than the window would
+    attend past it: such a batch stays one row per question and its loss is the model's own (packed, it is not)."""
+    family = family_named("gemma3")
+    tokenizer = family_fixtures.real_tokenizer("gemma3", tmp_path_factory)
+    model, processor = importlib.import_module("slakevqa.models.families.gemma3").build_tiny(tokenizer, seed=2)
+    model = configure_trainable(model.train(), use_lora=False)
+    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
+    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
+    plain, _ = ExampleEncoder(builder, processor, 512, 64, family=family).batch(samples)
+    longest = int(plain["attention_mask"].sum(1).max())
+    model.config.text_config.sliding_window = window = longest - 8  # the longest examples pass it
+    assert language_window(model) == window
+
+    guarded = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family, window=window)
+    kept, _ = guarded.batch(samples)
+    assert "segment_layout" not in kept and kept["input_ids"].shape[0] == len(samples)
+    assert guarded.stats()["unpacked_over_window"] == 1
+    short = [s for s in samples if len(guarded.encode(s).input_ids) <= window]
+    assert 0 < len(short) < len(samples)
+    assert "segment_layout" in guarded.batch(short)[0]  # a batch inside the window still packs
+    packed, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
+    want = answer_loss(model, plain).loss.item()
+    assert answer_loss(model, kept).loss.item() == pytest.approx(want, abs=1e-6)
+    assert abs(answer_loss(model, packed).loss.item() - want) > 1e-4  # packing would attend past the window
 
 
 def test_qwen_packed_positions_break_without_the_shift(stretched: Path,

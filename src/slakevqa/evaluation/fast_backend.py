@@ -25,18 +25,9 @@ from slakevqa.evaluation.row_decoding import EncodedRows, candidate_tail_logprob
 from slakevqa.kernels.attention import AttentionSettings
 from slakevqa.kernels.compat import cache_argument
 from slakevqa.kernels.packing import image_groups, prefix_length
-from slakevqa.kernels.segment_attention import segments_attended, varlen_serves
+from slakevqa.kernels.segment_attention import segments_attended, sliding_window, varlen_serves
 from slakevqa.kernels.shared_prefix import language_parts
 from slakevqa.models.families.family import stop_ids
-
-
-def sliding_window(config) -> int | None:
-    """The language model's sliding window where any layer slides, else None: Gemma 3's five of six layers
-    (``layer_types``; Qwen2.5-VL lists only full ones though its config names a window), every Mistral layer
-    when its config sets one (no ``layer_types``)."""
-    types = getattr(config, "layer_types", None)
-    slides = "sliding_attention" in types if types is not None else True
-    return getattr(config, "sliding_window", None) if slides else None
 
 
 @dataclass

@@ -226,6 +226,22 @@ def varlen_serves(model) -> bool:
     return varlen_kernel(torch.empty((1, 1, 1, head_dim), device=weight.device), weight.dtype) is not None
 
 
+def sliding_window(config) -> int | None:
+    """The language model's sliding window where any layer slides, else None: Gemma 3's five of six layers
+    (``layer_types``; Qwen2.5-VL lists only full ones though its config names a window), every Mistral layer
+    when its config sets one (no ``layer_types``)."""
+    types = getattr(config, "layer_types", None)
+    slides = "sliding_attention" in types if types is not None else True
+    return getattr(config, "sliding_window", None) if slides else None
+
+
+def language_window(model) -> int | None:
+    """:func:`sliding_window` of ``model``'s language model (its family's part; peft-wrapped or not)."""
+    from slakevqa.models.families import family_of
+
+    return sliding_window(family_of(model).parts.module(model, "language_model").config)
+
+
 def compute_dtype(query):
     """The dtype sdpa would compute in: autocast's inside an autocast region, else the query's."""
     import torch

@@ -31,10 +31,12 @@ class ExampleEncoder:
 
     def __init__(self, builder: InputBuilder, processor, max_prompt_len: int, max_answer_len: int,
                  objective: str = "sft", pack: bool = False, features: ImageFeatureCache | None = None,
-                 family=None, flat: bool = False) -> None:
+                 family=None, flat: bool = False, window: int | None = None) -> None:
         """``flat``: the caller lays packed batches end to end in one row once they are on the device, after the
         family's positions (:func:`slakevqa.kernels.packing.flat_for_kernel`; say so only where flash attention's
-        variable-length kernel runs the model: ``kernels.segment_attention.varlen_serves``)."""
+        variable-length kernel runs the model: ``kernels.segment_attention.varlen_serves``). ``window``: the
+        language model's sliding window (``kernels.segment_attention.language_window``); a batch with an example
+        longer than it is not packed (:func:`fits_window`)."""
         from slakevqa.models.families import DEFAULT_FAMILY, family_named
 
         self.family = family or family_named(DEFAULT_FAMILY)
@@ -42,7 +44,8 @@ class ExampleEncoder:
         self.pack = pack and objective == "sft" and self.family.fast.packing
         self.flat = flat and self.pack
         self.features = features  # given only where the family allows it (training.train.uses_feature_cache)
-        self.max_prompt_len, self.max_answer_len = max_prompt_len, max_answer_len
+        self.max_prompt_len, self.max_answer_len, self.window = max_prompt_len, max_answer_len, window
+        self.unpacked_over_window = 0  # batches left one row per question: an example passed the window
         self.texts: dict[int, EncodedExample] = {}
         self.choices: dict[int, Choice | None] = {}
 
@@ -70,6 +73,9 @@ class ExampleEncoder:
         image_id = self.processor.tokenizer.convert_tokens_to_ids(self.family.chat.image_token)
         if self.objective != "sft":
             batch = pack_batch(examples, [self.choices[s.qid] for s in samples], self.objective, pad)
+        elif self.pack and not fits_window(examples, self.window):
+            self.unpacked_over_window += 1
+            batch = pad_batch(examples, pad)
         elif self.pack:
             # flat: the rows go to flash attention's kernel, which reads the layout; no dense mask is built
             batch, firsts = pack_by_image(examples, [self.builder.pixel_key(s) for s in samples], image_id, pad,
@@ -92,4 +98,19 @@ class ExampleEncoder:
 
     def stats(self) -> dict:
         return {"encoded_questions": len(self.texts), "cached_images": len(self.builder.pixel_cache),
-                "mask": self.builder.mask_stats.as_dict()}
+                "mask": self.builder.mask_stats.as_dict(), "unpacked_over_window": self.unpacked_over_window}
+
+
+def fits_window(examples: list[EncodedExample], window: int | None) -> bool:
+    """Whether every example lies inside the sliding window, so that packing cannot change what it attends.
+
+    A packed batch attends through its own mask or layout, which transformers passes on untouched to every layer,
+    sliding ones included: an example longer than the window would see keys the model's sliding layers hide from
+    it. Such a batch stays one row per question, where the model builds its own sliding masks.
+
+    >>> fits_window([EncodedExample((1, 2, 3), (-100, -100, 3), 2, 1, False, False)], 3)
+    True
+    >>> fits_window([EncodedExample((1, 2, 3), (-100, -100, 3), 2, 1, False, False)], 2)
+    False
+    """
+    return window is None or max(len(e.input_ids) for e in examples) <= window

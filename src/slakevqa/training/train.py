@@ -27,7 +27,7 @@ from slakevqa.inputs.image_prefetch import ImagePrefetch, worker_count
 from slakevqa.inputs.vocab import build_closed_vocab, save_closed_vocab
 from slakevqa.kernels.attention import attention_kernels
 from slakevqa.kernels.packing import flat_for_kernel
-from slakevqa.kernels.segment_attention import segments_attended, varlen_serves
+from slakevqa.kernels.segment_attention import language_window, segments_attended, varlen_serves
 from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.families import family_of
 from slakevqa.models.families.family import packed_inputs
@@ -154,7 +154,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     features = ImageFeatureCache(model) if uses_feature_cache(cfg, accelerator, family) else None
     encoder = ExampleEncoder(builder, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
                              pack=cfg.pack_images, features=features, family=family,
-                             flat=varlen and varlen_serves(model))  # the kernel runs here: its device, dtype
+                             flat=varlen and varlen_serves(model),  # the kernel runs here: its device, dtype
+                             window=language_window(model))
     speed["packed"], speed["flat_packing"] = encoder.pack, encoder.flat
     groups = image_group_ids(samples, builder) if encoder.pack else None  # batches follow the image
     pad_id = processor.tokenizer.pad_token_id
@@ -200,7 +201,8 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         # without varlen the layout stays out of the forward (compiled layers would guard on it)
         batch = {k: v.to(accelerator.device) for k, v in batch.items() if varlen or k != "segment_layout"}
         batch = packed_inputs(family, model, batch)  # Qwen2.5-VL's packed rows: M-RoPE
-        return rows, flat_for_kernel(batch) if encoder.flat else batch, stats, weight
+        flat = encoder.flat and "segment_layout" in batch  # not a batch left unpacked by the sliding window
+        return rows, flat_for_kernel(batch) if flat else batch, stats, weight
     model.train()
     step_seconds: list[float] = []
     world = accelerator.num_processes
