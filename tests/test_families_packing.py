@@ -140,6 +140,25 @@ def test_gemma_batch_longer_than_the_sliding_window_stays_one_row_per_question(
     assert abs(answer_loss(model, packed).loss.item() - want) > 1e-4  # packing would attend past the window
 
 
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_images_are_joined_on_the_encoders_device(name: str, stretched: Path,
+                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each image's tensors cross to the device alone and are joined there (``meta`` stands in for a GPU)."""
+    family = family_named(name)
+    tokenizer = family_fixtures.real_tokenizer(TOKENIZERS[name], tmp_path_factory)
+    _, processor = importlib.import_module(f"slakevqa.models.families.{name}").build_tiny(tokenizer, seed=2)
+    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
+    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
+    here, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
+    there, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family, device="meta").batch(samples)
+    images = {name for name in here if name in ("pixel_values", "image_grid_thw")}
+    assert images == ({"pixel_values", "image_grid_thw"} if name == "qwen2_5_vl" else {"pixel_values"})
+    for key in images:
+        assert here[key].device.type == "cpu" and there[key].device.type == "meta"
+        assert there[key].shape == here[key].shape and there[key].dtype == here[key].dtype
+    assert torch.equal(there["input_ids"], here["input_ids"])  # the text stays where it was built
+
+
 def test_qwen_packed_positions_break_without_the_shift(stretched: Path,
                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
     """The shift matters: 1-D positions in packed Qwen2.5-VL rows (what the LLaVA rule would give) change the loss."""

@@ -155,7 +155,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
     encoder = ExampleEncoder(builder, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, cfg.closed_train_objective,
                              pack=cfg.pack_images, features=features, family=family,
                              flat=varlen and varlen_serves(model),  # the kernel runs here: its device, dtype
-                             window=language_window(model))
+                             window=language_window(model), device=accelerator.device)
     speed["packed"], speed["flat_packing"] = encoder.pack, encoder.flat
     groups = image_group_ids(samples, builder) if encoder.pack else None  # batches follow the image
     pad_id = processor.tokenizer.pad_token_id
