@@ -27,7 +27,7 @@ from slakevqa.kernels.compat import cache_argument
 from slakevqa.kernels.packing import image_groups, prefix_length
 from slakevqa.kernels.segment_attention import segments_attended, sliding_window, varlen_serves
 from slakevqa.kernels.shared_prefix import language_parts
-from slakevqa.models.families.family import stop_ids
+from slakevqa.models.families.family import stop_ids, to_device
 
 
 @dataclass
@@ -88,8 +88,8 @@ class FastBackend:
     def pixels(self, items: list):
         import torch
 
-        dtype = next(self.model.parameters()).dtype
-        return torch.stack([p.pixel_values for p in items]).to(self.device, dtype)
+        dtype = next(self.model.parameters()).dtype  # joined and cast on the device (family.to_device says why)
+        return torch.stack([to_device(p.pixel_values, self.device) for p in items]).to(dtype)
 
     def encode(self, items: list) -> BatchRows:
         """Every item's prompt run once, packed by image (:mod:`.packed_prefill`): one row per item."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from slakevqa.evaluation.row_decoding import candidate_tokens, later_token_logprobs
 from slakevqa.kernels.compat import cache_argument, returned_cache
-from slakevqa.models.families.family import on_device, prompt_batch, stop_ids
+from slakevqa.models.families.family import prompt_batch, stop_ids
 
 
 class PlainBackend:
@@ -31,9 +31,8 @@ class PlainBackend:
 
     def inputs(self, items: list) -> dict:
         """Left-padded prompts with the family's image inputs and per-token extras, on the model's device."""
-        batch = prompt_batch(self.family, [p.prompt_ids for p in items], [p.image for p in items],
-                             self.tokenizer.pad_token_id)
-        return on_device(batch, self.model)
+        return prompt_batch(self.family, [p.prompt_ids for p in items], [p.image for p in items],
+                            self.tokenizer.pad_token_id, self.model)
 
     def generate(self, items: list, max_new_tokens: int) -> list[str]:
         """Each item's decoded answer, every item decoded up to ``max_new_tokens``."""

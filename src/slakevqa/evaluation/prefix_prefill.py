@@ -33,9 +33,9 @@ from slakevqa.kernels.shared_prefix import (
 def prefix_forward(model, family, prefix_ids: list[list[int]], images: list, pad_id: int):
     """Per-layer prefix keys and values ``(n_images, kv, P, d)`` and each image's next text position ``(n_images,)``."""
     from slakevqa.kernels import compat
-    from slakevqa.models.families.family import on_device, prompt_batch
+    from slakevqa.models.families.family import prompt_batch
 
-    batch = on_device(prompt_batch(family, prefix_ids, images, pad_id), model)
+    batch = prompt_batch(family, prefix_ids, images, pad_id, model)
     positions = family.position_ids(model, batch["input_ids"], batch["attention_mask"], batch)
     out = model(**batch, position_ids=positions, use_cache=True, logits_to_keep=1)
     following = family.next_positions(positions, 1)  # (n, 1), or (3, n, 1) with the same value on every axis

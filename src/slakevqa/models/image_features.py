@@ -47,7 +47,8 @@ class ImageFeatureCache:
         missing = [i for i, key in enumerate(keys) if key not in self.cache]
         if missing:
             dtype, device = next(self.vision.parameters()).dtype, next(self.vision.parameters()).device
-            batch = torch.stack([pixels(i) for i in missing]).to(device, dtype)
+            # joined and cast on the device (families.family.to_device says why)
+            batch = torch.stack([pixels(i).to(device) for i in missing]).to(dtype)
             with torch.no_grad():
                 computed = self.tower_features(self.vision, self.config, batch)
             for i, row in zip(missing, computed):

@@ -124,11 +124,11 @@ def generate_once(model: PreTrainedModel, processor: ProcessorMixin, family, ima
     import torch
 
     from slakevqa.inputs.encoding import encode_prompt
-    from slakevqa.models.families.family import on_device, prompt_batch, stop_ids
+    from slakevqa.models.families.family import prompt_batch, stop_ids
 
     inputs = family.images.process(processor, image)
     ids, _ = encode_prompt(processor.tokenizer, question, inputs.tokens, 10 ** 6, chat=family.chat)
-    batch = on_device(prompt_batch(family, [ids], [inputs], processor.tokenizer.pad_token_id), model)
+    batch = prompt_batch(family, [ids], [inputs], processor.tokenizer.pad_token_id, model)
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.encoding import EncodedExample, batch_stats, encode_example, pad_batch
 from slakevqa.kernels.packing import pack_by_image, with_image_blocks
-from slakevqa.models.families.family import ImageInputs
+from slakevqa.models.families.family import images_on
 from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.records import VQASample
 from slakevqa.training.choice import Choice, make_choice, pack_batch
@@ -102,21 +102,6 @@ class ExampleEncoder:
     def stats(self) -> dict:
         return {"encoded_questions": len(self.texts), "cached_images": len(self.builder.pixel_cache),
                 "mask": self.builder.mask_stats.as_dict(), "unpacked_over_window": self.unpacked_over_window}
-
-
-def images_on(images: list[ImageInputs], device) -> list[ImageInputs]:
-    """``images`` with their tensors on ``device`` (None: as they are), each copied alone.
-
-    Why: joining them on the host first copies every byte once more, in one thread. A packed batch of 64
-    Qwen2.5-VL questions (English train split) holds 38 MB of fp32 patches where its images are 512 px and
-    175-234 MB where they are SLAKE's 1024 px X-rays; the host's ``torch.cat`` took 10-14 and 60-300 ms of them
-    (2-core CPU), against a training step of about a second. On the device the join costs next to nothing. Each
-    copy is synchronous from pageable memory, as the batch's own copy was.
-    """
-    if device is None:
-        return images
-    return [ImageInputs({name: tensor.to(device) for name, tensor in image.tensors.items()}, image.tokens)
-            for image in images]
 
 
 def fits_window(examples: list[EncodedExample], window: int | None) -> bool:
