@@ -13,7 +13,8 @@
 # bench_data/Slake1.0's English test split); eval_med (benchmarks/eval_stages.py at LLaVA-Med's shape: the default,
 # whose prefill lays the images' rows end to end, against padded rows and against reused decoding, full and
 # trained lengths, images prepared in the timing serially and by worker threads); prefetch (benchmarks/image_prefetch.py:
-# the host's image preparation per family, serial and threaded); train_med (benchmarks/train_packing.py at LLaVA-Med's shape: the default, flat rows, against
+# the host's image preparation per family, serial and threaded); transfer (benchmarks/pixel_transfer.py: a batch's images
+# to the device, joined and cast on the host against on the device); train_med (benchmarks/train_packing.py at LLaVA-Med's shape: the default, flat rows, against
 # padded rows and +keep8); compile_med (eager vs compiled layers, loss for loss, LoRA dropout 0 and 0.05);
 # eval_FAMILY (benchmarks/family_eval_speed.py: fast vs plain, and fast with reused decoding, in one run);
 # train_FAMILY (benchmarks/train_packing.py: one row per question vs packed, varlen, Liger). A job gets the budget
@@ -74,6 +75,9 @@ for job in "$@"; do
         prefetch)  # the host's image preparation per family, serial against worker threads (no GPU work)
             run_job "$job" 90 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/image_prefetch.py \
                 --slake_root bench_data/Slake1.0 --workers 0,4,8,15 --out "$out/suite/$job.json" ;;
+        transfer)  # a batch's images to the device: joined and cast on the host (the old way) against on the device
+            run_job "$job" 90 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/pixel_transfer.py \
+                --slake_root bench_data/Slake1.0 --out "$out/suite/$job.json" ;;
         train_med)  # LLaVA-Med's 80 samples/s target: the default (flat rows) against padded rows and +keep8
             run_job "$job" 240 env PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/train_packing.py $tiny \
                 --slake_root bench_data/Slake1.0 --steps 6 --warmup 2 \

@@ -1,8 +1,8 @@
 """Images reach the model's device as they are, one by one, and are joined and cast there.
 
-PyTorch converts a blocking cross-device copy's dtype on the host (40 ms for a batch of 25 CLIP images on the 2-core
-CPU, 244 ms for nine 1024 px Qwen2.5-VL images), and a host-side join copies every byte once more. ``meta`` stands in
-for the GPU; every aten operation is recorded with the device of its input and the dtype of its output.
+PyTorch converts a blocking cross-device copy's dtype on the host (``family.to_device`` has the costs), and a host-side
+join copies every byte once more. ``meta`` stands in for the GPU; every aten operation is recorded with the device of
+its input and the dtype of its output.
 """
 
 from __future__ import annotations

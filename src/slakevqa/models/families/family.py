@@ -293,10 +293,11 @@ def on_device(batch: dict, model) -> dict:
 def to_device(tensor, device, dtype=None):
     """``tensor`` copied to ``device`` as it is, then cast there to ``dtype`` (None: kept).
 
-    Why not ``tensor.to(device, dtype)``: a blocking copy that also changes the dtype converts on the host, in one
-    thread (PyTorch's copy spares device memory that way). fp32 -> bf16 took 40 ms for a batch of 25 CLIP images
-    (34 MB) and 244 ms for nine 1024 px Qwen2.5-VL images (232 MB) on the 2-core CPU; on a GPU it is free, and the
-    copy carries twice the bytes at ~20 GB/s. The values are the same: both round to nearest even.
+    Why not ``tensor.to(device, dtype)``: a blocking copy that also changes the dtype converts on the host (PyTorch's
+    copy spares device memory that way). Joined and cast on the 2-core CPU, an evaluation batch's 23 Qwen2.5-VL
+    images (English test split, 118 MB in bf16) took 144 ms (``benchmarks/pixel_transfer.py``), nine 1024 px ones
+    (232 MB in fp32) 244 ms into fresh memory; on a GPU the cast is free, and the copy carries twice the bytes at
+    ~20 GB/s. The values are the same: both round to nearest even.
     """
     moved = tensor.to(device)
     return moved if dtype is None else moved.to(dtype)
