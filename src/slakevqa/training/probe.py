@@ -169,8 +169,9 @@ def build_probe(cfg: TrainConfig, root: Path, train_samples: list[VQASample], bu
     # No eval loss without held-out records: a loss on training questions under that name would mislead.
     records = held_out[: DRY_RUN_LIMIT if cfg.dry_run else EVAL_LOSS_RECORDS]
     return Probe(balanced_subset(pool, size, cfg.seed), records, source, own,
-                 ExampleEncoder(own, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, family=family), processor,
-                 cfg.batch_size, cfg.attention, family)
+                 ExampleEncoder(own, processor, cfg.inputs.max_prompt_len, cfg.max_answer_len, family=family,
+                                device=accelerator.device),  # one row per question: a batch's images joined there
+                 processor, cfg.batch_size, cfg.attention, family)
 
 
 def runs_alone(accelerator: object) -> bool:
