@@ -161,3 +161,42 @@ def test_train_lays_packed_rows_flat_where_the_kernel_serves(synth_root: Path, t
     # equal up to fp32 rounding, which two updates carry on (other GEMM shapes sum in another order)
     assert steps == (1, 2, 3) and losses == pytest.approx([loss for _, loss in runs[False]], rel=2e-5)
     assert reference_kernel  # the packed rows went through the kernel in both runs
+
+
+@pytest.mark.parametrize("name,tokenizer", [("qwen2_5_vl", "qwen2_5"), ("gemma3", "gemma3")])
+def test_train_in_the_gpu_layout_lays_every_family_flat(name: str, tokenizer: str, synth_root: Path, tmp_path: Path,
+                                                        reference_kernel, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """``slakevqa train``'s default GPU path on CPU, as far as CPU goes: bf16 weights, fp32 adapters under bf16
+    autocast, gradient checkpointing, packed rows laid flat through the (reference) kernel with the family's own
+    inputs (Qwen2.5-VL's ``(3, 1, T)`` M-RoPE positions, Gemma 3's non-causal image block) and the images joined
+    on the model's device. Its losses are a padded run's within bf16 rounding."""
+    import importlib
+    import json
+
+    import family_fixtures
+    import slakevqa.training.train as train_module
+    from slakevqa.config import make_config
+    from slakevqa.training.config import TrainConfig
+
+    module = importlib.import_module(f"slakevqa.models.families.{name}")
+    real = family_fixtures.real_tokenizer(tokenizer, tmp_path_factory)
+    runs, causal_flags = {}, {}
+    for flat in (True, False):
+        if not flat:
+            monkeypatch.setattr(train_module, "varlen_serves", lambda model: False)
+        model, processor = module.build_tiny(real, seed=2)
+        out = tmp_path / str(flat)
+        cfg = make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(out), max_steps=3,
+                          batch_size=8, final_eval=False, tb=False, eval_steps=0, lora_r=4, precision="bf16",
+                          lora_target_modules="all-linear", gradient_checkpointing=True)
+        before = len(reference_kernel)
+        runs[flat] = train_module.train(cfg, model.to(torch.bfloat16), processor).losses
+        causal_flags[flat] = reference_kernel[before:]
+        config = json.loads((out / "run_config.json").read_text())
+        assert config["speed_levers"]["packed"] and config["speed_levers"]["flat_packing"] == flat
+        assert config["precision"] == {"weights": "bfloat16", "adapters": "float32", "autocast": "bf16"}
+    steps, losses = zip(*runs[True])
+    assert steps == (1, 2, 3) and all(loss == loss and loss > 0 for loss in losses)  # finite, not NaN
+    assert losses == pytest.approx([loss for _, loss in runs[False]], rel=1e-3)  # bf16: other sums, other roundings
+    assert causal_flags[True] and (False in causal_flags[True]) == (name == "gemma3")  # Gemma's block: non-causal
