@@ -50,13 +50,9 @@ def expand_image_token(ids: list[int], image_id: int, image_tokens: int) -> list
     return ids[:at] + [image_id] * image_tokens + ids[at + 1:]
 
 
-def tokenize(tokenizer, chat: ChatFormat, text: str) -> list[int]:
-    """Ids of a rendered ``text``: BOS from the tokenizer or from the template, as the format says."""
-    return list(tokenizer(text, add_special_tokens=chat.bos_from_tokenizer).input_ids)
-
-
 def tokenize_all(tokenizer, chat: ChatFormat, texts: list[str]) -> list[list[int]]:
-    """:func:`tokenize` of each of ``texts``, in one call (a fast tokenizer encodes the list as a batch)."""
+    """Ids of each rendered text, in one call (a fast tokenizer encodes the list as a batch): BOS from the tokenizer
+    or from the template, as the format says."""
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=chat.bos_from_tokenizer).input_ids] if texts else []
 
 
@@ -72,16 +68,24 @@ def encode_prompt(tokenizer, user_text: str, image_tokens: int, max_prompt_len: 
     None) are expanded on ids after truncation; the others are expanded in the text before tokenising,
     as their processors do.
     """
-    text = chat.generation_prompt(user_text, bos_for(tokenizer, chat))
-    if chat.image_text is not None:
-        text = text.replace(chat.marker, chat.image_text(image_tokens), 1)
-    ids = tokenize(tokenizer, chat, text)
-    # the limit counts an image as one token whichever way it expands (--max_prompt_len: image tokens excluded)
-    limit = max_prompt_len if chat.image_text is None else max_prompt_len + image_tokens - 1
-    ids, cut = truncate_prompt(ids, tokenizer.convert_tokens_to_ids(chat.image_end), limit)
-    if chat.image_text is None:
-        ids = expand_image_token(ids, tokenizer.convert_tokens_to_ids(chat.image_token), image_tokens)
-    return ids, cut
+    return encode_prompts(tokenizer, [(user_text, image_tokens)], max_prompt_len, chat=chat)[0]
+
+
+def encode_prompts(tokenizer, prompts: list[tuple[str, int]], max_prompt_len: int = 512, *,
+                   chat: ChatFormat) -> list[tuple[list[int], bool]]:
+    """:func:`encode_prompt` of every ``(user_text, image_tokens)``, tokenised in one call."""
+    bos, texts = bos_for(tokenizer, chat), []
+    for user_text, image_tokens in prompts:
+        text = chat.generation_prompt(user_text, bos)
+        texts.append(text if chat.image_text is None else text.replace(chat.marker, chat.image_text(image_tokens), 1))
+    image_end, image_id = (tokenizer.convert_tokens_to_ids(t) for t in (chat.image_end, chat.image_token))
+    encoded = []
+    for ids, (_, image_tokens) in zip(tokenize_all(tokenizer, chat, texts), prompts, strict=True):
+        # the limit counts an image as one token whichever way it expands (--max_prompt_len: image tokens excluded)
+        limit = max_prompt_len if chat.image_text is None else max_prompt_len + image_tokens - 1
+        ids, cut = truncate_prompt(ids, image_end, limit)
+        encoded.append((expand_image_token(ids, image_id, image_tokens) if chat.image_text is None else ids, cut))
+    return encoded
 
 
 def encode_answer(tokenizer, user_text: str, answer: str, *, chat: ChatFormat) -> list[int]:
@@ -128,13 +132,26 @@ def answer_tail(prompt_ids: list[int], full_ids: list[int], answer: str, stop: i
 def encode_example(tokenizer, user_text: str, answer: str, image_tokens: int, max_prompt_len: int = 512,
                    max_answer_len: int = 64, *, chat: ChatFormat) -> EncodedExample:
     """Token ids and labels of one training example (see the module docstring)."""
-    answer_ids = encode_answer(tokenizer, user_text, answer, chat=chat)
-    prompt_ids, prompt_cut = encode_prompt(tokenizer, user_text, image_tokens, max_prompt_len, chat=chat)
-    answer_cut = len(answer_ids) > max_answer_len
-    if answer_cut:  # keep the stop token so the model still learns to stop
-        answer_ids = answer_ids[: max_answer_len - 1] + answer_ids[-1:]
-    return EncodedExample(tuple(prompt_ids + answer_ids), tuple([IGNORE_INDEX] * len(prompt_ids) + answer_ids),
-                          len(prompt_ids) - image_tokens + 1, len(answer_ids), prompt_cut, answer_cut)
+    return encode_examples(tokenizer, [(user_text, answer, image_tokens)], max_prompt_len, max_answer_len,
+                           chat=chat)[0]
+
+
+def encode_examples(tokenizer, examples: list[tuple[str, str, int]], max_prompt_len: int = 512,
+                    max_answer_len: int = 64, *, chat: ChatFormat) -> list[EncodedExample]:
+    """:func:`encode_example` of every ``(user_text, answer, image_tokens)``: the prompts in one tokenizer call,
+    the answers (each with its prompt) in another. One call per text cost a LLaVA-Med training batch of 64 new
+    questions ~40 ms on the 2-core CPU, in every step of the first epoch."""
+    answers = encode_answers(tokenizer, [(user_text, [answer]) for user_text, answer, _ in examples], chat=chat)
+    prompts = encode_prompts(tokenizer, [(user_text, tokens) for user_text, _, tokens in examples], max_prompt_len,
+                             chat=chat)
+    encoded = []
+    for (prompt_ids, prompt_cut), [answer_ids], (_, _, image_tokens) in zip(prompts, answers, examples, strict=True):
+        answer_cut = len(answer_ids) > max_answer_len
+        if answer_cut:  # keep the stop token so the model still learns to stop
+            answer_ids = answer_ids[: max_answer_len - 1] + answer_ids[-1:]
+        encoded.append(EncodedExample(tuple(prompt_ids + answer_ids), tuple([IGNORE_INDEX] * len(prompt_ids) + answer_ids),
+                                      len(prompt_ids) - image_tokens + 1, len(answer_ids), prompt_cut, answer_cut))
+    return encoded
 
 
 def pad_batch(examples: list[EncodedExample], pad_id: int) -> dict:

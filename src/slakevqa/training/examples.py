@@ -19,7 +19,7 @@ one image per row, or, with an :class:`ImageFeatureCache` (frozen vision tower, 
 from __future__ import annotations
 
 from slakevqa.inputs.builder import InputBuilder
-from slakevqa.inputs.encoding import EncodedExample, batch_stats, encode_example, pad_batch
+from slakevqa.inputs.encoding import EncodedExample, batch_stats, encode_examples, pad_batch
 from slakevqa.kernels.packing import pack_by_image, with_image_blocks
 from slakevqa.models.families.family import images_on
 from slakevqa.models.image_features import ImageFeatureCache
@@ -53,15 +53,22 @@ class ExampleEncoder:
         self.choices: dict[int, Choice | None] = {}
 
     def encode(self, sample: VQASample) -> EncodedExample:
-        if sample.qid not in self.texts:
-            view = self.builder.view(sample)
+        return self.encode_all([sample])[0]
+
+    def encode_all(self, samples: list[VQASample]) -> list[EncodedExample]:
+        """Each sample's example, those not seen before encoded together (two tokenizer calls for all of them)."""
+        new = list({s.qid: s for s in samples if s.qid not in self.texts}.values())
+        if new:
             tokenizer, chat = self.processor.tokenizer, self.family.chat
-            self.texts[sample.qid] = encode_example(tokenizer, view.user_text, sample.answer,
-                                                    self.image_inputs(sample).tokens, self.max_prompt_len,
-                                                    self.max_answer_len, chat=chat)
-            self.choices[sample.qid] = (make_choice(tokenizer, view.user_text, view.route, sample.answer,
-                                                    self.builder.vocab, chat) if self.objective != "sft" else None)
-        return self.texts[sample.qid]
+            views = [self.builder.view(s) for s in new]
+            encoded = encode_examples(tokenizer, [(v.user_text, s.answer, self.image_inputs(s).tokens)
+                                                  for s, v in zip(new, views)],
+                                      self.max_prompt_len, self.max_answer_len, chat=chat)
+            for sample, view, example in zip(new, views, encoded, strict=True):
+                self.texts[sample.qid] = example
+                self.choices[sample.qid] = (make_choice(tokenizer, view.user_text, view.route, sample.answer,
+                                                        self.builder.vocab, chat) if self.objective != "sft" else None)
+        return [self.texts[s.qid] for s in samples]
 
     def image_inputs(self, sample: VQASample):
         return self.builder.image_inputs(sample, self.family, self.processor)
@@ -70,7 +77,7 @@ class ExampleEncoder:
         return self.image_inputs(sample).pixel_values
 
     def batch(self, samples: list[VQASample]) -> tuple[dict, dict]:
-        examples = [self.encode(s) for s in samples]
+        examples = self.encode_all(samples)
         pad = self.processor.tokenizer.pad_token_id
         rows = samples  # the sample whose pixels each row takes
         image_id = self.processor.tokenizer.convert_tokens_to_ids(self.family.chat.image_token)
