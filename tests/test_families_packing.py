@@ -196,6 +196,23 @@ def test_choice_rows_leave_the_answer_loss_unchanged(name: str, stretched: Path,
     torch.testing.assert_close(combined.row_losses, reference.row_losses, atol=1e-5, rtol=1e-5)
 
 
+def test_gemma_choice_rows_past_the_sliding_window_are_refused_by_question(
+        stretched: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Choice rows have no one-row-per-question form: past the window they are refused, naming the question."""
+    from slakevqa.errors import UserError
+
+    family = family_named("gemma3")
+    tokenizer = family_fixtures.real_tokenizer("gemma3", tmp_path_factory)
+    _, processor = importlib.import_module("slakevqa.models.families.gemma3").build_tiny(tokenizer, seed=2)
+    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
+    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:10]
+    longest = max(len(e.input_ids) for e in ExampleEncoder(builder, processor, 512, 64, family=family).encode_all(samples))
+    assert "segment_layout" in ExampleEncoder(builder, processor, 512, 64, "hybrid", family=family,
+                                              window=longest + 16).batch(samples)[0]
+    with pytest.raises(UserError, match=r"question \d+: .* past the language model's sliding window \(40\)"):
+        ExampleEncoder(builder, processor, 512, 64, "hybrid", family=family, window=40).batch(samples)
+
+
 def test_gemma3_cached_tower_features_equal_the_vision_forward(stretched: Path,
                                                                tmp_path_factory: pytest.TempPathFactory) -> None:
     """A frozen SigLIP's outputs kept per image (``gemma3.tower_features``): packed rows with cached features give

@@ -82,6 +82,7 @@ class ExampleEncoder:
         rows = samples  # the sample whose pixels each row takes
         image_id = self.processor.tokenizer.convert_tokens_to_ids(self.family.chat.image_token)
         if self.objective != "sft":
+            refuse_past_window(samples, examples, [self.choices[s.qid] for s in samples], self.window)
             batch = pack_batch(examples, [self.choices[s.qid] for s in samples], self.objective, pad)
         elif self.pack and not fits_window(examples, self.window):
             self.unpacked_over_window += 1
@@ -109,6 +110,24 @@ class ExampleEncoder:
     def stats(self) -> dict:
         return {"encoded_questions": len(self.texts), "cached_images": len(self.builder.pixel_cache),
                 "mask": self.builder.mask_stats.as_dict(), "unpacked_over_window": self.unpacked_over_window}
+
+
+def refuse_past_window(samples: list[VQASample], examples: list[EncodedExample], choices: list[Choice | None],
+                       window: int | None) -> None:
+    """Raise UserError where a question's choice row would pass the sliding window: its prompt and its longest
+    candidate or answer. Choice rows (``--closed_train_objective mc|hybrid``) have no one-row-per-question form
+    to fall back on, and their mask reaches the sliding layers untouched (:func:`fits_window`)."""
+    from slakevqa.errors import UserError
+
+    if window is None:
+        return
+    for sample, example, choice in zip(samples, examples, choices, strict=True):
+        prompt = len(example.input_ids) - example.answer_tokens
+        longest = prompt + max([example.answer_tokens] + [len(c) for c in (choice.candidates if choice else ())])
+        if longest > window:
+            raise UserError(f"question {sample.qid}: its prompt and longest candidate take {longest} tokens, past the "
+                            f"language model's sliding window ({window}); choice rows cannot slide: lower "
+                            "--max_prompt_len or train with --closed_train_objective sft")
 
 
 def fits_window(examples: list[EncodedExample], window: int | None) -> bool:
