@@ -60,6 +60,17 @@ def same_tensors(a: dict, b: dict) -> bool:
         for k in a)
 
 
+def reported(reports: list, report: dict) -> None:
+    """``report`` kept and printed as it comes (a run stopped at its limit still shows what it measured)."""
+    reports.append(report)
+    print(json.dumps(report), flush=True)
+
+
+def write_reports(reports: list, out: str | None) -> None:
+    if out:
+        Path(out).write_text(json.dumps(reports, indent=1))
+
+
 def main() -> None:
     from slakevqa.data.slake import find_layout, load_split
     from slakevqa.models.families import family_named
@@ -85,10 +96,8 @@ def main() -> None:
                           "seconds": round(seconds, 3), "images_per_s": round(len(cache) / seconds, 1),
                           "equal_to_serial": same_tensors(serial, cache), "cores": cores}
                 assert report["equal_to_serial"], f"{name}: {workers} workers prepared other tensors"
-                reports.append(report)
-                print(json.dumps(report), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(reports, indent=1))
+                reported(reports, report)
+    write_reports(reports, args.out)
 
 
 if __name__ == "__main__":

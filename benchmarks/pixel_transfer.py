@@ -14,7 +14,6 @@ device synchronised, tensors asserted equal. On a CPU both ways do the same work
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from image_prefetch import FAMILIES, family_processor, prepare_all  # noqa: E402
+from image_prefetch import FAMILIES, family_processor, prepare_all, reported, write_reports  # noqa: E402
 
 
 def host_join(family, images, device, dtype) -> dict:
@@ -97,10 +96,8 @@ def main() -> None:
                           "images_per_batch": per, "batches": len(batches), "bf16_mb_median": round(megabytes, 1),
                           "host_join_ms": round(old * 1000, 2), "device_join_ms": round(new * 1000, 2),
                           "equal": True}
-                reports.append(report)
-                print(json.dumps(report), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(reports, indent=1))
+                reported(reports, report)
+    write_reports(reports, args.out)
 
 
 if __name__ == "__main__":

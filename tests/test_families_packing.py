@@ -50,15 +50,22 @@ def loss_and_grads(model, batch: dict) -> tuple:
     return float(result.loss.detach()), result.row_losses.detach(), grads
 
 
-@pytest.mark.parametrize("name", sorted(TOKENIZERS))
-def test_packed_rows_equal_one_row_per_question(name: str, stretched: Path,
-                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+def tiny_setup(name: str, stretched: Path, tmp_path_factory: pytest.TempPathFactory, questions: int = 20) -> tuple:
+    """``(family, model, processor, builder, samples)``: the family's tiny model (seed 2, real tokenizer) and the first
+    ``questions`` training questions of the stretched synthetic SLAKE, image by image."""
     family = family_named(name)
     tokenizer = family_fixtures.real_tokenizer(TOKENIZERS[name], tmp_path_factory)
     model, processor = importlib.import_module(f"slakevqa.models.families.{name}").build_tiny(tokenizer, seed=2)
-    model = configure_trainable(model.train(), use_lora=False, freeze_vision_tower=False)
     builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
-    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
+    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:questions]
+    return family, model, processor, builder, samples
+
+
+@pytest.mark.parametrize("name", sorted(TOKENIZERS))
+def test_packed_rows_equal_one_row_per_question(name: str, stretched: Path,
+                                                tmp_path_factory: pytest.TempPathFactory) -> None:
+    family, model, processor, builder, samples = tiny_setup(name, stretched, tmp_path_factory)
+    model = configure_trainable(model.train(), use_lora=False, freeze_vision_tower=False)
     plain, _ = ExampleEncoder(builder, processor, 512, 64, family=family).batch(samples)
     encoder = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family)
     packed, _ = encoder.batch(samples)
@@ -91,13 +98,9 @@ def test_gemma_packed_rows_on_the_varlen_layout_equal_the_dense_mask(stretched: 
     """Gemma 3's packed rows through the variable-length kernel (``reference_kernel`` stands in for flash attention's):
     the image block as a non-causal call, the rest causal; loss, per-question losses and gradients as the dense mask's
     (itself tested equal to one row per question above), gradient checkpointing on."""
-    family = family_named("gemma3")
-    tokenizer = family_fixtures.real_tokenizer("gemma3", tmp_path_factory)
-    model, processor = importlib.import_module("slakevqa.models.families.gemma3").build_tiny(tokenizer, seed=2)
+    family, model, processor, builder, samples = tiny_setup("gemma3", stretched, tmp_path_factory)
     model = configure_trainable(model.train(), use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
-    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
     packed, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
     dense = loss_and_grads(model, packed)
     assert not reference_kernel
@@ -116,12 +119,8 @@ def test_gemma_batch_longer_than_the_sliding_window_stays_one_row_per_question(
         stretched: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """A packed row's mask reaches Gemma 3's sliding layers untouched, so an example longer than the window would
     attend past it: such a batch stays one row per question and its loss is the model's own (packed, it is not)."""
-    family = family_named("gemma3")
-    tokenizer = family_fixtures.real_tokenizer("gemma3", tmp_path_factory)
-    model, processor = importlib.import_module("slakevqa.models.families.gemma3").build_tiny(tokenizer, seed=2)
+    family, model, processor, builder, samples = tiny_setup("gemma3", stretched, tmp_path_factory)
     model = configure_trainable(model.train(), use_lora=False)
-    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
-    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
     plain, _ = ExampleEncoder(builder, processor, 512, 64, family=family).batch(samples)
     longest = int(plain["attention_mask"].sum(1).max())
     model.config.text_config.sliding_window = window = longest - 8  # the longest examples pass it
@@ -144,11 +143,7 @@ def test_gemma_batch_longer_than_the_sliding_window_stays_one_row_per_question(
 def test_images_are_joined_on_the_encoders_device(name: str, stretched: Path,
                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     """Each image's tensors cross to the device alone and are joined there (``meta`` stands in for a GPU)."""
-    family = family_named(name)
-    tokenizer = family_fixtures.real_tokenizer(TOKENIZERS[name], tmp_path_factory)
-    _, processor = importlib.import_module(f"slakevqa.models.families.{name}").build_tiny(tokenizer, seed=2)
-    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
-    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
+    family, _, processor, builder, samples = tiny_setup(name, stretched, tmp_path_factory)
     here, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
     there, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family, device="meta").batch(samples)
     images = {name for name in here if name in ("pixel_values", "image_grid_thw")}
@@ -162,11 +157,7 @@ def test_images_are_joined_on_the_encoders_device(name: str, stretched: Path,
 def test_qwen_packed_positions_break_without_the_shift(stretched: Path,
                                                        tmp_path_factory: pytest.TempPathFactory) -> None:
     """The shift matters: 1-D positions in packed Qwen2.5-VL rows (what the LLaVA rule would give) change the loss."""
-    family = family_named("qwen2_5_vl")
-    tokenizer = family_fixtures.real_tokenizer("qwen2_5", tmp_path_factory)
-    model, processor = importlib.import_module("slakevqa.models.families.qwen2_5_vl").build_tiny(tokenizer, seed=2)
-    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
-    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:12]
+    family, model, processor, builder, samples = tiny_setup("qwen2_5_vl", stretched, tmp_path_factory, 12)
     packed, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
     plain, _ = ExampleEncoder(builder, processor, 512, 64, family=family).batch(samples)
     with torch.no_grad():  # every question's own loss
@@ -182,11 +173,7 @@ def test_choice_rows_leave_the_answer_loss_unchanged(name: str, stretched: Path,
                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
     """``--closed_train_objective hybrid`` packs candidates after each prompt: with the choice loss weighted 0 the
     loss is the answer loss of one row per question (M-RoPE positions and the image block hold there too)."""
-    family = family_named(name)
-    tokenizer = family_fixtures.real_tokenizer(TOKENIZERS[name], tmp_path_factory)
-    model, processor = importlib.import_module(f"slakevqa.models.families.{name}").build_tiny(tokenizer, seed=2)
-    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
-    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:10]
+    family, model, processor, builder, samples = tiny_setup(name, stretched, tmp_path_factory, 10)
     plain, _ = ExampleEncoder(builder, processor, 512, 64, family=family).batch(samples)
     hybrid, _ = ExampleEncoder(builder, processor, 512, 64, "hybrid", family=family).batch(samples)
     with torch.no_grad():
@@ -201,11 +188,7 @@ def test_gemma_choice_rows_past_the_sliding_window_are_refused_by_question(
     """Choice rows have no one-row-per-question form: past the window they are refused, naming the question."""
     from slakevqa.errors import UserError
 
-    family = family_named("gemma3")
-    tokenizer = family_fixtures.real_tokenizer("gemma3", tmp_path_factory)
-    _, processor = importlib.import_module("slakevqa.models.families.gemma3").build_tiny(tokenizer, seed=2)
-    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
-    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:10]
+    family, _, processor, builder, samples = tiny_setup("gemma3", stretched, tmp_path_factory, 10)
     longest = max(len(e.input_ids) for e in ExampleEncoder(builder, processor, 512, 64, family=family).encode_all(samples))
     assert "segment_layout" in ExampleEncoder(builder, processor, 512, 64, "hybrid", family=family,
                                               window=longest + 16).batch(samples)[0]
@@ -219,13 +202,9 @@ def test_gemma3_cached_tower_features_equal_the_vision_forward(stretched: Path,
     the loss and the gradients (LoRA, projector) of packed rows with pixels, and a second epoch runs no tower."""
     from slakevqa.models.image_features import ImageFeatureCache
 
-    family = family_named("gemma3")
-    tokenizer = family_fixtures.real_tokenizer("gemma3", tmp_path_factory)
-    model, processor = importlib.import_module("slakevqa.models.families.gemma3").build_tiny(tokenizer, seed=2)
+    family, model, processor, builder, samples = tiny_setup("gemma3", stretched, tmp_path_factory)
     model = configure_trainable(model.train(), use_lora=True, lora_dropout=0.0, lora_target_modules="all-linear",
                                 tune_mm_projector=True, freeze_vision_tower=True)
-    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
-    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
     with_pixels, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
     calls: list[int] = []
     hook = family.parts.module(model, "vision").register_forward_hook(lambda *_: calls.append(1))
@@ -253,13 +232,9 @@ def test_packed_rows_laid_flat_equal_the_padded_rows(name: str, stretched: Path,
     per-question losses and gradients as the padded rows' through the same (reference) kernel."""
     from slakevqa.kernels.packing import flat_for_kernel
 
-    family = family_named(name)
-    tokenizer = family_fixtures.real_tokenizer(TOKENIZERS[name], tmp_path_factory)
-    model, processor = importlib.import_module(f"slakevqa.models.families.{name}").build_tiny(tokenizer, seed=2)
+    family, model, processor, builder, samples = tiny_setup(name, stretched, tmp_path_factory)
     model = configure_trainable(model.train(), use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    builder = InputBuilder.create(find_layout(stretched), build_closed_vocab(load_split(stretched, "train")))
-    samples = sorted(load_split(stretched, "train"), key=lambda s: (s.image_key, s.qid))[:20]
     packed, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family).batch(samples)
     bound_flat, _ = ExampleEncoder(builder, processor, 512, 64, pack=True, family=family, flat=True).batch(samples)
     assert packed["attention_mask"].dim() == 4 and "attention_mask" not in bound_flat  # the kernel reads the layout
