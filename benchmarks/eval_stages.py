@@ -206,6 +206,7 @@ def main() -> None:
     from slakevqa.evaluation.evaluate import answer_order
     from slakevqa.inputs.builder import InputBuilder
     from slakevqa.inputs.vocab import ClosedVocab
+    from slakevqa.models.families.family import kept_pixel_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slake_root", required=True)
@@ -229,6 +230,7 @@ def main() -> None:
     if args.lm_head_scale != 1.0:
         with torch.no_grad():
             model.lm_head.weight.mul_(args.lm_head_scale)
+    builder.pixel_dtype = kept_pixel_dtype(model)  # as slakevqa eval keeps them
     engine = Engine(model, processor, builder)
     for sample in samples:  # pixels first: no setting pays for preprocessing
         engine.prepare(sample)

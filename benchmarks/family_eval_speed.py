@@ -60,6 +60,7 @@ def main() -> None:
     from slakevqa.evaluation.engine import Engine
     from slakevqa.inputs.builder import InputBuilder
     from slakevqa.inputs.vocab import ClosedVocab
+    from slakevqa.models.families.family import kept_pixel_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", required=True, choices=("llava_1_5", "qwen2_5_vl", "gemma3"))
@@ -80,6 +81,7 @@ def main() -> None:
     samples = samples[:args.limit] if args.limit else samples
     builder = InputBuilder.create(find_layout(args.slake_root), ClosedVocab.empty())
     (model, processor), build_s = timed(lambda: random_family_model(args.family, out, args.tiny), device)
+    builder.pixel_dtype = kept_pixel_dtype(model)  # as slakevqa eval keeps them
     fast, plain = Engine(model, processor, builder), Engine(model, processor, builder, share_prefix=False)
     assert fast.fast is not None, f"{args.family}: no fast backend"
     fast.answer(samples[:4]), plain.answer(samples[:2])  # warm-up: kernels, caches, allocator

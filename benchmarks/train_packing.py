@@ -296,6 +296,7 @@ def main() -> None:
     from slakevqa.data.slake import find_layout, load_split
     from slakevqa.inputs.builder import InputBuilder
     from slakevqa.inputs.vocab import ClosedVocab
+    from slakevqa.models.families.family import kept_pixel_dtype
     from slakevqa.training.params import configure_trainable
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -322,6 +323,7 @@ def main() -> None:
     samples = load_split(root, args.split, "en")
     builder = InputBuilder.create(find_layout(root), ClosedVocab.empty())  # routes from questions alone
     model, processor = build(args.tiny, device, args.family)
+    builder.pixel_dtype = kept_pixel_dtype(model)  # as slakevqa train keeps them
     model = configure_trainable(model, use_lora=True, lora_r=64, lora_alpha=128, lora_dropout=args.lora_dropout,
                                 lora_target_modules="all-linear", tune_mm_projector=True, freeze_vision_tower=True)
     results, default_batch = [], args.batch_size

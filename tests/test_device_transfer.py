@@ -76,3 +76,80 @@ def test_prompt_batch_joins_and_casts_images_on_the_models_device(name: str) -> 
         assert value.device.type == "meta" and value.shape == host[key].shape, key
         assert value.dtype == (torch.bfloat16 if host[key].is_floating_point() else host[key].dtype), key
     assert on_device(host, OnMeta())["pixel_values"].dtype == torch.bfloat16
+
+
+def test_kept_pixel_dtype_follows_the_vision_tower(tiny_model) -> None:
+    from slakevqa.models.families.family import kept_pixel_dtype
+    from slakevqa.training.params import configure_trainable
+
+    model, _ = tiny_model
+    assert kept_pixel_dtype(model) is None  # fp32 tower: the processor's fp32 stays
+    half = configure_trainable(model.to(torch.bfloat16), True, 4, 8, 0.0, "q_proj,v_proj", "language_model")
+    assert kept_pixel_dtype(half) == torch.bfloat16  # through peft's wrappers
+
+
+@pytest.mark.parametrize("name,tokenizer", [("llava_med", None), ("qwen2_5_vl", "qwen2_5")])
+def test_bf16_pixels_give_a_bf16_model_the_same_losses_and_answers(name: str, tokenizer: str | None, synth_root,
+                                                                  tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The tower casts its pixels to its own dtype first, so keeping them in bf16 changes no value: ``slakevqa train``
+    gives the same losses bit for bit, and the engine the same answers and scores, as with fp32 pixels."""
+    import importlib
+
+    import family_fixtures
+    import slakevqa.training.train as train_module
+    from slakevqa.config import make_config
+    from slakevqa.data.slake import find_layout, load_split
+    from slakevqa.evaluation.engine import Engine
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.vocab import build_closed_vocab
+    from slakevqa.models.tiny import build_tiny_llava
+    from slakevqa.training.config import TrainConfig
+
+    def build():
+        if name == "llava_med":
+            return build_tiny_llava("bpe", seed=0)
+        real = family_fixtures.real_tokenizer(tokenizer, tmp_path_factory)
+        return importlib.import_module(f"slakevqa.models.families.{name}").build_tiny(real, seed=2)
+
+    losses, kept = {}, []
+    for half in (True, False):
+        if not half:
+            monkeypatch.setattr(train_module, "kept_pixel_dtype", lambda model: None)
+        monkeypatch.setattr(train_module.ExampleEncoder, "image_inputs",
+                            lambda self, s, real=train_module.ExampleEncoder.image_inputs: kept.append(
+                                real(self, s).pixel_values.dtype) or real(self, s))
+        model, processor = build()
+        cfg = make_config(TrainConfig, model_id="tiny", slake_root=str(synth_root), output_dir=str(tmp_path / str(half)),
+                          max_steps=2, batch_size=8, final_eval=False, tb=False, eval_steps=0, lora_r=4,
+                          precision="bf16")
+        losses[half] = train_module.train(cfg, model.to(torch.bfloat16), processor).losses
+        assert set(kept) == {torch.bfloat16 if half else torch.float32}
+        kept.clear()
+    assert losses[True] == losses[False]
+
+    model, processor = build()
+    model = model.to(torch.bfloat16)
+    samples = load_split(synth_root, "test")[:16]
+    answers = {}
+    for dtype in (torch.bfloat16, None):
+        builder = InputBuilder.create(find_layout(synth_root), build_closed_vocab(load_split(synth_root, "train")))
+        builder.pixel_dtype = dtype
+        answers[dtype] = [(p.prediction, p.raw_output, p.scores) for p in Engine(model, processor, builder).answer(samples)]
+    assert answers[torch.bfloat16] == answers[None]
+
+
+def test_builder_copies_keep_their_own_pixel_dtype(synth_root, tiny_model) -> None:
+    import dataclasses
+
+    from slakevqa.data.slake import find_layout, load_split
+    from slakevqa.inputs.builder import InputBuilder
+    from slakevqa.inputs.vocab import ClosedVocab
+
+    _, processor = tiny_model
+    family, sample = family_named("llava_med"), load_split(synth_root, "test")[0]
+    full = InputBuilder.create(find_layout(synth_root), ClosedVocab.empty())
+    half = dataclasses.replace(full, pixel_dtype=torch.bfloat16)  # shares the cache, as the probe's builder does
+    a, b = full.image_inputs(sample, family, processor), half.image_inputs(sample, family, processor)
+    assert (a.pixel_values.dtype, b.pixel_values.dtype) == (torch.float32, torch.bfloat16) and a.tokens == b.tokens
+    assert torch.equal(b.pixel_values, a.pixel_values.to(torch.bfloat16)) and len(full.pixel_cache) == 2

@@ -34,6 +34,7 @@ from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.image_prefetch import worker_count
 from slakevqa.inputs.vocab import ClosedVocab, load_or_build_vocab
 from slakevqa.locks import refuse_if_being_written
+from slakevqa.models.families.family import kept_pixel_dtype
 from slakevqa.models.model_files import check_not_half_saved
 from slakevqa.records import Prediction, VQASample
 from slakevqa.runs.results import (
@@ -78,6 +79,7 @@ def evaluate(cfg: EvalConfig, model=None, processor=None, replace_changed: bool 
     used = model_provenance(cfg, loaded)  # fingerprinted now, not at the end: the weights that answer
     refuse_changed_weights(cfg, claimed)
     model.eval()
+    builder.pixel_dtype = kept_pixel_dtype(model)  # bf16 pixels for a bf16 tower: half the memory, the same values
     settings = GenerationSettings(cfg.max_new_tokens_open_default, cfg.max_new_tokens_open_abnormality,
                                   cfg.temperature, cfg.do_sample)
     engine = Engine(model, processor, builder, settings=settings, closed_answering=cfg.closed_answering,

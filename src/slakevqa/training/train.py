@@ -30,7 +30,7 @@ from slakevqa.kernels.packing import flat_for_kernel
 from slakevqa.kernels.segment_attention import language_window, segments_attended, varlen_serves
 from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.families import family_of
-from slakevqa.models.families.family import packed_inputs
+from slakevqa.models.families.family import kept_pixel_dtype, packed_inputs
 from slakevqa.models.image_features import ImageFeatureCache
 from slakevqa.models.model_files import check_not_half_saved
 from slakevqa.runs.results import sha256_file
@@ -136,6 +136,7 @@ def train(cfg: TrainConfig, model=None, processor=None) -> TrainResult:
         model, processor = load_for_training(cfg, accelerator.device)
     family = family_of(model)
     check_family_supports(cfg, family)
+    builder.pixel_dtype = kept_pixel_dtype(model)  # bf16 pixels for a bf16 tower: half the memory, the same values
     model = configure_trainable(model, cfg.use_lora, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout,
                                 cfg.lora_target_modules, cfg.lora_scope, cfg.tune_mm_projector,
                                 cfg.freeze_vision_tower, cfg.unfreeze_last_llm_layers)
