@@ -206,7 +206,7 @@ def main() -> None:
     from slakevqa.evaluation.evaluate import answer_order
     from slakevqa.inputs.builder import InputBuilder
     from slakevqa.inputs.vocab import ClosedVocab
-    from slakevqa.models.families.family import kept_pixel_dtype
+    from slakevqa.models.image_features import kept_pixel_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slake_root", required=True)

@@ -60,7 +60,7 @@ def main() -> None:
     from slakevqa.evaluation.engine import Engine
     from slakevqa.inputs.builder import InputBuilder
     from slakevqa.inputs.vocab import ClosedVocab
-    from slakevqa.models.families.family import kept_pixel_dtype
+    from slakevqa.models.image_features import kept_pixel_dtype
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", required=True, choices=("llava_1_5", "qwen2_5_vl", "gemma3"))

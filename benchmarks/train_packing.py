@@ -296,7 +296,7 @@ def main() -> None:
     from slakevqa.data.slake import find_layout, load_split
     from slakevqa.inputs.builder import InputBuilder
     from slakevqa.inputs.vocab import ClosedVocab
-    from slakevqa.models.families.family import kept_pixel_dtype
+    from slakevqa.models.image_features import kept_pixel_dtype
     from slakevqa.training.params import configure_trainable
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

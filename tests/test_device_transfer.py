@@ -79,7 +79,7 @@ def test_prompt_batch_joins_and_casts_images_on_the_models_device(name: str) -> 
 
 
 def test_kept_pixel_dtype_follows_the_vision_tower(tiny_model) -> None:
-    from slakevqa.models.families.family import kept_pixel_dtype
+    from slakevqa.models.image_features import kept_pixel_dtype
     from slakevqa.training.params import configure_trainable
 
     model, _ = tiny_model

@@ -34,7 +34,7 @@ from slakevqa.inputs.builder import InputBuilder
 from slakevqa.inputs.image_prefetch import worker_count
 from slakevqa.inputs.vocab import ClosedVocab, load_or_build_vocab
 from slakevqa.locks import refuse_if_being_written
-from slakevqa.models.families.family import kept_pixel_dtype
+from slakevqa.models.image_features import kept_pixel_dtype
 from slakevqa.models.model_files import check_not_half_saved
 from slakevqa.records import Prediction, VQASample
 from slakevqa.runs.results import (

@@ -77,7 +77,7 @@ class InputBuilder:
     pixel_cache: dict[tuple, object] = field(default_factory=dict)
     mask_stats: MaskStats = field(default_factory=MaskStats)
     # The dtype image tensors are kept in (None: as processed, fp32): the run's vision tower's where it casts them
-    # to it anyway (``families.family.kept_pixel_dtype``); set once, by the run, before any image is prepared.
+    # to it anyway (``models.image_features.kept_pixel_dtype``); set once, by the run, before any image is prepared.
     pixel_dtype: object = None
 
     @classmethod

@@ -13,6 +13,8 @@ instead of ``pixel_values`` and :func:`with_image_embeddings` builds the
 
 Equal to the model's own forward (tested: logits, loss and the projector's and
 adapters' gradients within 1e-5 in fp32).
+
+:func:`kept_pixel_dtype` says what the tower takes: the dtype a run may keep its pixels in.
 """
 
 from __future__ import annotations
@@ -68,3 +70,16 @@ def with_image_embeddings(model, inputs: dict) -> dict:
     where = (input_ids == image_id)[..., None]
     inputs["inputs_embeds"] = embeds.masked_scatter(where, projected)
     return inputs
+
+
+def kept_pixel_dtype(model):
+    """The dtype a run may keep its image tensors in (``InputBuilder.pixel_dtype``): the vision tower's weights' where
+    they are half precision (bf16, fp16), since the tower casts its pixels to them first; else None (fp32 towers, and
+    fp16 runs whose fp32 weights autocast, keep the processor's fp32)."""
+    import torch
+
+    from slakevqa.models.families import family_of
+
+    tower = family_of(model).parts.module(model, "vision")
+    dtype = next(tower.parameters()).dtype
+    return dtype if dtype in (torch.bfloat16, torch.float16) else None

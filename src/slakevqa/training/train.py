@@ -30,8 +30,8 @@ from slakevqa.kernels.packing import flat_for_kernel
 from slakevqa.kernels.segment_attention import language_window, segments_attended, varlen_serves
 from slakevqa.locks import refuse_if_being_written
 from slakevqa.models.families import family_of
-from slakevqa.models.families.family import kept_pixel_dtype, packed_inputs
-from slakevqa.models.image_features import ImageFeatureCache
+from slakevqa.models.families.family import packed_inputs
+from slakevqa.models.image_features import ImageFeatureCache, kept_pixel_dtype
 from slakevqa.models.model_files import check_not_half_saved
 from slakevqa.runs.results import sha256_file
 from slakevqa.training.checkpoint import (

@@ -303,19 +303,6 @@ def to_device(tensor, device, dtype=None):
     return moved if dtype is None else moved.to(dtype)
 
 
-def kept_pixel_dtype(model):
-    """The dtype a run may keep its image tensors in (``InputBuilder.pixel_dtype``): the vision tower's weights' where
-    they are half precision (bf16, fp16), since the tower casts its pixels to them first; else None (fp32 towers, and
-    fp16 runs whose fp32 weights autocast, keep the processor's fp32)."""
-    import torch
-
-    from slakevqa.models.families import family_of
-
-    tower = family_of(model).parts.module(model, "vision")
-    dtype = next(tower.parameters()).dtype
-    return dtype if dtype in (torch.bfloat16, torch.float16) else None
-
-
 def images_on(images: list[ImageInputs], device) -> list[ImageInputs]:
     """``images`` with their tensors on ``device`` (None: as they are), each copied alone, as it is.
 
