@@ -82,8 +82,9 @@ class ExampleEncoder:
         rows = samples  # the sample whose pixels each row takes
         image_id = self.processor.tokenizer.convert_tokens_to_ids(self.family.chat.image_token)
         if self.objective != "sft":
-            refuse_past_window(samples, examples, [self.choices[s.qid] for s in samples], self.window)
-            batch = pack_batch(examples, [self.choices[s.qid] for s in samples], self.objective, pad)
+            choices = [self.choices[s.qid] for s in samples]
+            refuse_past_window(samples, examples, choices, self.window)
+            batch = pack_batch(examples, choices, self.objective, pad)
         elif self.pack and not fits_window(examples, self.window):
             self.unpacked_over_window += 1
             batch = pad_batch(examples, pad)
